@@ -1,0 +1,329 @@
+"""The base every compass monitor stands on: schedule, probe set, guard, fault isolation, reporting.
+
+A monitor subclasses :class:`CompassCallback` and implements :meth:`CompassCallback.evaluate`,
+which runs inside :func:`~compass_lightning.guard.analysis_mode` and fills an :class:`Evaluation`
+with scalars and images; the base does everything Lightning-specific around it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any, Optional, Union
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from compass_lightning.checks import check_bool, check_int
+from compass_lightning.guard import analysis_mode
+from compass_lightning.metrics import to_floats
+from compass_lightning.probe import ProbeSet, _first_loader
+from compass_lightning.report import CompassWarning, Reporter, history_record
+from compass_lightning.task import Classification
+
+ERRORS_TAG = "compass/errors"
+
+ProbeData = Union[Dataset, tuple[Tensor, Tensor]]
+
+
+def _any_rank(strategy: Any, flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is set on any process (a collective: every process must call it)."""
+    return bool(strategy.reduce(torch.tensor(float(flag), device=device), reduce_op="sum") > 0)
+
+
+class Evaluation:
+    """What one evaluation works with (model, probe, task) and what it produces (scalars, images).
+
+    Args:
+        model: the model under analysis (inside the guard).
+        probe: the probe set; its inputs are in data space.
+        task: the task adapter.
+        batch_size: how many probe samples go through the model at once.
+        all_gather: stacks a tensor from every process (``trainer.strategy.all_gather``).
+        any_rank: whether a flag is set on any process (a collective; only called under DDP).
+        want_images: whether images will be looked at (global zero with a logger), so costly
+            figures are only drawn then.
+
+    Example:
+        >>> import torch
+        >>> probe = ProbeSet(torch.rand(5, 4), torch.tensor([0, 1, 0, 1, 0]))
+        >>> ev = Evaluation(torch.nn.Linear(4, 2), probe, Classification(), batch_size=2)
+        >>> ev.logits(probe.inputs).shape
+        torch.Size([5, 2])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        probe: ProbeSet,
+        task: Classification,
+        *,
+        batch_size: int,
+        all_gather: Callable[[Tensor], Tensor] | None = None,
+        any_rank: Callable[[bool], bool] | None = None,
+        want_images: bool = False,
+    ) -> None:
+        self.model = model
+        self.probe = probe
+        self.task = task
+        self.batch_size = batch_size
+        self.all_gather = all_gather
+        self.any_rank = any_rank
+        self.want_images = want_images
+        self.scalars: dict[str, Tensor | float] = {}
+        self.images: dict[str, Tensor] = {}
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's parameters (CPU for a model without any)."""
+        parameter = next(self.model.parameters(), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
+
+    def logits(self, inputs: Tensor) -> Tensor:
+        """Logits for ``inputs`` aligned with the probe (data space), in probe order.
+
+        Each process runs its shard through the model in chunks of ``batch_size``; the results of
+        all processes are gathered, so every process returns the logits of the whole probe.
+        """
+        failure: Exception | None = None
+        try:
+            with torch.no_grad():
+                local = torch.cat(
+                    [
+                        self.task.logits(self.model, chunk)
+                        for chunk in self.probe.chunks(self.probe.shard(inputs), self.batch_size, self.device)
+                    ]
+                )
+        except Exception as error:  # noqa: BLE001 - re-raised below, after the other ranks know
+            failure = error
+        if self.probe.world_size > 1 and self.any_rank is not None:
+            # Every rank must agree before the gather, or the ranks that succeeded would wait forever.
+            if self.any_rank(failure is not None):
+                raise failure or RuntimeError("the same analysis failed on another process")
+        elif failure is not None:
+            raise failure
+        return self.probe.gather(local, self.all_gather)
+
+
+class CompassCallback(Callback):
+    """Base class of the compass monitors: runs :meth:`evaluate` on a fixed probe set at validation epochs.
+
+    It runs in ``on_validation_epoch_end`` every ``every_n_epochs`` epochs of ``fit`` (never in the
+    sanity check), and at every ``trainer.validate()`` and ``trainer.test()``. The analysis runs in
+    :func:`~compass_lightning.guard.analysis_mode`; an exception in it becomes a warning (once per
+    cause) and a count in ``compass/errors`` unless ``fail_fast``. The history of every evaluation
+    is in ``state_dict``, so a run resumed from a checkpoint continues the same curves.
+
+    Args:
+        every_n_epochs: run after every ``n``-th training epoch (epochs ``n-1``, ``2n-1``, ... counted
+            from 0), when validation runs in that epoch.
+        probe_size: number of validation samples analysed; ``None`` uses the callback's default (or
+            all the data if it is smaller). Larger than the data is an error.
+        batch_size: how many probe samples go through the model at once.
+        seed: seed of the probe selection and of every random number the analysis draws.
+        task: how to read batches and where perturbations live (default: :class:`Classification`
+            with pixel data in ``[0, 1]``).
+        probe_data: draw the probe from this dataset or ``(inputs, targets)`` pair instead of the
+            validation dataloader.
+        fail_fast: raise an analysis' exception instead of warning and continuing.
+
+    Example:
+        >>> class Accuracy(CompassCallback):
+        ...     def evaluate(self, trainer, evaluation):
+        ...         logits = evaluation.logits(evaluation.probe.inputs)
+        ...         accuracy = (logits.argmax(1) == evaluation.probe.targets.to(logits.device)).float().mean()
+        ...         evaluation.scalars["compass/example/accuracy"] = accuracy
+        >>> callback = Accuracy(every_n_epochs=2, probe_size=64)
+    """
+
+    #: Probe size used when ``probe_size=None`` (capped at the size of the data).
+    default_probe_size: int = 256
+
+    def __init__(
+        self,
+        *,
+        every_n_epochs: int = 1,
+        probe_size: Optional[int] = None,
+        batch_size: int = 128,
+        seed: int = 0,
+        task: Optional[Classification] = None,
+        probe_data: Optional[ProbeData] = None,
+        fail_fast: bool = False,
+    ) -> None:
+        self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, minimum=1)
+        self.probe_size = None if probe_size is None else check_int("probe_size", probe_size, minimum=1)
+        self.batch_size = check_int("batch_size", batch_size, minimum=1)
+        self.seed = check_int("seed", seed, minimum=0)
+        if task is not None and not isinstance(task, Classification):
+            raise TypeError(f"task must be a compass_lightning.task.Classification, got {task!r}")
+        self.task = task if task is not None else Classification()
+        self.probe_data = self._check_probe_data(probe_data)
+        self.fail_fast = check_bool("fail_fast", fail_fast)
+        self.history: list[dict[str, Any]] = []
+        self.error_count = 0
+        self._probe: ProbeSet | None = None
+        self._reporter: Reporter | None = None
+        self._warned: set[tuple[str, str]] = set()
+
+    def _check_probe_data(self, probe_data: object) -> ProbeData | None:
+        if probe_data is None or isinstance(probe_data, Dataset):
+            if probe_data is not None and not hasattr(probe_data, "__len__"):
+                raise TypeError("probe_data must be a map-style Dataset (with __len__) or a pair (inputs, targets)")
+            return probe_data
+        if (
+            isinstance(probe_data, (tuple, list))
+            and len(probe_data) == 2
+            and all(isinstance(t, Tensor) for t in probe_data)
+        ):
+            inputs, targets = probe_data
+            if len(inputs) != len(targets):
+                raise ValueError(f"probe_data: inputs and targets differ in length ({len(inputs)} vs {len(targets)})")
+            if self.probe_size is not None and self.probe_size > len(inputs):
+                raise ValueError(f"probe_size={self.probe_size} is larger than probe_data ({len(inputs)} samples)")
+            return inputs, targets
+        raise TypeError(f"probe_data must be a Dataset or a pair (inputs, targets) of tensors, got {type(probe_data).__name__}")
+
+    # -- what subclasses provide ---------------------------------------------------------------
+
+    def evaluate(self, trainer: pl.Trainer, evaluation: Evaluation) -> None:
+        """Run the analysis on ``evaluation.probe`` and fill ``evaluation.scalars``/``images``."""
+        raise NotImplementedError
+
+    def _state_key_fields(self) -> dict[str, Any]:
+        """Settings that distinguish two instances of the callback in a checkpoint."""
+        return {"every_n_epochs": self.every_n_epochs, "probe_size": self.probe_size, "seed": self.seed}
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(**self._state_key_fields())
+
+    # -- fault isolation -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def isolate(self, what: str) -> Iterator[None]:
+        """Run a block whose exception is reported and skipped (re-raised with ``fail_fast``)."""
+        try:
+            yield
+        except Exception as error:
+            if self.fail_fast:
+                raise
+            self.error_count += 1
+            cause = (what, type(error).__name__)
+            if cause not in self._warned:
+                self._warned.add(cause)
+                warnings.warn(
+                    f"{type(self).__name__}: {what} failed and was skipped ({type(error).__name__}: {error}). "
+                    "Training continues; compass/errors counts the failures. Pass fail_fast=True to raise instead.",
+                    CompassWarning,
+                    stacklevel=3,
+                )
+
+    # -- probe ---------------------------------------------------------------------------------
+
+    def _build_probe(self, trainer: pl.Trainer) -> ProbeSet:
+        common = {
+            "probe_size": self.probe_size,
+            "seed": self.seed,
+            "default_size": self.default_probe_size,
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+        }
+        if isinstance(self.probe_data, Dataset):
+            return ProbeSet.from_dataset(self.probe_data, task=self.task, **common)
+        if self.probe_data is not None:
+            return ProbeSet.from_tensors(*self.probe_data, **common)
+        loader = self._evaluation_loader(trainer)
+        if loader is None:
+            raise ValueError(
+                f"{type(self).__name__} draws its probe set from the validation data, but this run has no "
+                "validation dataloader: define val_dataloader() (and validation_step) or pass probe_data=..."
+            )
+        return ProbeSet.from_dataloader(loader, task=self.task, **common)
+
+    @staticmethod
+    def _evaluation_loader(trainer: pl.Trainer) -> Any:
+        loaders = trainer.test_dataloaders if trainer.testing else trainer.val_dataloaders
+        if loaders is None and trainer.state.fn == "fit":
+            # Lightning loads the validation dataloader only when validation first runs; ask its
+            # source now so that bad configuration fails before training starts.
+            source = trainer.fit_loop.epoch_loop.val_loop._data_source
+            if source.is_defined():
+                loaders = source.dataloader()
+        return _first_loader(loaders)
+
+    # -- Lightning hooks -----------------------------------------------------------------------
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._reporter = Reporter(trainer)  # every rank: finding the log directory is a collective
+        self._probe = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not is_overridden("validation_step", pl_module):
+            raise ValueError(
+                f"{type(self).__name__} runs at validation epochs, but {type(pl_module).__name__} "
+                "has no validation_step, so validation never runs; add one (it may simply return)"
+            )
+        if trainer.limit_val_batches == 0:
+            warnings.warn(
+                f"{type(self).__name__} will not run: limit_val_batches=0 disables validation", CompassWarning
+            )
+        self._probe = self._build_probe(trainer)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        if trainer.state.fn == "fit" and (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        self._run(trainer, pl_module)
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._run(trainer, pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history), "error_count": self.error_count}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+        self.error_count = int(state_dict.get("error_count", 0))
+
+    # -- one evaluation ------------------------------------------------------------------------
+
+    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._reporter is None:
+            self._reporter = Reporter(trainer)
+        if self._probe is None:
+            self._probe = self._build_probe(trainer)
+        strategy = trainer.strategy
+        evaluation = Evaluation(
+            pl_module,
+            self._probe,
+            self.task,
+            batch_size=self.batch_size,
+            all_gather=strategy.all_gather,
+            any_rank=lambda flag: _any_rank(strategy, flag, pl_module.device),
+            want_images=self._reporter.wants_images(trainer),
+        )
+        with analysis_mode(pl_module, seed=self.seed), self.isolate("the analysis"):
+            self.evaluate(trainer, evaluation)
+        scalars = to_floats(evaluation.scalars)
+        scalars[ERRORS_TAG] = float(sum(cb.error_count for cb in trainer.callbacks if isinstance(cb, CompassCallback)))
+        self.history.append(
+            history_record(
+                epoch=trainer.current_epoch,
+                global_step=trainer.global_step,
+                callback=type(self).__name__,
+                key=self.state_key,
+                stage=trainer.state.fn.value,
+                metrics=scalars,
+            )
+        )
+        self._reporter.log_scalars(trainer, pl_module, scalars, in_epoch_end=True)
+        with self.isolate("writing images"):
+            self._reporter.log_images(trainer, evaluation.images)
+        with self.isolate("writing the history file"):
+            self._reporter.write_history(self.state_key, self.history)

@@ -1,0 +1,189 @@
+"""``MutationMetrics``: basic metrics on the clean probe and under data mutants (AI-Compass modules 1 and 2)."""
+
+from __future__ import annotations
+
+import warnings
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional, Union
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData
+from compass_lightning.checks import check_int, check_real
+from compass_lightning.figures import confusion_matrix_figure, labelled_image_grid
+from compass_lightning.metrics import classification_metrics, confusion_matrix
+from compass_lightning.mutation import MUTATIONS, mutate, shuffle_permutation
+from compass_lightning.report import CompassWarning
+from compass_lightning.task import Classification
+
+DEFAULT_MUTATIONS = ("label_error", "data_missing", "data_shuffle", "noise", "contrast", "brightness", "random_crop")
+
+Mutations = Union[Sequence[str], Mapping[str, Optional[Mapping[str, Any]]]]
+
+
+def resolve_mutations(mutations: Mutations) -> dict[str, dict[str, Any]]:
+    """``{name: parameters}`` from a list of names or a mapping of names to parameter overrides."""
+    if isinstance(mutations, str) or not isinstance(mutations, (Sequence, Mapping)):
+        raise TypeError(f"mutations must be a list of names or a mapping name -> parameters, got {mutations!r}")
+    if isinstance(mutations, Mapping):
+        pairs = list(mutations.items())
+    else:
+        pairs = [(name, None) for name in mutations]
+        duplicates = sorted({name for name in mutations if list(mutations).count(name) > 1})
+        if duplicates:
+            raise ValueError(f"mutations: {', '.join(map(repr, duplicates))} listed more than once")
+    if not pairs:
+        raise ValueError(f"mutations must name at least one mutant; choose from: {', '.join(MUTATIONS)}")
+    return {
+        name: MUTATIONS.lookup(name, "mutations").resolve(params or {})
+        for name, params in pairs
+    }
+
+
+class MutationMetrics(CompassCallback):
+    """Basic metrics on the probe set, clean and under every data mutant, logged at validation epochs.
+
+    Logs ``compass/basic/<metric>`` for every metric of
+    :func:`~compass_lightning.metrics.classification_metrics`, ``compass/mutation/<mutant>/<metric>``
+    and ``compass/mutation/<mutant>/accuracy_drop`` for every mutant, and
+    ``compass/mutation/mean_accuracy``; images: the mutants applied to the same probe images,
+    each framed green or red by whether the model classifies it correctly (``compass/mutation/examples``;
+    the label is on red where the mutant changed it), and the clean confusion matrix
+    (``compass/basic/confusion_matrix``). ``data_shuffle`` feeds the probe in another order, so
+    every sample lands in another batch: ``compass/mutation/data_shuffle/batch_dependence`` is the
+    largest change of a predicted probability that causes, and above ``shuffle_tolerance`` a
+    warning says the predictions depend on batch composition.
+
+    Mutants are drawn from the same seed every epoch, so epochs compare. Scalars go through
+    ``pl_module.log``, so ``ModelCheckpoint(monitor="compass/basic/accuracy", mode="max")`` works.
+
+    Args:
+        mutations: names of :data:`~compass_lightning.mutation.MUTATIONS`, or a mapping from names
+            to parameter overrides, e.g. ``{"noise": {"sigma": 0.2}, "label_error": None}``.
+        image_count: probe images shown per mutant (0: no example grid).
+        shuffle_tolerance: the largest probability change ``data_shuffle`` may cause before the
+            warning.
+        every_n_epochs, probe_size, batch_size, seed, task, probe_data, fail_fast: see
+            :class:`~compass_lightning.callbacks.base.CompassCallback`; the probe holds up to 512
+            samples by default.
+
+    Example:
+        >>> import lightning.pytorch as pl
+        >>> monitor = MutationMetrics(mutations={"noise": {"sigma": 0.05}, "brightness": None}, every_n_epochs=2)
+        >>> trainer = pl.Trainer(callbacks=[monitor], logger=False, enable_progress_bar=False)
+        >>> monitor.mutations
+        {'noise': {'sigma': 0.05}, 'brightness': {'factor': 1.3}}
+    """
+
+    default_probe_size = 512
+
+    def __init__(
+        self,
+        mutations: Mutations = DEFAULT_MUTATIONS,
+        *,
+        image_count: int = 8,
+        shuffle_tolerance: float = 1e-4,
+        every_n_epochs: int = 1,
+        probe_size: Optional[int] = None,
+        batch_size: int = 128,
+        seed: int = 0,
+        task: Optional[Classification] = None,
+        probe_data: Optional[ProbeData] = None,
+        fail_fast: bool = False,
+    ) -> None:
+        super().__init__(
+            every_n_epochs=every_n_epochs,
+            probe_size=probe_size,
+            batch_size=batch_size,
+            seed=seed,
+            task=task,
+            probe_data=probe_data,
+            fail_fast=fail_fast,
+        )
+        self.mutations = resolve_mutations(mutations)
+        self.image_count = check_int("image_count", image_count, minimum=0)
+        self.shuffle_tolerance = check_real("shuffle_tolerance", shuffle_tolerance, low=0.0)
+
+    def _state_key_fields(self) -> dict[str, Any]:
+        return {**super()._state_key_fields(), "mutations": sorted(self.mutations)}
+
+    def _generator(self, name: str) -> torch.Generator:
+        # One stream per mutant, the same every epoch: epochs see identical mutants, and adding a
+        # mutant to the list does not change the others.
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(name.encode()))
+
+    def evaluate(self, trainer: pl.Trainer, evaluation: Evaluation) -> None:
+        probe, task = evaluation.probe, evaluation.task
+        clean_logits = evaluation.logits(probe.inputs)
+        num_classes = clean_logits.shape[1]
+        clean = classification_metrics(clean_logits, probe.targets, num_classes)
+        evaluation.scalars.update({f"compass/basic/{name}": value for name, value in clean.items()})
+
+        # Mutants act on the whole probe on the CPU, where it lives: the random draws are then the
+        # same on every device and every DDP rank, and each rank forwards only its shard.
+        pixels = task.to_pixels(probe.inputs)
+        shown = min(self.image_count, len(probe))
+        gallery = {"clean": pixels[:shown]}
+        labels = {"clean": probe.targets[:shown]}
+        correct = {"clean": clean_logits[:shown].argmax(1).cpu() == probe.targets[:shown]}
+        accuracies = []
+        for name, params in self.mutations.items():
+            with self.isolate(f"mutation {name!r}"):
+                mutated, targets = mutate(
+                    name,
+                    pixels,
+                    probe.targets,
+                    num_classes=num_classes,
+                    generator=self._generator(name),
+                    bounds=task.input_range,
+                    **params,
+                )
+                logits = clean_logits if mutated is pixels else evaluation.logits(task.from_pixels(mutated))
+                metrics = classification_metrics(logits, targets, num_classes)
+                prefix = f"compass/mutation/{name}"
+                evaluation.scalars.update({f"{prefix}/{metric}": value for metric, value in metrics.items()})
+                evaluation.scalars[f"{prefix}/accuracy_drop"] = clean["accuracy"] - metrics["accuracy"]
+                accuracies.append(metrics["accuracy"])
+                if MUTATIONS[name].permutes:
+                    evaluation.scalars[f"{prefix}/batch_dependence"] = self._batch_dependence(
+                        name, clean_logits, logits
+                    )
+                elif shown:
+                    gallery[name], labels[name] = mutated[:shown], targets[:shown]
+                    correct[name] = logits[:shown].argmax(1).cpu() == targets[:shown]
+        if accuracies:
+            evaluation.scalars["compass/mutation/mean_accuracy"] = torch.stack(accuracies).mean()
+        if evaluation.want_images and shown:
+            low, high = task.input_range
+            evaluation.images["compass/mutation/examples"] = labelled_image_grid(
+                {name: (images - low) / (high - low) for name, images in gallery.items()},
+                labels,
+                reference="clean",
+                correct=correct,
+                title=f"epoch {trainer.current_epoch}: frame green/red = predicted right/wrong; label on red = changed",
+            )
+            evaluation.images["compass/basic/confusion_matrix"] = confusion_matrix_figure(
+                confusion_matrix(clean_logits, probe.targets, num_classes),
+                title=f"clean probe, epoch {trainer.current_epoch}",
+            )
+
+    def _batch_dependence(self, name: str, clean_logits: Tensor, shuffled_logits: Tensor) -> Tensor:
+        """Largest change of a predicted probability when the samples are fed in another order."""
+        permutation = shuffle_permutation(len(clean_logits), self._generator(name)).to(clean_logits.device)
+        aligned = torch.empty_like(shuffled_logits)
+        aligned[permutation] = shuffled_logits  # shuffled row i is probe sample permutation[i]
+        change = (aligned.softmax(dim=1) - clean_logits.softmax(dim=1)).abs().max()
+        if change.item() > self.shuffle_tolerance and ("batch dependence", name) not in self._warned:
+            self._warned.add(("batch dependence", name))
+            warnings.warn(
+                f"MutationMetrics: feeding the probe in another order ({name}) changed predicted "
+                f"probabilities by up to {change.item():.3g}, so the model's predictions depend on which "
+                "other samples share their batch (e.g. a layer that uses batch statistics even in eval "
+                "mode, such as F.batch_norm(training=True) or a normalisation over the batch).",
+                CompassWarning,
+                stacklevel=2,
+            )
+        return change

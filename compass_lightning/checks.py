@@ -1,0 +1,77 @@
+"""Argument checks shared by every callback and analysis.
+
+Each check raises a ``ValueError`` (or ``TypeError`` for a wrong type) whose message starts with the
+argument's name and says what is accepted, so bad configuration fails at construction, before
+training starts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from numbers import Integral, Real
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def check_int(name: str, value: object, *, minimum: int) -> int:
+    """``value`` as an ``int`` that is at least ``minimum``."""
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_real(
+    name: str,
+    value: object,
+    *,
+    low: float = -math.inf,
+    high: float = math.inf,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """``value`` as a finite ``float`` inside the interval given by ``low``/``high`` (closed unless ``*_open``)."""
+    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if not _is_real(value):
+        raise TypeError(f"{name} must be a number in {interval}, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if math.isnan(value) or too_low or too_high:
+        raise ValueError(f"{name} must be a number in {interval}, got {value}")
+    return value
+
+
+def check_interval(
+    name: str,
+    value: object,
+    *,
+    low: float = -math.inf,
+    high: float = math.inf,
+    low_open: bool = False,
+    strict: bool = True,
+) -> tuple[float, float]:
+    """A pair ``(a, b)`` with ``low <= a < b <= high`` (``a <= b`` unless ``strict``; ``low < a`` if ``low_open``)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
+        raise TypeError(f"{name} must be a pair (low, high), got {value!r}")
+    a = check_real(f"{name}[0]", value[0], low=low, high=high, low_open=low_open)
+    b = check_real(f"{name}[1]", value[1], low=low, high=high, low_open=low_open)
+    if a > b or (strict and a == b):
+        relation = "<" if strict else "<="
+        raise ValueError(f"{name} must be a pair (low, high) with low {relation} high, got {tuple(value)!r}")
+    return a, b
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value`` if it is a ``bool``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value

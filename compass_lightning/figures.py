@@ -1,0 +1,156 @@
+"""Pictures a person would rather look at than read, as ``(3, H, W)`` tensors in ``[0, 1]``.
+
+One tensor format serves every logger (TensorBoard's ``add_image``, or a PNG file). The pictures
+drawn at every evaluation are composed with torch and Pillow rather than matplotlib: matplotlib's
+text layout cost ~0.1 s per figure, more than the analysis itself on a small model, while Pillow
+draws the same picture in a few milliseconds. The font is matplotlib's DejaVu Sans.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+
+GREEN = (26, 178, 64)
+RED = (230, 38, 38)
+WHITE = (255, 255, 255)
+BLACK = (0, 0, 0)
+INK = (40, 40, 40)
+
+
+@functools.lru_cache(maxsize=8)
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    try:
+        import matplotlib
+
+        return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"), size)
+    except (ImportError, OSError):
+        return ImageFont.load_default(size)
+
+
+def _to_tensor(image: Image.Image) -> Tensor:
+    array = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    return array.view(image.height, image.width, 3).permute(2, 0, 1).float().div(255.0)
+
+
+def _to_image(canvas: Tensor) -> Image.Image:
+    array = canvas.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).contiguous()
+    return Image.frombytes("RGB", (array.shape[1], array.shape[0]), bytes(array.numpy()))
+
+
+def _framed_tiles(images: Tensor, correct: Tensor | None, size: int, border: int) -> Tensor:
+    """``(k, 3, s, s)`` tiles: images enlarged without smoothing, framed green/red by ``correct``."""
+    images = images.detach().float().cpu().clamp(0, 1)
+    images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3]
+    images = F.interpolate(images, scale_factor=max(1, size // max(images.shape[-2:])), mode="nearest")
+    colours = torch.tensor([WHITE] * len(images), dtype=torch.float32) / 255
+    if correct is not None:
+        colours = torch.where(correct.cpu().view(-1, 1), torch.tensor(GREEN) / 255.0, torch.tensor(RED) / 255.0)
+    height, width = images.shape[-2] + 2 * border, images.shape[-1] + 2 * border
+    tiles = colours.view(-1, 3, 1, 1).expand(-1, -1, height, width).clone()
+    tiles[:, :, border:-border, border:-border] = images
+    return tiles
+
+
+def labelled_image_grid(
+    rows: Mapping[str, Tensor],
+    labels: Mapping[str, Tensor] | None = None,
+    reference: str | None = None,
+    *,
+    correct: Mapping[str, Tensor] | None = None,
+    title: str | None = None,
+    tile: int = 64,
+) -> Tensor:
+    """A grid of images, one row per entry of ``rows``, each row named on the left.
+
+    Args:
+        rows: row name → ``(k, C, H, W)`` images in ``[0, 1]`` (the same ``k`` and size for all).
+        labels: row name → ``(k,)`` integer labels written on each image.
+        reference: the row whose labels the others are compared with; changed labels are on red.
+        correct: row name → ``(k,)`` booleans; the image is framed green where true, red where false.
+        title: written above the grid.
+        tile: the side of each image in pixels (small images are enlarged without smoothing).
+
+    Example:
+        >>> import torch
+        >>> grid = labelled_image_grid({"clean": torch.rand(4, 1, 8, 8), "noise": torch.rand(4, 1, 8, 8)})
+        >>> grid.shape[0], bool(0.0 <= grid.min() <= grid.max() <= 1.0)
+        (3, True)
+    """
+    names = list(rows)
+    border, gap = 3, 4
+    tiles = [_framed_tiles(rows[name], (correct or {}).get(name), tile, border) for name in names]
+    count, _, height, width = tiles[0].shape
+    font, small = _font(13), _font(10)
+    left = 12 + max(int(font.getlength(name)) for name in names)
+    top = 26 if title else 6
+    canvas = torch.ones(3, top + len(names) * (height + gap), left + count * (width + gap))
+    for row, row_tiles in enumerate(tiles):
+        for column in range(count):
+            y, x = top + row * (height + gap), left + column * (width + gap)
+            canvas[:, y : y + height, x : x + width] = row_tiles[column]
+    image = _to_image(canvas)
+    draw = ImageDraw.Draw(image)
+    if title:
+        draw.text((image.width // 2, 13), title, fill=INK, font=font, anchor="mm")
+    labels = labels or {}
+    base = labels.get(reference) if reference else None
+    for row, name in enumerate(names):
+        y = top + row * (height + gap)
+        draw.text((left - 8, y + height // 2), name, fill=INK, font=font, anchor="rm")
+        for column, label in enumerate(labels[name].tolist() if name in labels else []):
+            changed = base is not None and label != int(base[column])
+            x = left + column * (width + gap) + border + 1
+            box = draw.textbbox((x + 2, y + border + 1), str(label), font=small)
+            draw.rectangle((box[0] - 2, box[1] - 1, box[2] + 2, box[3] + 1), fill=RED if changed else BLACK)
+            draw.text((x + 2, y + border + 1), str(label), fill=WHITE, font=small)
+    return _to_tensor(image)
+
+
+def _blues(values: Tensor) -> Tensor:
+    """``(..., 3)`` colours from white (0) to dark blue (1)."""
+    light, dark = torch.tensor([247.0, 251.0, 255.0]) / 255, torch.tensor([8.0, 48.0, 107.0]) / 255
+    return light + values.clamp(0, 1).unsqueeze(-1) * (dark - light)
+
+
+def confusion_matrix_figure(matrix: Tensor, class_names: Sequence[str] | None = None, *, title: str = "") -> Tensor:
+    """A confusion matrix: rows are true classes, columns predicted ones, colour the row fraction.
+
+    Example:
+        >>> import torch
+        >>> confusion_matrix_figure(torch.tensor([[5, 1], [0, 6]]), title="probe").shape[0]
+        3
+    """
+    counts = matrix.detach().cpu().long()
+    classes = counts.shape[0]
+    names = list(class_names) if class_names is not None else [str(i) for i in range(classes)]
+    rates = counts.float() / counts.sum(dim=1, keepdim=True).clamp(min=1)
+    cell = max(6, min(44, 520 // classes))
+    labelled = cell >= 14  # room for class names and counts
+    font, small = _font(13), _font(max(8, min(12, cell // 3)))
+    left = 34 + (max(int(small.getlength(n)) for n in names) + 6 if labelled else 0)
+    top = 58 + (18 if labelled else 0)
+    cells = _blues(rates).permute(2, 0, 1).repeat_interleave(cell, 1).repeat_interleave(cell, 2)
+    canvas = torch.ones(3, top + classes * cell + 10, left + classes * cell + 10)
+    canvas[:, top : top + classes * cell, left : left + classes * cell] = cells
+    image = _to_image(canvas)
+    draw = ImageDraw.Draw(image)
+    draw.text((8, 6), title or "confusion matrix", fill=INK, font=font)
+    draw.text((8, 26), "rows: true class, columns: predicted class", fill=INK, font=_font(11))
+    draw.text((8, 41), "colour: fraction of the row (white 0, dark 1)", fill=INK, font=_font(11))
+    if labelled:
+        for index, name in enumerate(names):
+            middle = index * cell + cell // 2
+            draw.text((left + middle, top - 4), name, fill=INK, font=small, anchor="md")
+            draw.text((left - 6, top + middle), name, fill=INK, font=small, anchor="rm")
+        for i, j in counts.nonzero().tolist():
+            colour = WHITE if rates[i, j] > 0.5 else INK
+            centre = (left + j * cell + cell // 2, top + i * cell + cell // 2)
+            draw.text(centre, str(int(counts[i, j])), fill=colour, font=small, anchor="mm")
+    return _to_tensor(image)

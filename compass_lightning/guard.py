@@ -1,0 +1,100 @@
+"""The context every analysis runs in, so that a monitor never changes the run it watches.
+
+Inside :func:`analysis_mode`:
+
+1. every random number generator (torch CPU and CUDA, numpy, python) is forked and seeded from the
+   analysis' own seed, so analyses are reproducible and the training stream is untouched;
+2. the model is in eval mode and its parameters do not require gradients, so no forward updates
+   BatchNorm statistics and nothing can accumulate into parameter ``.grad`` tensors; on exit the
+   per-submodule ``training`` flags, ``requires_grad`` and ``.grad`` tensors are put back exactly;
+3. gradients with respect to inputs work, even when the caller is under ``torch.no_grad()`` (fit's
+   validation loop) or ``torch.inference_mode()`` (``trainer.validate``/``test``);
+4. autocast is off, so analyses run in the model's own dtype (fp32 for mixed precision).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def _cuda_devices() -> list[int]:
+    # Only forking initialised devices: touching CUDA here would initialise it in CPU-only runs.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return list(range(torch.cuda.device_count()))
+    return []
+
+
+@contextlib.contextmanager
+def _forked_rngs(seed: int) -> Iterator[None]:
+    devices = _cuda_devices()
+    numpy_state = np.random.get_state()
+    python_state = random.getstate()
+    with torch.random.fork_rng(devices=devices):
+        torch.random.default_generator.manual_seed(seed)
+        for index in devices:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(numpy_state)
+            random.setstate(python_state)
+
+
+@contextlib.contextmanager
+def _autocast_off() -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.autocast("cpu", enabled=False))
+        if torch.cuda.is_available():
+            stack.enter_context(torch.autocast("cuda", enabled=False))
+        yield
+
+
+@contextlib.contextmanager
+def analysis_mode(module: nn.Module, seed: int = 0) -> Iterator[nn.Module]:
+    """Run an analysis on ``module`` without leaving a trace on it or on the training run.
+
+    Args:
+        module: the model to analyse (a ``LightningModule`` or any ``nn.Module``).
+        seed: seed of every random number generator inside the block.
+
+    Yields:
+        ``module`` itself, in eval mode with parameters that do not require gradients.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Dropout()).train()
+        >>> x = torch.ones(1, 3)
+        >>> with torch.no_grad(), analysis_mode(model, seed=0):
+        ...     x = x.requires_grad_()
+        ...     grad, = torch.autograd.grad(model(x).sum(), x)
+        >>> model.training, model[0].weight.grad is None, grad.shape
+        (True, True, torch.Size([1, 3]))
+    """
+    modes = [(m, m.training) for m in module.modules()]
+    parameters = list(module.parameters())
+    requires_grad = [p.requires_grad for p in parameters]
+    grads = [p.grad for p in parameters]
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_forked_rngs(seed))
+        stack.enter_context(torch.inference_mode(False))
+        stack.enter_context(torch.enable_grad())
+        stack.enter_context(_autocast_off())
+        try:
+            module.eval()
+            for p in parameters:
+                p.requires_grad_(False)
+            yield module
+        finally:
+            for m, training in modes:
+                m.training = training
+            for p, flag, grad in zip(parameters, requires_grad, grads):
+                p.requires_grad_(flag)
+                p.grad = grad

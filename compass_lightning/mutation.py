@@ -1,0 +1,219 @@
+"""Data mutants (AI-Compass module 2): the probe set changed in controlled ways.
+
+Every mutant is a batched function of the whole probe ``(x, y)`` in pixel space plus a seeded
+``torch.Generator``, so the same seed gives the same mutant every epoch and epochs compare.
+Image operations use torchvision's ``transforms.v2.functional`` where it has them; ``random_crop``
+is one batched ``grid_sample`` instead, because torchvision crops a whole batch at one position
+and a per-sample loop would be slow.
+
+========================  =========================================================  ==============
+name                      what it does                                               parameters
+========================  =========================================================  ==============
+``label_error``           ``round(p·N)`` labels set to a random *other* class        ``p=0.1``
+``data_missing``          ``round(p·H·W)`` pixels of every image set to 0 (black)    ``p=0.2``
+``data_shuffle``          samples permuted together with their labels; the metrics
+                          must not change (if they do, predictions depend on the
+                          batch a sample is in)
+``noise``                 additive Gaussian noise, then clipped                     ``sigma=0.1``
+``contrast``              contrast scaled about each image's grey mean              ``factor=0.5``
+``brightness``            pixel values scaled                                       ``factor=1.3``
+``random_crop``           a crop of 60–100 % of the area, resized back              ``scale=(0.6, 1.0)``
+========================  =========================================================  ==============
+
+Parameters are in units of the unit pixel range: :func:`mutate` maps ``bounds`` to ``[0, 1]``
+before the operation and back after it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.transforms.v2 import functional as TF
+
+from compass_lightning.checks import check_interval, check_real
+from compass_lightning.registry import Registry
+
+Check = Callable[[str, Any], Any]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    """A registered mutation operator with its default parameters and their checks.
+
+    Example:
+        >>> MUTATIONS["noise"].resolve({"sigma": 0.2})
+        {'sigma': 0.2}
+    """
+
+    name: str
+    function: Callable[..., tuple[Tensor, Tensor]]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    checks: Mapping[str, Check] = field(default_factory=dict)
+    permutes: bool = False  # reorders samples (with labels) and changes nothing else
+
+    def resolve(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The defaults updated with ``params``, each checked; a ``ValueError`` for unknown or bad ones."""
+        if not isinstance(params, Mapping):
+            raise TypeError(f"parameters of mutation {self.name!r} must be a mapping, got {params!r}")
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            known = ", ".join(self.defaults) or "none"
+            raise ValueError(f"mutation {self.name!r} has no parameter {', '.join(unknown)}; its parameters: {known}")
+        merged = {**self.defaults, **params}
+        return {key: self.checks[key](f"{self.name}.{key}", value) for key, value in merged.items()}
+
+
+MUTATIONS: Registry[Mutant] = Registry("mutation")
+
+_probability = partial(check_real, low=0.0, high=1.0)
+_non_negative = partial(check_real, low=0.0)
+
+
+def _mutant(name: str, *, permutes: bool = False, **parameters: tuple[Any, Check]) -> Callable:
+    def add(function: Callable[..., tuple[Tensor, Tensor]]) -> Callable[..., tuple[Tensor, Tensor]]:
+        defaults = {key: default for key, (default, _) in parameters.items()}
+        checks = {key: check for key, (_, check) in parameters.items()}
+        MUTATIONS.register(name)(Mutant(name, function, defaults, checks, permutes))
+        return function
+
+    return add
+
+
+def _draw(sampler: Callable[..., Tensor], shape: tuple[int, ...], generator: torch.Generator | None, like: Tensor) -> Tensor:
+    """Random numbers made on the generator's device (so a CPU generator gives the same draws for
+    a tensor on any device), returned on the device and dtype of ``like``."""
+    device = generator.device if generator is not None else like.device
+    dtype = like.dtype if like.is_floating_point() else torch.float32
+    return sampler(shape, generator=generator, device=device, dtype=dtype).to(like.device)
+
+
+def shuffle_permutation(n: int, generator: torch.Generator | None = None) -> Tensor:
+    """The permutation ``data_shuffle`` applies to ``n`` samples: ``randperm(n)`` from ``generator``.
+
+    ``mutate("data_shuffle", x, y, generator=g)`` returns ``x[p], y[p]`` for
+    ``p = shuffle_permutation(len(x), g')`` where ``g'`` is seeded like ``g``, so a caller can align
+    the shuffled results with the original samples.
+    """
+    device = generator.device if generator is not None else None
+    return torch.randperm(n, generator=generator, device=device)
+
+
+def _images_only(name: str, x: Tensor) -> None:
+    if x.ndim != 4:
+        raise ValueError(f"mutation {name!r} needs image batches of shape (N, C, H, W), got {tuple(x.shape)}")
+
+
+@_mutant("label_error", p=(0.1, _probability))
+def _label_error(x: Tensor, y: Tensor, *, num_classes: int, generator: torch.Generator | None, p: float):
+    if num_classes < 2:
+        raise ValueError(f"label_error needs at least 2 classes, got num_classes={num_classes}")
+    count = round(p * len(y))
+    device = generator.device if generator is not None else torch.device("cpu")
+    index = shuffle_permutation(len(y), generator)[:count].to(y.device)
+    offset = torch.randint(1, num_classes, (count,), generator=generator, device=device).to(y.device)
+    mutated = y.clone()
+    mutated[index] = (y[index] + offset) % num_classes  # offset in [1, C-1]: never the same class
+    return x, mutated
+
+
+@_mutant("data_missing", p=(0.2, _probability))
+def _data_missing(x: Tensor, y: Tensor, *, num_classes: int, generator: torch.Generator | None, p: float):
+    # A pixel is every channel at one position; (N, D) inputs have one "pixel" per feature.
+    spatial = x.shape[2:] if x.ndim >= 3 else x.shape[1:]
+    count = math.prod(spatial)
+    scores = _draw(torch.rand, (len(x), count), generator, x)
+    mask = torch.zeros(len(x), count, dtype=torch.bool, device=x.device)
+    mask.scatter_(1, scores.topk(round(p * count), dim=1).indices, True)
+    mask = mask.view(len(x), *((1,) if x.ndim >= 3 else ()), *spatial)
+    return x.masked_fill(mask, 0.0), y
+
+
+@_mutant("data_shuffle", permutes=True)
+def _data_shuffle(x: Tensor, y: Tensor, *, num_classes: int, generator: torch.Generator | None):
+    permutation = shuffle_permutation(len(x), generator)
+    return x[permutation.to(x.device)], y[permutation.to(y.device)]
+
+
+@_mutant("noise", sigma=(0.1, _non_negative))
+def _noise(x: Tensor, y: Tensor, *, num_classes: int, generator: torch.Generator | None, sigma: float):
+    return (x + sigma * _draw(torch.randn, tuple(x.shape), generator, x)).clamp(0.0, 1.0), y
+
+
+@_mutant("contrast", factor=(0.5, _non_negative))
+def _contrast(x: Tensor, y: Tensor, *, num_classes: int, generator: torch.Generator | None, factor: float):
+    _images_only("contrast", x)
+    return TF.adjust_contrast(x, factor), y
+
+
+@_mutant("brightness", factor=(1.3, _non_negative))
+def _brightness(x: Tensor, y: Tensor, *, num_classes: int, generator: torch.Generator | None, factor: float):
+    _images_only("brightness", x)
+    return TF.adjust_brightness(x, factor), y
+
+
+@_mutant("random_crop", scale=((0.6, 1.0), partial(check_interval, low=0.0, high=1.0, low_open=True, strict=False)))
+def _random_crop(
+    x: Tensor, y: Tensor, *, num_classes: int, generator: torch.Generator | None, scale: tuple[float, float]
+):
+    _images_only("random_crop", x)
+    low, high = scale
+    area = low + (high - low) * _draw(torch.rand, (len(x),), generator, x)
+    side = area.sqrt()  # the fraction of each side kept: the crop keeps the image's aspect ratio
+    centre = (1.0 - side).unsqueeze(1) * (2.0 * _draw(torch.rand, (len(x), 2), generator, x) - 1.0)
+    theta = torch.zeros(len(x), 2, 3, dtype=x.dtype, device=x.device)
+    theta[:, 0, 0] = side
+    theta[:, 1, 1] = side
+    theta[:, :, 2] = centre
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False), y
+
+
+def mutate(
+    name: str,
+    x: Tensor,
+    y: Tensor,
+    *,
+    num_classes: int,
+    generator: torch.Generator | None = None,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    **params: Any,
+) -> tuple[Tensor, Tensor]:
+    """Apply the mutant ``name`` to a batch in pixel space.
+
+    Args:
+        name: a key of :data:`MUTATIONS`.
+        x: inputs in pixel space, ``(N, C, H, W)`` (``label_error``, ``data_missing``, ``noise`` and
+            ``data_shuffle`` also take ``(N, D)``).
+        y: integer targets ``(N,)``.
+        num_classes: the number of classes (for ``label_error``).
+        generator: the source of randomness; a CPU generator gives the same mutant on any device.
+        bounds: the pixel range of ``x``; parameters refer to the unit range mapped onto it.
+        **params: the mutant's parameters (see the module docstring); unknown ones are an error.
+
+    Returns:
+        ``(x', y')``. A mutant that leaves the inputs alone returns ``x`` itself.
+
+    Example:
+        >>> import torch
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x, y = torch.rand(10, 1, 4, 4), torch.arange(10)
+        >>> _, noisy_y = mutate("label_error", x, y, num_classes=10, generator=g, p=0.3)
+        >>> int((noisy_y != y).sum())
+        3
+    """
+    mutant = MUTATIONS.lookup(name, "mutation")
+    params = mutant.resolve(params)
+    low, high = bounds
+    scaled = (low, high) != (0.0, 1.0)
+    unit = (x - low) / (high - low) if scaled else x
+    mutated, targets = mutant.function(unit, y, num_classes=num_classes, generator=generator, **params)
+    if mutated is unit:
+        return x, targets
+    return (mutated * (high - low) + low if scaled else mutated), targets

@@ -1,0 +1,172 @@
+"""Where results go: Lightning's loggers, image files, and the run's JSON-lines history.
+
+* Scalars go through ``pl_module.log`` in the epoch-end hooks where Lightning allows it, so
+  ``ModelCheckpoint(monitor="compass/basic/accuracy")`` and ``EarlyStopping`` can watch them, and
+  through every logger's ``log_metrics`` elsewhere (e.g. at the end of fit).
+* Images go to TensorBoard (``add_image``), or as PNG files under the log directory for other
+  loggers (``<dir>/compass_images/<tag>/step_<global_step>.png``); without a logger they are
+  dropped with a one-time warning.
+* Every evaluation is appended to ``compass_history.jsonl`` in the log directory — plain JSON, one
+  object per line: ``{"epoch", "global_step", "callback", "key", "stage", "metrics"}``.
+
+Only the global-zero process writes images and files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from torch import Tensor
+
+HISTORY_FILE = "compass_history.jsonl"
+IMAGE_DIR = "compass_images"
+
+
+class CompassWarning(UserWarning):
+    """Warnings from compass_lightning monitors (failed analyses, findings that need attention)."""
+
+
+def _plain(value: float) -> float | None:
+    # Strict JSON has no NaN or infinity.
+    return value if math.isfinite(value) else None
+
+
+def history_record(
+    *, epoch: int, global_step: int, callback: str, key: str, stage: str, metrics: Mapping[str, float]
+) -> dict[str, Any]:
+    """One line of ``compass_history.jsonl``."""
+    return {
+        "epoch": epoch,
+        "global_step": global_step,
+        "callback": callback,
+        "key": key,
+        "stage": stage,
+        "metrics": {name: _plain(float(value)) for name, value in metrics.items()},
+    }
+
+
+def read_history(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The records of a ``compass_history.jsonl`` file (or of the one inside a log directory)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / HISTORY_FILE
+    with path.open(encoding="utf-8") as stream:
+        return [json.loads(line) for line in stream if line.strip()]
+
+
+def _is_tensorboard(logger: Any) -> bool:
+    return type(logger).__name__ == "TensorBoardLogger" and hasattr(logger.experiment, "add_image")
+
+
+class Reporter:
+    """Sends one callback's results to the trainer's loggers, image files and history file.
+
+    Create it in a hook that every process runs (``setup``): finding the log directory is a
+    collective under DDP.
+
+    Example:
+        >>> import lightning.pytorch as pl
+        >>> trainer = pl.Trainer(logger=False, default_root_dir="/tmp/compass-doc", enable_progress_bar=False)
+        >>> Reporter(trainer).log_dir
+        '/tmp/compass-doc'
+    """
+
+    def __init__(self, trainer: pl.Trainer) -> None:
+        self.log_dir: str | None = trainer.log_dir
+        self.is_global_zero = trainer.is_global_zero
+        self._warned_no_logger = False
+        self._history_keys: set[str] = set()
+
+    # -- scalars -------------------------------------------------------------------------------
+
+    def log_scalars(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, values: Mapping[str, float], *, in_epoch_end: bool
+    ) -> None:
+        """Log scalars through ``pl_module.log`` (``in_epoch_end``) or every logger's ``log_metrics``."""
+        if not values:
+            return
+        if in_epoch_end:
+            for name, value in values.items():
+                # reduce_fx="max": "compass/errors" is logged by every compass callback in the same
+                # hook as a running total, and the largest is the total; other names are logged once.
+                pl_module.log(name, value, on_step=False, on_epoch=True, batch_size=1, reduce_fx="max")
+            return
+        for logger in trainer.loggers:
+            logger.log_metrics(dict(values), step=trainer.global_step)
+
+    # -- images --------------------------------------------------------------------------------
+
+    def wants_images(self, trainer: pl.Trainer) -> bool:
+        """Whether images would be kept: on global zero with a logger (a one-time warning without)."""
+        if not self.is_global_zero:
+            return False
+        if not trainer.loggers and not self._warned_no_logger:
+            warnings.warn(
+                "compass_lightning: the Trainer has no logger, so images are not saved "
+                "(scalars are still in trainer.callback_metrics and the history file)",
+                CompassWarning,
+                stacklevel=2,
+            )
+            self._warned_no_logger = True
+        return bool(trainer.loggers)
+
+    def log_images(self, trainer: pl.Trainer, images: Mapping[str, Tensor]) -> None:
+        """Log ``(3, H, W)`` images in ``[0, 1]`` to every logger (global zero only)."""
+        if not images or not self.wants_images(trainer):
+            return
+        written: set[Path] = set()
+        for logger in trainer.loggers:
+            if _is_tensorboard(logger):
+                for tag, image in images.items():
+                    logger.experiment.add_image(tag, image.clamp(0, 1), global_step=trainer.global_step)
+                continue
+            directory = Path(getattr(logger, "log_dir", None) or logger.save_dir or self.log_dir or ".")
+            if directory not in written:
+                written.add(directory)
+                self._save_pngs(directory, images, trainer.global_step)
+
+    @staticmethod
+    def _save_pngs(directory: Path, images: Mapping[str, Tensor], step: int) -> None:
+        from torchvision.utils import save_image
+
+        for tag, image in images.items():
+            path = directory / IMAGE_DIR / tag / f"step_{step:07d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_image(image.clamp(0, 1), path)
+
+    # -- history -------------------------------------------------------------------------------
+
+    @property
+    def history_path(self) -> Path | None:
+        """The run's ``compass_history.jsonl`` (``None`` when there is no log directory)."""
+        return Path(self.log_dir) / HISTORY_FILE if self.log_dir else None
+
+    def write_history(self, key: str, history: Sequence[Mapping[str, Any]]) -> None:
+        """Append the newest record of a callback's ``history`` to the history file.
+
+        The first call of a run also writes the earlier records the file lacks, such as those
+        restored from a checkpoint when a resumed run logs into a new directory.
+        """
+        path = self.history_path
+        if path is None or not self.is_global_zero or not history:
+            return
+        pending = list(history[-1:])
+        if key not in self._history_keys:
+            self._history_keys.add(key)
+            present = set()
+            if path.exists():
+                present = {
+                    (r["epoch"], r["global_step"], r["stage"]) for r in read_history(path) if r.get("key") == key
+                }
+            pending = [r for r in history if (r["epoch"], r["global_step"], r["stage"]) not in present]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as stream:
+            for record in pending:
+                stream.write(json.dumps(record, allow_nan=False) + "\n")

@@ -1,0 +1,173 @@
+"""Task adapters: how to read a batch, where perturbations live, and how to get logits from a model.
+
+Perturbations (mutants, attacks) are described in *pixel space* — the values a person would name,
+``[0, 1]`` by default. Data pipelines often normalise, so the model sees ``(pixels - mean) / std``.
+The adapter converts both ways; an analysis de-normalises the probe, perturbs and clips in pixel
+space, and normalises again before the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Union
+
+import torch
+from torch import Tensor, nn
+
+from compass_lightning.checks import check_interval
+
+Key = Union[int, str]
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    if isinstance(value, Mapping):
+        return f"a {type(value).__name__} with keys {list(value)}"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)} items ({', '.join(type(v).__name__ for v in value)})"
+    return f"a {type(value).__name__}"
+
+
+def _as_channel_vector(name: str, value: float | Sequence[float] | None) -> Tensor | None:
+    if value is None:
+        return None
+    vector = torch.as_tensor(value, dtype=torch.float32).flatten()
+    if vector.numel() == 0 or not torch.isfinite(vector).all():
+        raise ValueError(f"{name} must be a finite number or a non-empty sequence of them, got {value!r}")
+    return vector
+
+
+class Classification:
+    """Adapter for classifiers whose forward returns logits of shape ``(N, C)``.
+
+    Args:
+        input_key: where the inputs are in a batch: an index into a tuple/list batch or a key of a
+            dict batch.
+        target_key: where the integer class targets are, the same way.
+        mean: per-channel mean the data pipeline subtracts (``None``: the data is already in pixel
+            space).
+        std: per-channel standard deviation the data pipeline divides by; give it with ``mean``.
+        input_range: the bounds of pixel space; perturbations are clipped to it.
+
+    Example:
+        >>> import torch
+        >>> task = Classification(mean=[0.5], std=[0.25])
+        >>> x, y = task.split((torch.full((2, 1, 4, 4), 2.0), torch.tensor([0, 1])))
+        >>> task.to_pixels(x).max().item()     # 2 * 0.25 + 0.5
+        1.0
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+        >>> task.logits(model, x).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(
+        self,
+        input_key: Key = 0,
+        target_key: Key = 1,
+        mean: float | Sequence[float] | None = None,
+        std: float | Sequence[float] | None = None,
+        input_range: tuple[float, float] = (0.0, 1.0),
+    ) -> None:
+        for name, key in (("input_key", input_key), ("target_key", target_key)):
+            if not isinstance(key, (int, str)) or isinstance(key, bool):
+                raise TypeError(f"{name} must be an int (tuple batches) or a str (dict batches), got {key!r}")
+        if (mean is None) != (std is None):
+            raise ValueError("mean and std must be given together (both None: the data is already in pixel space)")
+        self.input_key = input_key
+        self.target_key = target_key
+        self.mean = _as_channel_vector("mean", mean)
+        self.std = _as_channel_vector("std", std)
+        if self.std is not None and not (self.std > 0).all():
+            raise ValueError(f"std must be positive, got {std!r}")
+        if self.mean is not None and self.std is not None and self.mean.numel() != self.std.numel():
+            if 1 not in (self.mean.numel(), self.std.numel()):
+                raise ValueError(f"mean and std must have the same length, got {mean!r} and {std!r}")
+        self.input_range = check_interval("input_range", input_range)
+        self._cache: dict[tuple[torch.device, torch.dtype, int], tuple[Tensor, Tensor]] = {}
+
+    def __repr__(self) -> str:
+        norm = "" if self.mean is None else f", mean={self.mean.tolist()}, std={self.std.tolist()}"
+        return (
+            f"Classification(input_key={self.input_key!r}, target_key={self.target_key!r}{norm}, "
+            f"input_range={self.input_range})"
+        )
+
+    @property
+    def normalised(self) -> bool:
+        """Whether the data is normalised, i.e. data space differs from pixel space."""
+        return self.mean is not None
+
+    # -- batches -----------------------------------------------------------------------------
+
+    def _get(self, batch: Any, key: Key, what: str) -> Tensor:
+        try:
+            value = batch[key]
+        except (KeyError, IndexError, TypeError) as error:
+            raise TypeError(
+                f"cannot read the {what} at key {key!r} from the batch, which is {_describe(batch)}; "
+                f"set Classification({what[:-1] if what.endswith('s') else what}_key=...) to where they are"
+            ) from error
+        if not isinstance(value, Tensor):
+            raise TypeError(f"the {what} at key {key!r} of the batch must be a tensor, got {_describe(value)}")
+        return value
+
+    def inputs(self, batch: Any) -> Tensor:
+        """The model inputs of a batch (in data space)."""
+        return self._get(batch, self.input_key, "inputs")
+
+    def targets(self, batch: Any) -> Tensor:
+        """The integer class targets of a batch."""
+        return self._get(batch, self.target_key, "targets")
+
+    def split(self, batch: Any) -> tuple[Tensor, Tensor]:
+        """``(inputs, targets)`` of a batch."""
+        return self.inputs(batch), self.targets(batch)
+
+    # -- spaces ------------------------------------------------------------------------------
+
+    def _stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        key = (x.device, x.dtype, x.ndim)
+        if key not in self._cache:
+            shape = (1, -1) + (1,) * (x.ndim - 2)  # channels are dim 1: (N, C, H, W) or (N, D)
+            self._cache[key] = (
+                self.mean.to(x.device, x.dtype).view(shape),
+                self.std.to(x.device, x.dtype).view(shape),
+            )
+        return self._cache[key]
+
+    def to_pixels(self, x: Tensor) -> Tensor:
+        """Data space → pixel space (undo the normalisation)."""
+        if not self.normalised:
+            return x
+        mean, std = self._stats(x)
+        return x * std + mean
+
+    def from_pixels(self, x: Tensor) -> Tensor:
+        """Pixel space → data space (apply the normalisation)."""
+        if not self.normalised:
+            return x
+        mean, std = self._stats(x)
+        return (x - mean) / std
+
+    # -- model -------------------------------------------------------------------------------
+
+    def logits(self, model: Callable[[Tensor], Any], x: Tensor) -> Tensor:
+        """``model(x)`` checked to be logits of shape ``(N, C)``; ``x`` is in data space."""
+        out = model(x)
+        if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
+            raise TypeError(
+                f"Classification expects the model to return logits of shape (N, C) = ({x.shape[0]}, C) "
+                f"for an input batch of shape {tuple(x.shape)}, but it returned {_describe(out)}. "
+                "Make forward() return the logits tensor (e.g. return out['logits'] or out[0]), "
+                "or subclass Classification and override logits(model, x)."
+            )
+        return out
+
+    def pixel_model(self, model: nn.Module) -> Callable[[Tensor], Tensor]:
+        """A function from pixel-space inputs to logits: normalisation composed in front of ``model``."""
+        return lambda x: self.logits(model, self.from_pixels(x))
+
+    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """Mean cross-entropy of ``logits`` against ``targets``."""
+        return torch.nn.functional.cross_entropy(logits, targets)

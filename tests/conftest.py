@@ -1,0 +1,122 @@
+"""Shared test helpers: small models, the digits example, and reading logs back."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+from digits import DigitsClassifier, DigitsDataModule, digits_task  # noqa: E402
+
+__all__ = ["DigitsClassifier", "DigitsDataModule", "digits_task"]
+
+
+class AwkwardNet(nn.Module):
+    """Everything an analysis can disturb: BatchNorm, Dropout, an in-place ReLU, a frozen layer,
+    a submodule left in train mode inside an eval model, and pre-populated parameter gradients."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.relu = nn.ReLU(inplace=True)
+        self.drop = nn.Dropout(0.5)
+        self.frozen = nn.Linear(6, 6)
+        self.head = nn.Linear(6, classes)
+        self.frozen.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relu(self.bn(self.conv(x))).mean(dim=(2, 3))
+        return self.head(self.drop(self.frozen(h)))
+
+
+def awkward_net() -> AwkwardNet:
+    torch.manual_seed(0)
+    net = AwkwardNet()
+    net.eval()
+    net.drop.train()  # left in train mode by the user inside an eval model
+    with torch.no_grad():
+        net.bn.running_mean.uniform_(-1, 1)
+    for p in net.parameters():
+        if p.requires_grad:
+            p.grad = torch.randn_like(p)
+    return net
+
+
+def snapshot(module: nn.Module) -> dict:
+    """Every flag, buffer, parameter, gradient and requires_grad of a module, copied."""
+    return {
+        "training": {name: m.training for name, m in module.named_modules()},
+        "buffers": {name: b.clone() for name, b in module.named_buffers()},
+        "parameters": {name: p.detach().clone() for name, p in module.named_parameters()},
+        "grads": {name: None if p.grad is None else p.grad.clone() for name, p in module.named_parameters()},
+        "grad_ids": {name: id(p.grad) for name, p in module.named_parameters()},
+        "requires_grad": {name: p.requires_grad for name, p in module.named_parameters()},
+    }
+
+
+def assert_same_state(before: dict, after: dict) -> None:
+    assert after["training"] == before["training"]
+    assert after["requires_grad"] == before["requires_grad"]
+    assert after["grad_ids"] == before["grad_ids"]
+    for kind in ("buffers", "parameters", "grads"):
+        assert before[kind].keys() == after[kind].keys()
+        for name, value in before[kind].items():
+            other = after[kind][name]
+            assert (value is None) == (other is None), f"{kind} {name}"
+            if value is not None:
+                assert torch.equal(value, other), f"{kind} {name} changed"
+
+
+def make_trainer(tmp_path: Path, callbacks: list, *, epochs: int = 2, logger: object = "tensorboard", **kwargs) -> pl.Trainer:
+    """A quiet CPU trainer for the digits example."""
+    if logger == "tensorboard":
+        logger = pl.loggers.TensorBoardLogger(tmp_path, name="run")
+    kwargs.setdefault("enable_checkpointing", any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks))
+    return pl.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=epochs,
+        logger=logger,
+        callbacks=callbacks,
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        deterministic=True,
+        **kwargs,
+    )
+
+
+def read_events(log_dir: str | Path):
+    """A loaded TensorBoard EventAccumulator for the event file(s) in ``log_dir``."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    accumulator = event_accumulator.EventAccumulator(
+        str(log_dir), size_guidance={event_accumulator.SCALARS: 0, event_accumulator.IMAGES: 0}
+    )
+    accumulator.Reload()
+    return accumulator
+
+
+@pytest.fixture
+def digits() -> DigitsDataModule:
+    data = DigitsDataModule()
+    data.setup()
+    return data
+
+
+@pytest.fixture(autouse=True)
+def _quiet_lightning():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        yield

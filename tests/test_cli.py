@@ -1,0 +1,39 @@
+"""The console script and the LightningCLI presets."""
+
+import subprocess
+import sys
+
+from conftest import ROOT, read_events
+
+import compass_lightning
+from compass_lightning.cli import main
+
+
+def test_console_script_prints_the_version(capsys):
+    assert main([]) == 0
+    assert f"compass-lightning {compass_lightning.__version__}" in capsys.readouterr().out
+
+
+def test_mutation_preset_adds_the_monitor_to_a_lightning_cli_script(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "digits_cli.py"),
+            "fit",
+            "--config",
+            str(ROOT / "callbacks" / "mutation.yaml"),
+            "--trainer.max_epochs=1",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.accelerator=cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (log_dir,) = (tmp_path / "lightning_logs").iterdir()
+    tags = read_events(log_dir).Tags()
+    assert {"compass/basic/accuracy", "compass/mutation/noise/accuracy", "compass/errors"} <= set(tags["scalars"])
+    assert "compass/mutation/examples" in tags["images"]
+    assert (log_dir / "compass_history.jsonl").exists()

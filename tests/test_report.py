@@ -1,0 +1,46 @@
+"""The reporter's history file: plain JSON, restored records written once, NaN as null."""
+
+import json
+
+import lightning.pytorch as pl
+import pytest
+
+from compass_lightning.registry import Registry, UnknownNameError
+from compass_lightning.report import HISTORY_FILE, Reporter, history_record, read_history
+
+
+def _record(epoch, value=0.5, stage="fit"):
+    return history_record(epoch=epoch, global_step=10 * epoch, callback="X", key="X{}", stage=stage, metrics={"m": value})
+
+
+def test_history_lines_are_strict_json_with_non_finite_values_as_null(tmp_path):
+    reporter = Reporter(pl.Trainer(logger=False, default_root_dir=tmp_path))
+    reporter.write_history("X{}", [_record(0, float("nan"))])
+    line = (tmp_path / HISTORY_FILE).read_text().strip()
+    assert json.loads(line)["metrics"] == {"m": None} and "NaN" not in line
+    assert read_history(tmp_path)[0]["epoch"] == 0
+
+
+def test_restored_records_are_written_once_then_only_new_ones(tmp_path):
+    history = [_record(0), _record(1)]  # as restored from a checkpoint
+    reporter = Reporter(pl.Trainer(logger=False, default_root_dir=tmp_path))
+    history.append(_record(2))
+    reporter.write_history("X{}", history)
+    history.append(_record(3))
+    reporter.write_history("X{}", history)
+    assert [r["epoch"] for r in read_history(tmp_path)] == [0, 1, 2, 3]
+    # a later run logging into the same directory does not duplicate what is already there
+    again = Reporter(pl.Trainer(logger=False, default_root_dir=tmp_path))
+    again.write_history("X{}", [*history, _record(4)])
+    assert [r["epoch"] for r in read_history(tmp_path)] == [0, 1, 2, 3, 4]
+
+
+def test_registry_lookup_errors_name_the_argument_and_the_choices():
+    registry = Registry("colour")
+    registry.register("red")(1)
+    with pytest.raises(UnknownNameError, match="palette: unknown colour 'blue'; choose from: red"):
+        registry.lookup("blue", "palette")
+    with pytest.raises(KeyError):
+        registry["blue"]
+    with pytest.raises(ValueError, match="lower case and unique"):
+        registry.register("red")
