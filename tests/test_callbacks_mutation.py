@@ -99,6 +99,9 @@ def test_validate_and_test_run_under_inference_mode_and_log(tmp_path):
     for results in (validated, tested):
         assert math.isfinite(results["compass/mutation/random_crop/accuracy"])
     assert [r["stage"] for r in monitor.history] == ["fit", "validate", "test"]
+    events = read_events(trainer.logger.log_dir)
+    assert len(events.Scalars("compass/mutation/random_crop/accuracy")) == 3  # fit, validate, test
+    assert len(events.Images("compass/mutation/examples")) == 3
     assert [r["stage"] for r in read_history(trainer.logger.log_dir)] == ["fit", "validate", "test"]
 
 
@@ -222,8 +225,8 @@ def test_one_failing_mutant_does_not_stop_the_others(tmp_path, monkeypatch):
     monkeypatch.setitem(MUTATIONS._entries, "noise", dataclasses.replace(MUTATIONS["noise"], function=broken))
     with pytest.warns(CompassWarning, match="mutation 'noise' failed and was skipped.*mutant exploded"):
         trainer = _fit(tmp_path, MutationMetrics(task=digits_task(), mutations=["noise", "contrast"]), epochs=1)
-    assert "compass/mutation/contrast/accuracy" in trainer.callback_metrics
-    assert "compass/mutation/noise/accuracy" not in trainer.callback_metrics
+    assert math.isfinite(trainer.callback_metrics["compass/mutation/contrast/accuracy"].item())
+    assert math.isnan(trainer.callback_metrics["compass/mutation/noise/accuracy"].item())
     assert trainer.callback_metrics["compass/errors"].item() == 1
 
 
@@ -291,3 +294,33 @@ def test_probe_data_replaces_the_validation_loader(tmp_path):
     monitor = MutationMetrics(task=digits_task(), mutations=["noise"], probe_data=(x[:50], y[:50]))
     _fit(tmp_path, monitor, epochs=1)
     assert len(monitor._probe) == 50
+
+
+def test_a_successful_evaluation_logs_exactly_the_expected_tags(tmp_path):
+    monitor = MutationMetrics(task=digits_task(), mutations=["data_shuffle", "noise"])
+    _fit(tmp_path, monitor, epochs=1)
+    assert set(monitor.history[0]["metrics"]) == {*monitor.expected_tags(), "compass/errors"}
+
+
+def test_a_failed_analysis_logs_nan_so_a_monitoring_checkpoint_keeps_going(tmp_path):
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="compass/basic/accuracy", mode="max", save_last=True)
+    with pytest.warns(CompassWarning, match="failed and was skipped"):
+        trainer = _fit(tmp_path, MutationMetrics(task=digits_task()), model=DictOutputNet(), callbacks=[checkpoint])
+    assert trainer.current_epoch == 2 and (tmp_path / "ckpt" / "last.ckpt").exists()
+    assert math.isnan(trainer.callback_metrics["compass/basic/accuracy"].item())
+
+
+def test_a_checkpoint_watching_on_other_epochs_than_the_monitor_runs_is_refused_before_training(tmp_path):
+    CountingNet.steps = 0
+    every_epoch = ModelCheckpoint(dirpath=tmp_path / "a", monitor="compass/basic/accuracy", mode="max")
+    with pytest.raises(ValueError, match=r"use ModelCheckpoint\(monitor='compass/basic/accuracy', every_n_epochs=2\)"):
+        _fit(tmp_path, MutationMetrics(task=digits_task(), every_n_epochs=2), model=CountingNet(), callbacks=[every_epoch])
+    stopper = pl.callbacks.EarlyStopping(monitor="compass/mutation/mean_accuracy", mode="max")
+    with pytest.raises(ValueError, match=r"Trainer\(check_val_every_n_epoch=3\)"):
+        _fit(tmp_path, MutationMetrics(task=digits_task(), every_n_epochs=3), model=CountingNet(), callbacks=[stopper])
+    assert CountingNet.steps == 0
+    # the advised configuration works
+    aligned = ModelCheckpoint(dirpath=tmp_path / "b", monitor="compass/basic/accuracy", mode="max", every_n_epochs=2)
+    trainer = _fit(tmp_path, MutationMetrics(task=digits_task(), every_n_epochs=2), epochs=4, callbacks=[aligned])
+    logged = [e.value for e in read_events(trainer.logger.log_dir).Scalars("compass/basic/accuracy")]
+    assert len(logged) == 2 and aligned.best_model_score.item() == pytest.approx(max(logged))

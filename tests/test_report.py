@@ -1,9 +1,12 @@
 """The reporter's history file: plain JSON, restored records written once, NaN as null."""
 
+import csv
 import json
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
+from conftest import DigitsClassifier, DigitsDataModule, read_events
 
 from compass_lightning.registry import Registry, UnknownNameError
 from compass_lightning.report import HISTORY_FILE, Reporter, history_record, read_history
@@ -44,3 +47,26 @@ def test_registry_lookup_errors_name_the_argument_and_the_choices():
         registry["blue"]
     with pytest.raises(ValueError, match="lower case and unique"):
         registry.register("red")
+
+
+class _EndOfFitLogger(pl.Callback):
+    """Logs where pl_module.log is forbidden (on_train_end), as the pruning analysis will."""
+
+    def setup(self, trainer, pl_module, stage):
+        self.reporter = Reporter(trainer)
+
+    def on_train_end(self, trainer, pl_module):
+        self.reporter.log_scalars(trainer, pl_module, {"compass/test/at_end": 0.25}, in_epoch_end=False)
+
+
+def test_scalars_outside_epoch_end_hooks_go_to_every_logger(tmp_path):
+    loggers = [pl.loggers.CSVLogger(tmp_path, name="csv"), pl.loggers.TensorBoardLogger(tmp_path, name="tb")]
+    trainer = pl.Trainer(
+        max_epochs=1, logger=loggers, callbacks=[_EndOfFitLogger()], enable_progress_bar=False,
+        enable_checkpointing=False, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0,
+    )
+    trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule())
+    with open(Path(loggers[0].log_dir) / "metrics.csv") as stream:
+        assert [float(r["compass/test/at_end"]) for r in csv.DictReader(stream) if r.get("compass/test/at_end")] == [0.25]
+    (event,) = read_events(loggers[1].log_dir).Scalars("compass/test/at_end")
+    assert event.value == 0.25 and event.step == trainer.global_step

@@ -14,7 +14,7 @@ from typing import Any, Optional, Union
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 from torch.utils.data import Dataset
@@ -194,6 +194,10 @@ class CompassCallback(Callback):
         """Run the analysis on ``evaluation.probe`` and fill ``evaluation.scalars``/``images``."""
         raise NotImplementedError
 
+    def expected_tags(self) -> list[str]:
+        """The scalar tags a successful evaluation logs (a failed one logs them as NaN)."""
+        return []
+
     def _state_key_fields(self) -> dict[str, Any]:
         """Settings that distinguish two instances of the callback in a checkpoint."""
         return {"every_n_epochs": self.every_n_epochs, "probe_size": self.probe_size, "seed": self.seed}
@@ -272,7 +276,34 @@ class CompassCallback(Callback):
             warnings.warn(
                 f"{type(self).__name__} will not run: limit_val_batches=0 disables validation", CompassWarning
             )
+        self._check_watchers(trainer)
         self._probe = self._build_probe(trainer)
+
+    def _check_watchers(self, trainer: pl.Trainer) -> None:
+        """Fail now if a checkpoint or early-stopping callback would look for our tags on epochs
+        where this monitor does not run: Lightning raises when a monitored key is missing, which
+        would stop the run at the first such epoch."""
+        tags = set(self.expected_tags())
+        for callback in trainer.callbacks:
+            monitor = getattr(callback, "monitor", None)
+            if monitor not in tags or self.every_n_epochs == 1:
+                continue
+            name = type(self).__name__
+            if isinstance(callback, ModelCheckpoint):
+                every = getattr(callback, "_every_n_epochs", 1)
+                by_epoch = not callback._every_n_train_steps and callback._train_time_interval is None
+                if by_epoch and every and every % self.every_n_epochs == 0:
+                    continue
+                advice = f"ModelCheckpoint(monitor={monitor!r}, every_n_epochs={self.every_n_epochs})"
+            elif isinstance(callback, EarlyStopping):
+                advice = f"{name}(every_n_epochs=1) with Trainer(check_val_every_n_epoch={self.every_n_epochs})"
+            else:
+                continue
+            raise ValueError(
+                f"{type(callback).__name__}(monitor={monitor!r}) checks every epoch, but {name} logs "
+                f"{monitor!r} only every {self.every_n_epochs} epochs (every_n_epochs={self.every_n_epochs}), so "
+                f"Lightning would stop the run at the first epoch without it; use {advice}"
+            )
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -311,6 +342,9 @@ class CompassCallback(Callback):
         with analysis_mode(pl_module, seed=self.seed), self.isolate("the analysis"):
             self.evaluate(trainer, evaluation)
         scalars = to_floats(evaluation.scalars)
+        # A tag that failed is logged as NaN rather than left out: ModelCheckpoint treats NaN as the
+        # worst score and skips the epoch, while a missing monitored key would stop the run.
+        scalars.update({tag: float("nan") for tag in self.expected_tags() if tag not in scalars})
         scalars[ERRORS_TAG] = float(sum(cb.error_count for cb in trainer.callbacks if isinstance(cb, CompassCallback)))
         self.history.append(
             history_record(

@@ -14,7 +14,7 @@ from torch import Tensor
 from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData
 from compass_lightning.checks import check_int, check_real
 from compass_lightning.figures import confusion_matrix_figure, labelled_image_grid
-from compass_lightning.metrics import classification_metrics, confusion_matrix
+from compass_lightning.metrics import METRIC_NAMES, classification_metrics, confusion_matrix
 from compass_lightning.mutation import MUTATIONS, mutate, shuffle_permutation
 from compass_lightning.report import CompassWarning
 from compass_lightning.task import Classification
@@ -106,6 +106,13 @@ class MutationMetrics(CompassCallback):
         self.mutations = resolve_mutations(mutations)
         self.image_count = check_int("image_count", image_count, minimum=0)
         self.shuffle_tolerance = check_real("shuffle_tolerance", shuffle_tolerance, low=0.0)
+
+    def expected_tags(self) -> list[str]:
+        tags = [f"compass/basic/{metric}" for metric in METRIC_NAMES]
+        for name in self.mutations:
+            extra = ("accuracy_drop", "batch_dependence") if MUTATIONS[name].permutes else ("accuracy_drop",)
+            tags += [f"compass/mutation/{name}/{metric}" for metric in (*METRIC_NAMES, *extra)]
+        return [*tags, "compass/mutation/mean_accuracy"]
 
     def _state_key_fields(self) -> dict[str, Any]:
         return {**super()._state_key_fields(), "mutations": sorted(self.mutations)}
