@@ -122,8 +122,9 @@ class CompassCallback(Callback):
     Args:
         every_n_epochs: run after every ``n``-th training epoch (epochs ``n-1``, ``2n-1``, ... counted
             from 0), when validation runs in that epoch.
-        probe_size: number of validation samples analysed; ``None`` uses the callback's default (or
-            all the data if it is smaller). Larger than the data is an error.
+        probe_size: number of validation samples analysed (test samples under ``trainer.test()``);
+            ``None`` uses the callback's default, or all the data if it is smaller. Larger than the
+            data is a ``ValueError`` before training starts.
         batch_size: how many probe samples go through the model at once.
         seed: seed of the probe selection and of every random number the analysis draws.
         task: how to read batches and where perturbations live (default: :class:`Classification`
