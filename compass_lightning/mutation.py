@@ -27,8 +27,8 @@ before the operation and back after it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -38,36 +38,20 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
 from compass_lightning.checks import check_interval, check_real
-from compass_lightning.registry import Registry
-
-Check = Callable[[str, Any], Any]
-
+from compass_lightning.registry import Check, Operation, Registry
+from compass_lightning.rng import draw
 
 @dataclass(frozen=True)
-class Mutant:
-    """A registered mutation operator with its default parameters and their checks.
+class Mutant(Operation):
+    """A registered mutation operator: its function, default parameters and their checks.
 
     Example:
-        >>> MUTATIONS["noise"].resolve({"sigma": 0.2})
-        {'sigma': 0.2}
+        >>> MUTATIONS["noise"].resolve({"sigma": 0.2}), MUTATIONS["noise"].defaults
+        ({'sigma': 0.2}, {'sigma': 0.1})
     """
 
-    name: str
-    function: Callable[..., tuple[Tensor, Tensor]]
-    defaults: Mapping[str, Any] = field(default_factory=dict)
-    checks: Mapping[str, Check] = field(default_factory=dict)
+    kind: str = "mutation"
     permutes: bool = False  # reorders samples (with labels) and changes nothing else
-
-    def resolve(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """The defaults updated with ``params``, each checked; a ``ValueError`` for unknown or bad ones."""
-        if not isinstance(params, Mapping):
-            raise TypeError(f"parameters of mutation {self.name!r} must be a mapping, got {params!r}")
-        unknown = sorted(set(params) - set(self.defaults))
-        if unknown:
-            known = ", ".join(self.defaults) or "none"
-            raise ValueError(f"mutation {self.name!r} has no parameter {', '.join(unknown)}; its parameters: {known}")
-        merged = {**self.defaults, **params}
-        return {key: self.checks[key](f"{self.name}.{key}", value) for key, value in merged.items()}
 
 
 MUTATIONS: Registry[Mutant] = Registry("mutation")
@@ -76,22 +60,13 @@ _probability = partial(check_real, low=0.0, high=1.0)
 _non_negative = partial(check_real, low=0.0)
 
 
-def _mutant(name: str, *, permutes: bool = False, **parameters: tuple[Any, Check]) -> Callable:
+def _mutant(name: str, *, permutes: bool = False, **checks: Check) -> Callable:
     def add(function: Callable[..., tuple[Tensor, Tensor]]) -> Callable[..., tuple[Tensor, Tensor]]:
-        defaults = {key: default for key, (default, _) in parameters.items()}
-        checks = {key: check for key, (_, check) in parameters.items()}
-        MUTATIONS.register(name)(Mutant(name, function, defaults, checks, permutes))
+        mutant = Mutant.from_function(name, function, checks, ("num_classes", "generator"), permutes=permutes)
+        MUTATIONS.register(name)(mutant)
         return function
 
     return add
-
-
-def _draw(sampler: Callable[..., Tensor], shape: tuple[int, ...], generator: torch.Generator | None, like: Tensor) -> Tensor:
-    """Random numbers made on the generator's device (so a CPU generator gives the same draws for
-    a tensor on any device), returned on the device and dtype of ``like``."""
-    device = generator.device if generator is not None else like.device
-    dtype = like.dtype if like.is_floating_point() else torch.float32
-    return sampler(shape, generator=generator, device=device, dtype=dtype).to(like.device)
 
 
 def shuffle_permutation(n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -110,8 +85,8 @@ def _images_only(name: str, x: Tensor) -> None:
         raise ValueError(f"mutation {name!r} needs image batches of shape (N, C, H, W), got {tuple(x.shape)}")
 
 
-@_mutant("label_error", p=(0.1, _probability))
-def _label_error(x: Tensor, y: Tensor, *, num_classes: int, generator: torch.Generator | None, p: float):
+@_mutant("label_error", p=_probability)
+def _label_error(x: Tensor, y: Tensor, *, num_classes: int, generator: torch.Generator | None, p: float = 0.1):
     if num_classes < 2:
         raise ValueError(f"label_error needs at least 2 classes, got num_classes={num_classes}")
     count = round(p * len(y))
@@ -123,12 +98,12 @@ def _label_error(x: Tensor, y: Tensor, *, num_classes: int, generator: torch.Gen
     return x, mutated
 
 
-@_mutant("data_missing", p=(0.2, _probability))
-def _data_missing(x: Tensor, y: Tensor, *, num_classes: int, generator: torch.Generator | None, p: float):
+@_mutant("data_missing", p=_probability)
+def _data_missing(x: Tensor, y: Tensor, *, num_classes: int, generator: torch.Generator | None, p: float = 0.2):
     # A pixel is every channel at one position; (N, D) inputs have one "pixel" per feature.
     spatial = x.shape[2:] if x.ndim >= 3 else x.shape[1:]
     count = math.prod(spatial)
-    scores = _draw(torch.rand, (len(x), count), generator, x)
+    scores = draw(torch.rand, (len(x), count), generator, x)
     mask = torch.zeros(len(x), count, dtype=torch.bool, device=x.device)
     mask.scatter_(1, scores.topk(round(p * count), dim=1).indices, True)
     mask = mask.view(len(x), *((1,) if x.ndim >= 3 else ()), *spatial)
@@ -141,32 +116,32 @@ def _data_shuffle(x: Tensor, y: Tensor, *, num_classes: int, generator: torch.Ge
     return x[permutation.to(x.device)], y[permutation.to(y.device)]
 
 
-@_mutant("noise", sigma=(0.1, _non_negative))
-def _noise(x: Tensor, y: Tensor, *, num_classes: int, generator: torch.Generator | None, sigma: float):
-    return (x + sigma * _draw(torch.randn, tuple(x.shape), generator, x)).clamp(0.0, 1.0), y
+@_mutant("noise", sigma=_non_negative)
+def _noise(x: Tensor, y: Tensor, *, num_classes: int, generator: torch.Generator | None, sigma: float = 0.1):
+    return (x + sigma * draw(torch.randn, tuple(x.shape), generator, x)).clamp(0.0, 1.0), y
 
 
-@_mutant("contrast", factor=(0.5, _non_negative))
-def _contrast(x: Tensor, y: Tensor, *, num_classes: int, generator: torch.Generator | None, factor: float):
+@_mutant("contrast", factor=_non_negative)
+def _contrast(x: Tensor, y: Tensor, *, num_classes: int, generator: torch.Generator | None, factor: float = 0.5):
     _images_only("contrast", x)
     return TF.adjust_contrast(x, factor), y
 
 
-@_mutant("brightness", factor=(1.3, _non_negative))
-def _brightness(x: Tensor, y: Tensor, *, num_classes: int, generator: torch.Generator | None, factor: float):
+@_mutant("brightness", factor=_non_negative)
+def _brightness(x: Tensor, y: Tensor, *, num_classes: int, generator: torch.Generator | None, factor: float = 1.3):
     _images_only("brightness", x)
     return TF.adjust_brightness(x, factor), y
 
 
-@_mutant("random_crop", scale=((0.6, 1.0), partial(check_interval, low=0.0, high=1.0, low_open=True, strict=False)))
+@_mutant("random_crop", scale=partial(check_interval, low=0.0, high=1.0, low_open=True, strict=False))
 def _random_crop(
-    x: Tensor, y: Tensor, *, num_classes: int, generator: torch.Generator | None, scale: tuple[float, float]
+    x: Tensor, y: Tensor, *, num_classes: int, generator: torch.Generator | None, scale: tuple[float, float] = (0.6, 1.0)
 ):
     _images_only("random_crop", x)
     low, high = scale
-    area = low + (high - low) * _draw(torch.rand, (len(x),), generator, x)
+    area = low + (high - low) * draw(torch.rand, (len(x),), generator, x)
     side = area.sqrt()  # the fraction of each side kept: the crop keeps the image's aspect ratio
-    centre = (1.0 - side).unsqueeze(1) * (2.0 * _draw(torch.rand, (len(x), 2), generator, x) - 1.0)
+    centre = (1.0 - side).unsqueeze(1) * (2.0 * draw(torch.rand, (len(x), 2), generator, x) - 1.0)
     theta = torch.zeros(len(x), 2, 3, dtype=x.dtype, device=x.device)
     theta[:, 0, 0] = side
     theta[:, 1, 1] = side

@@ -6,8 +6,10 @@ unknown name fails at construction with the list of known ones.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator, Mapping
-from typing import Generic, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -68,3 +70,55 @@ class Registry(Mapping[str, T], Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}: {', '.join(self._entries)})"
+
+
+Check = Callable[[str, Any], Any]
+
+
+@dataclass(frozen=True)
+class Operation:
+    """A registered function with named parameters, their defaults and their checks.
+
+    The defaults are read from the function's keyword-only parameters (those not in
+    ``reserved``), so each default is written once, in the signature.
+
+    Example:
+        >>> def scale(x, *, factor=2.0):
+        ...     return x * factor
+        >>> op = Operation.from_function("scale", scale, {"factor": lambda name, v: float(v)})
+        >>> op.resolve({"factor": 3}), op.resolve(None)
+        ({'factor': 3.0}, {'factor': 2.0})
+    """
+
+    name: str
+    function: Callable[..., Any]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    checks: Mapping[str, Check] = field(default_factory=dict)
+    kind: str = "operation"
+
+    @classmethod
+    def from_function(
+        cls, name: str, function: Callable[..., Any], checks: Mapping[str, Check], reserved: tuple[str, ...] = (), **extra: Any
+    ) -> "Operation":
+        """An operation whose parameters are ``function``'s keyword-only ones, minus ``reserved``."""
+        defaults = {
+            p.name: p.default
+            for p in inspect.signature(function).parameters.values()
+            if p.kind is p.KEYWORD_ONLY and p.name not in reserved
+        }
+        if set(checks) != set(defaults):
+            raise TypeError(f"{name}: checks {sorted(checks)} do not match the parameters {sorted(defaults)}")
+        return cls(name, function, defaults, dict(checks), **extra)
+
+    def resolve(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The defaults updated with ``params``, each given value checked (unknown names and bad
+        values are a ``ValueError``)."""
+        if params is None:
+            return dict(self.defaults)
+        if not isinstance(params, Mapping):
+            raise TypeError(f"parameters of {self.kind} {self.name!r} must be a mapping, got {params!r}")
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            known = ", ".join(self.defaults) or "none"
+            raise ValueError(f"{self.kind} {self.name!r} has no parameter {', '.join(unknown)}; its parameters: {known}")
+        return {**self.defaults, **{key: self.checks[key](f"{self.name}.{key}", value) for key, value in params.items()}}

@@ -164,10 +164,34 @@ class Classification:
             )
         return out
 
-    def pixel_model(self, model: nn.Module) -> Callable[[Tensor], Tensor]:
-        """A function from pixel-space inputs to logits: normalisation composed in front of ``model``."""
-        return lambda x: self.logits(model, self.from_pixels(x))
+    def pixel_model(self, model: nn.Module) -> PixelModel:
+        """``model`` with the normalisation composed in front: pixel-space inputs to logits."""
+        return PixelModel(model, self)
 
     def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         """Mean cross-entropy of ``logits`` against ``targets``."""
         return torch.nn.functional.cross_entropy(logits, targets)
+
+
+class PixelModel(nn.Module):
+    """A model that takes pixel-space inputs: normalises them, then returns ``task.logits``.
+
+    Attacks and attributions perturb pixels and call this. The wrapped model is not registered as
+    a submodule (``wrapped`` is a plain attribute), so the wrapper never changes the model's
+    ``state_dict``, ``train()``/``eval()`` or parameter lists.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Flatten()
+        >>> pixels = PixelModel(net, Classification(mean=[0.5], std=[0.5]))
+        >>> pixels(torch.ones(1, 1, 1, 2))
+        tensor([[1., 1.]])
+    """
+
+    def __init__(self, model: nn.Module, task: Classification) -> None:
+        super().__init__()
+        self.__dict__["wrapped"] = model  # not a submodule: see the docstring
+        self.task = task
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.task.logits(self.wrapped, self.task.from_pixels(x))

@@ -120,3 +120,29 @@ def _quiet_lightning():
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         yield
+
+
+def train_digits(epochs: int = 4, seed: int = 0, width: int = 16) -> DigitsClassifier:
+    """A DigitsClassifier trained with a plain loop (faster than a Trainer), returned in eval mode."""
+    torch.manual_seed(seed)
+    data = DigitsDataModule()
+    data.setup()
+    model = DigitsClassifier(width=width)
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x, y = data.train_set.tensors
+    for _ in range(epochs):
+        for index in torch.randperm(len(x)).split(64):
+            optimiser.zero_grad()
+            nn.functional.cross_entropy(model(x[index]), y[index]).backward()
+            optimiser.step()
+    return model.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="session")
+def trained_digits():
+    """(model in eval mode, validation pixels in [0, 1], labels, task) of a digits model trained 4 epochs."""
+    data = DigitsDataModule()
+    data.setup()
+    x, y = data.val_set.tensors
+    task = digits_task()
+    return train_digits(), task.to_pixels(x), y, task

@@ -1,0 +1,82 @@
+"""Adversarial attacks (AI-Compass module 3) as pure, batched torch functions.
+
+Every attack has the signature ``attack(model, x, y, *, eps, bounds=(0, 1), generator=None,
+**params) -> x_adv``: ``x`` is in pixel space, ``model`` maps pixel-space inputs to logits (see
+:meth:`~compass_lightning.task.Classification.pixel_model`), gradients are taken with
+``torch.autograd.grad`` with respect to the input only, and ``x_adv`` lies in ``bounds`` and within
+``eps`` of ``x`` in the attack's norm (:attr:`Attack.norm`). Randomness comes from ``generator``.
+
+========== ===== ==========================================================================
+name       norm  attack
+========== ===== ==========================================================================
+fgsm       L∞    FGSM
+ifgsm      L∞    I-FGSM / BIM
+pgd        L∞    PGD with random start
+pgd_l2     L2    PGD, L2
+mifgsm     L∞    MI-FGSM (momentum)
+difgsm     L∞    DI-FGSM (input diversity)
+tifgsm     L∞    TI-FGSM (translation invariance)
+sinifgsm   L∞    SI-NI-FGSM (scale invariance, Nesterov)
+cw         L2    C&W L2, budgeted by eps
+deepfool   L2    DeepFool, budgeted by eps
+ssa        L∞    spectrum simulation attack (transfer)
+naa        L∞    neuron attribution-based attack (transfer)
+ata        L∞    attention-guided transfer attack (transfer)
+========== ===== ==========================================================================
+
+Example:
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    >>> x, y = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
+    >>> x_adv = run_attack("pgd", model, x, y, eps=8 / 255, generator=torch.Generator().manual_seed(0))
+    >>> bool((x_adv - x).abs().max() <= 8 / 255 + 1e-6)
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from compass_lightning.attacks._core import ATTACKS, Attack, Model
+from compass_lightning.attacks.gradient import difgsm, fgsm, ifgsm, mifgsm, pgd, pgd_l2, sinifgsm, tifgsm
+from compass_lightning.attacks.minimal import cw, deepfool
+from compass_lightning.attacks.transfer import ata, naa, ssa
+
+
+def run_attack(
+    name: str,
+    model: Model,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    generator: torch.Generator | None = None,
+    **params: Any,
+) -> Tensor:
+    """Run the attack called ``name`` with ``params`` checked against its parameters."""
+    attack = ATTACKS.lookup(name, "attack")
+    return attack.function(model, x, y, eps=eps, bounds=bounds, generator=generator, **attack.resolve(params))
+
+
+__all__ = [
+    "ATTACKS",
+    "Attack",
+    "ata",
+    "cw",
+    "deepfool",
+    "difgsm",
+    "fgsm",
+    "ifgsm",
+    "mifgsm",
+    "naa",
+    "pgd",
+    "pgd_l2",
+    "run_attack",
+    "sinifgsm",
+    "ssa",
+    "tifgsm",
+]

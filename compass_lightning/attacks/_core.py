@@ -1,0 +1,176 @@
+"""What every attack shares: the registry, the loss gradient, projections and the sign-gradient loop.
+
+Attacks are written natively in torch: the maintained libraries flatten train/eval state, fill
+parameter gradients (``loss.backward()``), work in numpy or fix the device. Here gradients are
+taken with ``torch.autograd.grad`` with respect to the input only, everything stays on the
+input's device, and the caller's guard owns the model's modes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from compass_lightning.checks import check_bool, check_int, check_interval, check_real
+from compass_lightning.registry import Check, Operation, Registry
+from compass_lightning.rng import draw, randint
+
+Model = Callable[[Tensor], Tensor]
+Gradient = Callable[[Tensor, Tensor], Tensor]  # (x_adv, momentum) -> gradient to ascend
+
+
+@dataclass(frozen=True)
+class Attack(Operation):
+    """A registered attack: its function, parameters, norm (``"linf"`` or ``"l2"``) and role.
+
+    Example:
+        >>> ATTACKS["pgd"].norm, ATTACKS["pgd"].defaults["steps"], ATTACKS["ssa"].transfer
+        ('linf', 10, True)
+    """
+
+    kind: str = "attack"
+    norm: str = "linf"
+    transfer: bool = False  # meant to be crafted on a surrogate and transferred
+
+
+ATTACKS: Registry[Attack] = Registry("attack")
+
+RESERVED = ("eps", "bounds", "generator")
+
+# Parameter checks shared by the attacks.
+positive = partial(check_real, low=0.0, low_open=True)
+non_negative = partial(check_real, low=0.0)
+probability = partial(check_real, low=0.0, high=1.0)
+at_least_one = partial(check_int, minimum=1)
+flag = check_bool
+
+
+def optional(check: Check) -> Check:
+    """A check that also accepts ``None`` (meaning: derived from other parameters)."""
+    return lambda name, value: None if value is None else check(name, value)
+
+
+def layer_name(name: str, value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{name} must be a module name (str) or None, got {value!r}")
+    return value
+
+
+def register(name: str, *, norm: str = "linf", transfer: bool = False, **checks: Check) -> Callable:
+    """Decorator adding an attack to :data:`ATTACKS`; its parameters are its keyword-only arguments."""
+
+    def add(function: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        ATTACKS.register(name)(Attack.from_function(name, function, checks, RESERVED, norm=norm, transfer=transfer))
+        return function
+
+    return add
+
+
+def check_budget(eps: float, bounds: tuple[float, float]) -> tuple[float, tuple[float, float]]:
+    """``eps >= 0`` (``inf`` allowed for minimal-norm attacks) and ``bounds`` low < high."""
+    return check_real("eps", eps, low=0.0), check_interval("bounds", bounds)
+
+
+def input_gradient(model: Model, x: Tensor, y: Tensor, transform: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """Gradient of the mean cross-entropy of ``model(transform(x))`` with respect to ``x`` only."""
+    x = x.detach().requires_grad_(True)
+    logits = model(transform(x) if transform is not None else x)
+    (gradient,) = torch.autograd.grad(F.cross_entropy(logits, y), x)
+    return gradient
+
+
+def linf_project(x_adv: Tensor, x: Tensor, eps: float, bounds: tuple[float, float]) -> Tensor:
+    """Back into the L∞ ball of radius ``eps`` around ``x``, then into ``bounds``."""
+    return (x + (x_adv - x).clamp(-eps, eps)).clamp(*bounds)
+
+
+def per_sample_norm(t: Tensor) -> Tensor:
+    """L2 norm of every sample, shaped to broadcast against ``t``."""
+    return t.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (t.ndim - 1)))
+
+
+def random_linf_start(x: Tensor, eps: float, bounds: tuple[float, float], generator: torch.Generator | None) -> Tensor:
+    """A uniformly random point of the L∞ ball around ``x``, inside ``bounds``."""
+    return (x + eps * (2 * draw(torch.rand, tuple(x.shape), generator, x) - 1)).clamp(*bounds)
+
+
+def normalise_l1(gradient: Tensor) -> Tensor:
+    """``gradient`` divided by its per-sample mean absolute value (MI-FGSM's normalisation)."""
+    scale = gradient.abs().mean(dim=tuple(range(1, gradient.ndim)), keepdim=True)
+    return gradient / scale.clamp_min(torch.finfo(gradient.dtype).tiny)  # an all-zero gradient stays zero
+
+
+def sign_gradient_attack(
+    model: Model,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    alpha: float,
+    steps: int,
+    bounds: tuple[float, float],
+    gradient: Gradient | None = None,
+    decay: float = 0.0,
+    normalise: bool = False,
+    start: Tensor | None = None,
+) -> Tensor:
+    """The loop of every L∞ iterative attack: ``steps`` sign steps of size ``alpha``, projected.
+
+    Each step takes ``gradient(x_adv, momentum)`` (default: the cross-entropy input gradient),
+    optionally divides it by its mean absolute value, adds ``decay`` times the previous direction
+    (momentum), and moves ``alpha`` along its sign.
+    """
+    x = x.detach()
+    gradient = gradient or (lambda x_adv, momentum: input_gradient(model, x_adv, y))
+    x_adv = x.clone() if start is None else start.detach()
+    momentum = torch.zeros_like(x)
+    for _ in range(steps):
+        direction = gradient(x_adv, momentum)
+        if normalise:
+            direction = normalise_l1(direction)
+        momentum = direction + momentum * decay
+        x_adv = linf_project(x_adv + alpha * momentum.sign(), x, eps, bounds).detach()
+    return x_adv
+
+
+def diverse_input(
+    x: Tensor, resize_rate: float, diversity_prob: float, generator: torch.Generator | None
+) -> Tensor:
+    """DI-FGSM's input diversity: with probability ``diversity_prob``, resize the batch to a random
+    size between ``resize_rate`` and 1 of the image and pad it back with zeros at a random offset
+    (one draw for the whole batch, as in the paper's code and torchattacks)."""
+    if diversity_prob == 0.0 or float(draw(torch.rand, (1,), generator, x)) >= diversity_prob:
+        return x
+    side = x.shape[-1]
+    low, high = sorted((int(side * resize_rate), side))
+    if low == high:
+        return x
+    size = randint(low, high, generator)
+    rescaled = F.interpolate(x, size=[size, size], mode="bilinear", align_corners=False)
+    top, left = randint(0, high - size, generator), randint(0, high - size, generator)
+    return F.pad(rescaled, [left, high - size - left, top, high - size - top], value=0.0)
+
+
+def gaussian_kernel(length: int, nsig: float, channels: int, like: Tensor) -> Tensor:
+    """TI-FGSM's depthwise Gaussian kernel ``(channels, 1, length, length)``, summing to 1 per channel."""
+    t = torch.linspace(-nsig, nsig, length, dtype=torch.float64)
+    profile = torch.exp(-0.5 * t**2)
+    kernel = torch.outer(profile, profile)
+    kernel = (kernel / kernel.sum()).to(torch.float32).to(like.dtype)
+    return kernel.expand(channels, 1, length, length).contiguous().to(like.device)
+
+
+def dct_matrix(n: int, like: Tensor) -> Tensor:
+    """The orthonormal DCT-II matrix ``D`` (``D @ v`` transforms, ``D.T @ V`` inverts)."""
+    k = torch.arange(n, dtype=torch.float64).unsqueeze(1)
+    i = torch.arange(n, dtype=torch.float64).unsqueeze(0)
+    matrix = torch.cos(math.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
+    matrix[0] /= math.sqrt(2.0)
+    return matrix.to(device=like.device, dtype=like.dtype)

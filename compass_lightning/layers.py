@@ -1,0 +1,69 @@
+"""Finding layers by name and capturing their outputs, for analyses that look inside the model."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from torch import Tensor, nn
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside a wrapper such as :class:`~compass_lightning.task.PixelModel`."""
+    return getattr(model, "wrapped", model)
+
+
+def conv_layers(model: nn.Module) -> list[str]:
+    """Names of the ``Conv2d`` modules of ``model``, in registration order."""
+    return [name for name, module in unwrap(model).named_modules() if isinstance(module, nn.Conv2d)]
+
+
+def find_layer(model: nn.Module, name: str | None, *, default: str = "last", argument: str = "layer") -> nn.Module:
+    """The submodule called ``name``; ``None`` picks the ``default`` ("last" or "middle") ``Conv2d``.
+
+    A name that does not exist is a ``ValueError`` listing the names that do.
+    """
+    modules = dict(unwrap(model).named_modules())
+    if name is None:
+        convolutions = conv_layers(model)
+        if not convolutions:
+            raise ValueError(f"{argument}: the model has no Conv2d layer to default to; name one of: {_names(modules)}")
+        name = convolutions[-1] if default == "last" else convolutions[(len(convolutions) - 1) // 2]
+    if name not in modules or not name:
+        raise ValueError(f"{argument}: the model has no layer {name!r}; its layers: {_names(modules)}")
+    return modules[name]
+
+
+def _names(modules: dict[str, nn.Module], limit: int = 40) -> str:
+    names = [n for n in modules if n]
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+class Capture:
+    """The latest output of a module, recorded by a forward hook (see :func:`capture`)."""
+
+    def __init__(self) -> None:
+        self.value: Tensor | None = None
+
+    def __call__(self, module: nn.Module, inputs: object, output: Tensor) -> None:
+        self.value = output
+
+
+@contextlib.contextmanager
+def capture(module: nn.Module) -> Iterator[Capture]:
+    """Record ``module``'s output at every forward; the hook is removed on exit, even on error.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU())
+        >>> with capture(net[0]) as seen:
+        ...     _ = net(torch.ones(2, 3))
+        >>> seen.value.shape, len(net[0]._forward_hooks)
+        (torch.Size([2, 4]), 0)
+    """
+    seen = Capture()
+    handle = module.register_forward_hook(seen)
+    try:
+        yield seen
+    finally:
+        handle.remove()

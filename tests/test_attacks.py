@@ -1,0 +1,174 @@
+"""Attacks: budgets and bounds, reductions between attacks, closed forms, and agreement with torchattacks."""
+
+import math
+
+import pytest
+import torch
+import torchattacks
+from conftest import snapshot, assert_same_state, awkward_net
+
+from compass_lightning.attacks import ATTACKS, fgsm, ifgsm, mifgsm, difgsm, pgd, run_attack
+from compass_lightning.guard import analysis_mode
+
+L2_EPS = 1.0
+
+
+def _eps(name: str) -> float:
+    return L2_EPS if ATTACKS[name].norm == "l2" else 8 / 255
+
+
+def _distance(name: str, delta: torch.Tensor) -> torch.Tensor:
+    flat = delta.flatten(1)
+    return flat.norm(dim=1) if ATTACKS[name].norm == "l2" else flat.abs().amax(dim=1)
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_every_attack_stays_in_its_budget_and_bounds_and_lowers_accuracy(name, trained_digits):
+    model, pixels, y, task = trained_digits
+    net = task.pixel_model(model)
+    x, y = pixels[:96], y[:96]
+    with analysis_mode(model, seed=0):
+        x_adv = run_attack(name, net, x, y, eps=_eps(name), generator=torch.Generator().manual_seed(0))
+        clean = (net(x).argmax(1) == y).float().mean()
+        robust = (net(x_adv).argmax(1) == y).float().mean()
+    assert x_adv.shape == x.shape and torch.isfinite(x_adv).all()
+    assert (_distance(name, x_adv - x) <= _eps(name) + 1e-6).all()
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert robust <= clean
+    assert robust < clean - 0.05, f"{name} barely changed the accuracy ({clean:.2f} -> {robust:.2f})"
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_attacks_are_reproducible_and_leave_the_model_alone(name):
+    model = awkward_net()
+    before = snapshot(model)
+    x, y = torch.rand(6, 1, 8, 8), torch.tensor([0, 1, 2, 3, 0, 1])
+    with analysis_mode(model):
+        runs = [run_attack(name, model, x, y, eps=_eps(name), generator=torch.Generator().manual_seed(3)) for _ in range(2)]
+    assert torch.equal(runs[0], runs[1])
+    assert_same_state(before, snapshot(model))
+
+
+def test_reductions_between_attacks(trained_digits):
+    model, pixels, y, task = trained_digits
+    net, x, y, eps = task.pixel_model(model), pixels[:64], y[:64], 8 / 255
+    with analysis_mode(model):
+        assert torch.equal(pgd(net, x, y, eps=eps, steps=1, alpha=eps, random_start=False), fgsm(net, x, y, eps=eps))
+        assert torch.equal(mifgsm(net, x, y, eps=eps, alpha=1 / 255, decay=0.0), ifgsm(net, x, y, eps=eps, alpha=1 / 255))
+        assert torch.equal(
+            difgsm(net, x, y, eps=eps, diversity_prob=0.0, decay=1.0), mifgsm(net, x, y, eps=eps, decay=1.0)
+        )
+
+
+def test_fgsm_on_a_linear_model_is_the_closed_form():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(12, 4)
+    model = lambda x: linear(x.flatten(1))  # noqa: E731
+    x, y, eps = torch.rand(10, 3, 2, 2) * 0.8 + 0.1, torch.randint(0, 4, (10,)), 0.05
+    with torch.no_grad():
+        residual = linear(x.flatten(1)).softmax(1) - torch.nn.functional.one_hot(y, 4)
+        gradient = (residual @ linear.weight).view_as(x)  # d CE / d x, up to the 1/N of the mean
+    expected = (x + eps * gradient.sign()).clamp(0, 1)
+    assert torch.allclose(fgsm(model, x, y, eps=eps), expected, atol=1e-7)
+
+
+class _ThreeChannelNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2),
+            torch.nn.Flatten(), torch.nn.Linear(128, 10),
+        )
+
+    def forward(self, x):
+        return self.body(x)
+
+
+@pytest.fixture(scope="module")
+def reference_setup():
+    model = _ThreeChannelNet().eval()
+    generator = torch.Generator().manual_seed(2)
+    x = torch.rand(12, 3, 16, 16, generator=generator)
+    return model, x, model(x).argmax(1).detach()
+
+
+AGREEMENT = [
+    ("fgsm", {}, lambda m: torchattacks.FGSM(m, eps=8 / 255)),
+    ("ifgsm", {"alpha": 2 / 255, "steps": 10}, lambda m: torchattacks.BIM(m, eps=8 / 255, alpha=2 / 255, steps=10)),
+    ("pgd", {"random_start": False}, lambda m: torchattacks.PGD(m, eps=8 / 255, alpha=2 / 255, steps=10, random_start=False)),
+    ("mifgsm", {}, lambda m: torchattacks.MIFGSM(m, eps=8 / 255, alpha=2 / 255, steps=10, decay=1.0)),
+    ("difgsm", {"diversity_prob": 0.0}, lambda m: torchattacks.DIFGSM(m, eps=8 / 255, diversity_prob=0.0)),
+    (
+        "tifgsm",
+        {"diversity_prob": 0.0, "len_kernel": 5},
+        lambda m: torchattacks.TIFGSM(m, eps=8 / 255, diversity_prob=0.0, len_kernel=5),
+    ),
+    ("sinifgsm", {}, lambda m: torchattacks.SINIFGSM(m, eps=8 / 255, alpha=2 / 255, steps=10, decay=1.0, m=5)),
+]
+
+
+@pytest.mark.parametrize(("name", "params", "reference"), AGREEMENT, ids=[a[0] for a in AGREEMENT])
+def test_agrees_with_torchattacks(name, params, reference, reference_setup):
+    model, x, y = reference_setup
+    expected = reference(model)(x, y)
+    with analysis_mode(model):
+        ours = run_attack(name, model, x, y, eps=8 / 255, **params)
+    assert (ours - x).abs().max() > 1e-3  # the attack did something
+    assert torch.allclose(ours, expected, atol=1e-5), (ours - expected).abs().max()
+
+
+def test_deepfool_agrees_with_torchattacks(trained_digits):
+    model, pixels, y, task = trained_digits
+    net, x, y = task.pixel_model(model), pixels[:32], y[:32]
+    expected = torchattacks.DeepFool(net, steps=50, overshoot=0.02)(x, y)
+    with analysis_mode(model):
+        ours = run_attack("deepfool", net, x, y, eps=math.inf)
+        fooled = (net(ours).argmax(1) != y).float().mean()
+    assert torch.allclose(ours, expected, atol=1e-5), (ours - expected).abs().max()
+    # torchattacks' per-step overshoot leaves some samples on the boundary (see deepfool's docstring)
+    assert fooled > 0.5
+
+
+def test_minimal_norm_attacks_respect_their_budget(trained_digits):
+    model, pixels, y, task = trained_digits
+    net, x, y = task.pixel_model(model), pixels[:48], y[:48]
+    with analysis_mode(model):
+        for name in ("deepfool", "cw"):
+            free = run_attack(name, net, x, y, eps=math.inf)
+            norms = (free - x).flatten(1).norm(dim=1)
+            budget = norms[norms > 0].median().item()
+            capped = run_attack(name, net, x, y, eps=budget)
+            kept = (capped - x).flatten(1).norm(dim=1) > 0
+            assert torch.equal(kept, (norms > 0) & (norms <= budget)), name
+
+
+def test_asr_rises_with_eps_on_a_trained_model(trained_digits):
+    model, pixels, y, task = trained_digits
+    net, x, y = task.pixel_model(model), pixels[:128], y[:128]
+    with analysis_mode(model):
+        correct = net(x).argmax(1) == y
+        rates = []
+        for eps in (1 / 255, 4 / 255, 16 / 255, 48 / 255):
+            x_adv = pgd(net, x, y, eps=eps, generator=torch.Generator().manual_seed(0))
+            rates.append(((net(x_adv).argmax(1) != y) & correct).sum().item() / correct.sum().item())
+    assert rates == sorted(rates) and rates[-1] > rates[0] + 0.3, rates
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda n, x, y: run_attack("pgd", n, x, y, eps=-0.1), r"eps must be a number in \[0.0, inf\]"),
+        (lambda n, x, y: run_attack("pgd", n, x, y, eps=0.1, steps=0), "pgd.steps must be an integer >= 1"),
+        (lambda n, x, y: run_attack("pgd", n, x, y, eps=0.1, bounds=(1.0, 0.0)), "bounds must be a pair"),
+        (lambda n, x, y: run_attack("nope", n, x, y, eps=0.1), "unknown attack 'nope'; choose from: fgsm"),
+        (lambda n, x, y: run_attack("pgd", n, x, y, eps=0.1, stepz=3), "has no parameter stepz"),
+        (lambda n, x, y: run_attack("naa", n, x, y, eps=0.1, layer="nowhere"), "no layer 'nowhere'; its layers: net"),
+        (lambda n, x, y: run_attack("tifgsm", n, x, y, eps=0.1, len_kernel=4), "len_kernel must be an odd integer"),
+    ],
+)
+def test_bad_arguments_are_value_errors(call, message, trained_digits):
+    model, pixels, y, task = trained_digits
+    with pytest.raises(ValueError, match=message), analysis_mode(model):
+        call(task.pixel_model(model), pixels[:4], y[:4])
