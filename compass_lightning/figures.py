@@ -74,7 +74,7 @@ def labelled_image_grid(
         labels: row name → ``(k,)`` integer labels written on each image.
         reference: the row whose labels the others are compared with; changed labels are on red.
         correct: row name → ``(k,)`` booleans; the image is framed green where true, red where false.
-        title: written above the grid.
+        title: written above the grid (``\n`` starts a new line).
         tile: the side of each image in pixels (small images are enlarged without smoothing).
 
     Example:
@@ -89,16 +89,19 @@ def labelled_image_grid(
     count, _, height, width = tiles[0].shape
     font, small = _font(13), _font(10)
     left = 12 + max(int(font.getlength(name)) for name in names)
-    top = 26 if title else 6
-    canvas = torch.ones(3, top + len(names) * (height + gap), left + count * (width + gap))
+    lines = title.split("\n") if title else []
+    top = 6 + 19 * len(lines)
+    grid_width = left + count * (width + gap)
+    canvas_width = max([grid_width] + [int(font.getlength(line)) + 16 for line in lines])
+    canvas = torch.ones(3, top + len(names) * (height + gap), canvas_width)
     for row, row_tiles in enumerate(tiles):
         for column in range(count):
             y, x = top + row * (height + gap), left + column * (width + gap)
             canvas[:, y : y + height, x : x + width] = row_tiles[column]
     image = _to_image(canvas)
     draw = ImageDraw.Draw(image)
-    if title:
-        draw.text((image.width // 2, 13), title, fill=INK, font=font, anchor="mm")
+    for index, line in enumerate(lines):
+        draw.text((8, 4 + 19 * index), line, fill=INK, font=font)
     labels = labels or {}
     base = labels.get(reference) if reference else None
     for row, name in enumerate(names):
@@ -154,3 +157,39 @@ def confusion_matrix_figure(matrix: Tensor, class_names: Sequence[str] | None = 
             centre = (left + j * cell + cell // 2, top + i * cell + cell // 2)
             draw.text(centre, str(int(counts[i, j])), fill=colour, font=small, anchor="mm")
     return _to_tensor(image)
+
+
+def line_chart(
+    x: Sequence[float],
+    series: Mapping[str, Sequence[float]],
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    ylim: tuple[float, float] | None = (0.0, 1.0),
+) -> Tensor:
+    """One line per entry of ``series`` over ``x`` (matplotlib, laid out by hand, no pyplot).
+
+    Example:
+        >>> line_chart([1, 2], {"pgd": [0.9, 0.5]}, xlabel="eps", ylabel="accuracy").shape[0]
+        3
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.0, 4.0), dpi=100)
+    axes = figure.add_axes((0.12, 0.13, 0.62, 0.77))
+    for name, values in series.items():
+        axes.plot(list(x), list(values), marker="o", label=name)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    if ylim is not None:
+        axes.set_ylim(*ylim)
+    axes.grid(alpha=0.3)
+    axes.set_title(title, fontsize=10)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    width, height = canvas.get_width_height()
+    rgba = torch.frombuffer(bytearray(canvas.buffer_rgba()), dtype=torch.uint8).view(height, width, 4)
+    return rgba[..., :3].permute(2, 0, 1).float().div(255.0)

@@ -122,3 +122,30 @@ class Operation:
             known = ", ".join(self.defaults) or "none"
             raise ValueError(f"{self.kind} {self.name!r} has no parameter {', '.join(unknown)}; its parameters: {known}")
         return {**self.defaults, **{key: self.checks[key](f"{self.name}.{key}", value) for key, value in params.items()}}
+
+
+O = TypeVar("O", bound=Operation)
+
+
+def resolve_selection(registry: Registry[O], argument: str, selection: object) -> dict[str, dict[str, Any]]:
+    """``{name: parameters}`` from a list of names or a mapping of names to parameter overrides
+    (``None`` for the defaults), every name and parameter checked.
+
+    Example:
+        >>> ops = Registry("op")
+        >>> _ = ops.register("scale")(Operation.from_function("scale", lambda x, *, k=2: x * k, {"k": lambda n, v: v}))
+        >>> resolve_selection(ops, "ops", ["scale"]), resolve_selection(ops, "ops", {"scale": {"k": 3}})
+        ({'scale': {'k': 2}}, {'scale': {'k': 3}})
+    """
+    if isinstance(selection, str) or not isinstance(selection, (list, tuple, Mapping)):
+        raise TypeError(f"{argument} must be a list of names or a mapping name -> parameters, got {selection!r}")
+    if isinstance(selection, Mapping):
+        pairs = list(selection.items())
+    else:
+        pairs = [(name, None) for name in selection]
+        duplicates = sorted({str(name) for name in selection if list(selection).count(name) > 1})
+        if duplicates:
+            raise ValueError(f"{argument}: {', '.join(map(repr, duplicates))} listed more than once")
+    if not pairs:
+        raise ValueError(f"{argument} must name at least one {registry.kind}; choose from: {', '.join(registry)}")
+    return {name: registry.lookup(name, argument).resolve(params) for name, params in pairs}

@@ -146,3 +146,41 @@ def trained_digits():
     x, y = data.val_set.tensors
     task = digits_task()
     return train_digits(), task.to_pixels(x), y, task
+
+
+class StateBracket:
+    """Two callbacks to place around a monitor: ``before`` makes the model awkward (pre-populated
+    parameter gradients, a BatchNorm left in train mode, a frozen layer) and snapshots it right
+    before the monitor's hook; ``after`` checks right after it that nothing changed."""
+
+    def __init__(self) -> None:
+        self.checked = 0
+        bracket = self
+
+        class Before(pl.Callback):
+            def on_validation_epoch_end(self, trainer, pl_module):
+                torch.manual_seed(123)
+                for index, p in enumerate(pl_module.parameters()):
+                    p.requires_grad_(index != 0)  # the first layer frozen
+                    p.grad = torch.randn_like(p)
+                for module in pl_module.modules():
+                    if isinstance(module, nn.BatchNorm2d):
+                        module.train()
+                        break
+                bracket.state = snapshot(pl_module)
+                bracket.rng = torch.random.get_rng_state()
+
+            on_test_epoch_end = on_validation_epoch_end
+
+        class After(pl.Callback):
+            def on_validation_epoch_end(self, trainer, pl_module):
+                assert_same_state(bracket.state, snapshot(pl_module))
+                assert torch.equal(bracket.rng, torch.random.get_rng_state())
+                bracket.checked += 1
+
+            on_test_epoch_end = on_validation_epoch_end
+
+        self.before, self.after = Before(), After()
+
+    def around(self, monitor: pl.Callback) -> list[pl.Callback]:
+        return [self.before, monitor, self.after]

@@ -8,7 +8,7 @@ import warnings
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import DigitsClassifier, DigitsDataModule, digits_task, make_trainer, read_events
+from conftest import DigitsClassifier, DigitsDataModule, StateBracket, digits_task, make_trainer, read_events, train_digits
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
@@ -265,7 +265,7 @@ def test_data_problems_raise_before_training_starts(tmp_path, monitor, model, me
     ("kwargs", "error", "message"),
     [
         ({"mutations": ["noise", "nope"]}, ValueError, "mutations: unknown mutation 'nope'; choose from: label_error"),
-        ({"mutations": []}, ValueError, "mutations must name at least one mutant"),
+        ({"mutations": []}, ValueError, "mutations must name at least one mutation; choose from: label_error"),
         ({"mutations": ["noise", "noise"]}, ValueError, "'noise' listed more than once"),
         ({"mutations": "noise"}, TypeError, "mutations must be a list of names"),
         ({"mutations": {"noise": {"sigma": -1}}}, ValueError, r"noise.sigma must be a number in \[0.0, inf\]"),
@@ -324,3 +324,15 @@ def test_a_checkpoint_watching_on_other_epochs_than_the_monitor_runs_is_refused_
     trainer = _fit(tmp_path, MutationMetrics(task=digits_task(), every_n_epochs=2), epochs=4, callbacks=[aligned])
     logged = [e.value for e in read_events(trainer.logger.log_dir).Scalars("compass/basic/accuracy")]
     assert len(logged) == 2 and aligned.best_model_score.item() == pytest.approx(max(logged))
+
+
+@pytest.mark.parametrize("stage", ["fit", "test"])
+def test_the_model_is_left_as_found(tmp_path, stage):
+    bracket = StateBracket()
+    monitor = MutationMetrics(task=digits_task(), probe_size=64)
+    trainer = make_trainer(tmp_path, bracket.around(monitor), epochs=2)
+    if stage == "fit":
+        trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule())
+    else:
+        trainer.test(train_digits(epochs=1), datamodule=DigitsDataModule(), verbose=False)
+    assert bracket.checked == (3 if stage == "fit" else 1) and monitor.error_count == 0

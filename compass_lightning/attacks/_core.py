@@ -73,6 +73,11 @@ def register(name: str, *, norm: str = "linf", transfer: bool = False, **checks:
     return add
 
 
+def default_step(eps: float, steps: int, alpha: float | None) -> float:
+    """``alpha``, or Madry et al.'s ``2.5 · eps / steps``: enough to reach the budget from anywhere in it."""
+    return 2.5 * eps / steps if alpha is None else alpha
+
+
 def check_budget(eps: float, bounds: tuple[float, float]) -> tuple[float, tuple[float, float]]:
     """``eps >= 0`` (``inf`` allowed for minimal-norm attacks) and ``bounds`` low < high."""
     return check_real("eps", eps, low=0.0), check_interval("bounds", bounds)

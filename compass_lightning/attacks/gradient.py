@@ -1,7 +1,10 @@
 """White-box gradient attacks: FGSM, I-FGSM, PGD (L∞ and L2), MI-, DI-, TI- and SINI-FGSM.
 
-Defaults follow torchattacks 3.5.1 (so results can be checked against it), except I-FGSM's step,
-which is ``eps / steps`` as in Kurakin et al. and ``DESIGN.md``. All take ``model`` mapping
+Defaults follow torchattacks 3.5.1 (so results can be checked against it), with two exceptions:
+I-FGSM's step is ``eps / steps`` (Kurakin et al., ``DESIGN.md``), and the other iterative attacks'
+step ``alpha`` defaults to ``2.5 · eps / steps`` (Madry et al.) instead of a fixed 2/255. The two
+agree at torchattacks' own setting (ε = 8/255, 10 steps), but a fixed step cannot reach a larger
+budget (10 × 2/255 = 20/255 < 32/255), which made PGD weaker than FGSM in an ε-sweep. All take ``model`` mapping
 pixel-space inputs to logits, inputs ``x`` in pixel space and integer labels ``y``, and return
 ``x_adv`` inside ``bounds`` and within ``eps`` of ``x`` in the attack's norm.
 """
@@ -26,6 +29,7 @@ from compass_lightning.attacks._core import (
     probability,
     random_linf_start,
     register,
+    default_step,
     sign_gradient_attack,
 )
 from compass_lightning.checks import check_int
@@ -61,24 +65,26 @@ def ifgsm(
     return sign_gradient_attack(model, x, y, eps=eps, alpha=alpha, steps=steps, bounds=bounds)
 
 
-@register("pgd", steps=at_least_one, alpha=positive, random_start=flag)
+@register("pgd", steps=at_least_one, alpha=optional(positive), random_start=flag)
 def pgd(
     model: Model, x: Tensor, y: Tensor, *, eps: float, bounds: Bounds = (0.0, 1.0), generator=None,  # noqa: ANN001
-    steps: int = 10, alpha: float = 2 / 255, random_start: bool = True,
+    steps: int = 10, alpha: float | None = None, random_start: bool = True,
 ) -> Tensor:
     """PGD, L∞ (Madry et al. 2018): I-FGSM from a uniformly random start in the ε-ball."""
     eps, bounds = check_budget(eps, bounds)
+    alpha = default_step(eps, steps, alpha)
     start = random_linf_start(x, eps, bounds, generator) if random_start else None
     return sign_gradient_attack(model, x, y, eps=eps, alpha=alpha, steps=steps, bounds=bounds, start=start)
 
 
-@register("pgd_l2", norm="l2", steps=at_least_one, alpha=positive, random_start=flag)
+@register("pgd_l2", norm="l2", steps=at_least_one, alpha=optional(positive), random_start=flag)
 def pgd_l2(
     model: Model, x: Tensor, y: Tensor, *, eps: float, bounds: Bounds = (0.0, 1.0), generator=None,  # noqa: ANN001
-    steps: int = 10, alpha: float = 0.2, random_start: bool = True,
+    steps: int = 10, alpha: float | None = None, random_start: bool = True,
 ) -> Tensor:
     """PGD, L2: steps of ``alpha`` along the L2-normalised gradient, projected onto the L2 ε-ball."""
     eps, bounds = check_budget(eps, bounds)
+    alpha = default_step(eps, steps, alpha)
     x = x.detach()
     x_adv = x.clone()
     if random_start:  # a uniformly random radius along a random direction, as torchattacks does
@@ -94,13 +100,14 @@ def pgd_l2(
     return x_adv
 
 
-@register("mifgsm", steps=at_least_one, alpha=positive, decay=non_negative)
+@register("mifgsm", steps=at_least_one, alpha=optional(positive), decay=non_negative)
 def mifgsm(
     model: Model, x: Tensor, y: Tensor, *, eps: float, bounds: Bounds = (0.0, 1.0), generator=None,  # noqa: ANN001
-    steps: int = 10, alpha: float = 2 / 255, decay: float = 1.0,
+    steps: int = 10, alpha: float | None = None, decay: float = 1.0,
 ) -> Tensor:
     """MI-FGSM (Dong et al. 2018): I-FGSM on an accumulated, L1-normalised gradient (momentum)."""
     eps, bounds = check_budget(eps, bounds)
+    alpha = default_step(eps, steps, alpha)
     return sign_gradient_attack(
         model, x, y, eps=eps, alpha=alpha, steps=steps, bounds=bounds, decay=decay, normalise=True
     )
@@ -109,14 +116,15 @@ def mifgsm(
 _diversity = {"resize_rate": positive, "diversity_prob": probability}
 
 
-@register("difgsm", steps=at_least_one, alpha=positive, decay=non_negative, random_start=flag, **_diversity)
+@register("difgsm", steps=at_least_one, alpha=optional(positive), decay=non_negative, random_start=flag, **_diversity)
 def difgsm(
     model: Model, x: Tensor, y: Tensor, *, eps: float, bounds: Bounds = (0.0, 1.0), generator=None,  # noqa: ANN001
-    steps: int = 10, alpha: float = 2 / 255, decay: float = 0.0, random_start: bool = False,
+    steps: int = 10, alpha: float | None = None, decay: float = 0.0, random_start: bool = False,
     resize_rate: float = 0.9, diversity_prob: float = 0.5,
 ) -> Tensor:
     """DI-FGSM (Xie et al. 2019): MI-FGSM whose gradient is taken through a random resize-and-pad."""
     eps, bounds = check_budget(eps, bounds)
+    alpha = default_step(eps, steps, alpha)
     start = random_linf_start(x, eps, bounds, generator) if random_start else None
 
     def gradient(x_adv: Tensor, momentum: Tensor) -> Tensor:
@@ -135,12 +143,12 @@ def _kernel_length(name: str, value: int | None) -> int | None:
 
 
 @register(
-    "tifgsm", steps=at_least_one, alpha=positive, decay=non_negative, random_start=flag,
+    "tifgsm", steps=at_least_one, alpha=optional(positive), decay=non_negative, random_start=flag,
     len_kernel=_kernel_length, nsig=positive, **_diversity,
 )
 def tifgsm(
     model: Model, x: Tensor, y: Tensor, *, eps: float, bounds: Bounds = (0.0, 1.0), generator=None,  # noqa: ANN001
-    steps: int = 10, alpha: float = 2 / 255, decay: float = 0.0, random_start: bool = False,
+    steps: int = 10, alpha: float | None = None, decay: float = 0.0, random_start: bool = False,
     len_kernel: int | None = None, nsig: float = 3.0, resize_rate: float = 0.9, diversity_prob: float = 0.5,
 ) -> Tensor:
     """TI-FGSM (Dong et al. 2019): DI-FGSM with the gradient smoothed by a Gaussian kernel.
@@ -149,6 +157,7 @@ def tifgsm(
     the largest odd length that is at most half the image side, so small images are not blurred flat.
     """
     eps, bounds = check_budget(eps, bounds)
+    alpha = default_step(eps, steps, alpha)
     if len_kernel is None:
         half = min(x.shape[-2:]) // 2
         len_kernel = max(1, min(15, half if half % 2 else half - 1))
@@ -165,14 +174,15 @@ def tifgsm(
     )
 
 
-@register("sinifgsm", steps=at_least_one, alpha=positive, decay=non_negative, m=at_least_one)
+@register("sinifgsm", steps=at_least_one, alpha=optional(positive), decay=non_negative, m=at_least_one)
 def sinifgsm(
     model: Model, x: Tensor, y: Tensor, *, eps: float, bounds: Bounds = (0.0, 1.0), generator=None,  # noqa: ANN001
-    steps: int = 10, alpha: float = 2 / 255, decay: float = 1.0, m: int = 5,
+    steps: int = 10, alpha: float | None = None, decay: float = 1.0, m: int = 5,
 ) -> Tensor:
     """SI-NI-FGSM (Lin et al. 2020): MI-FGSM with a Nesterov look-ahead, the gradient averaged over
     ``m`` copies scaled by ``1/2^i`` (scale invariance)."""
     eps, bounds = check_budget(eps, bounds)
+    alpha = default_step(eps, steps, alpha)
 
     def gradient(x_adv: Tensor, momentum: Tensor) -> Tensor:
         x_adv = x_adv.detach().requires_grad_(True)

@@ -2,5 +2,6 @@
 
 from compass_lightning.callbacks.base import CompassCallback, Evaluation
 from compass_lightning.callbacks.mutation import MutationMetrics
+from compass_lightning.callbacks.robustness import AttackSuccessRate
 
-__all__ = ["CompassCallback", "Evaluation", "MutationMetrics"]
+__all__ = ["AttackSuccessRate", "CompassCallback", "Evaluation", "MutationMetrics"]

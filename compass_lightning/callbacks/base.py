@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any, Optional, Union
 
@@ -84,21 +85,17 @@ class Evaluation:
         parameter = next(self.model.parameters(), None)
         return parameter.device if parameter is not None else torch.device("cpu")
 
-    def logits(self, inputs: Tensor) -> Tensor:
-        """Logits for ``inputs`` aligned with the probe (data space), in probe order.
+    def per_sample(self, function: Callable[..., Tensor], *aligned: Tensor) -> Tensor:
+        """``function`` applied to this process' shard of probe-aligned tensors, in chunks of
+        ``batch_size`` on the model's device, gathered from every process in probe order.
 
-        Each process runs its shard through the model in chunks of ``batch_size``; the results of
-        all processes are gathered, so every process returns the logits of the whole probe.
+        ``function`` gets one chunk of each tensor in ``aligned`` and returns one row per sample.
+        Every process returns the rows of the whole probe.
         """
         failure: Exception | None = None
         try:
-            with torch.no_grad():
-                local = torch.cat(
-                    [
-                        self.task.logits(self.model, chunk)
-                        for chunk in self.probe.chunks(self.probe.shard(inputs), self.batch_size, self.device)
-                    ]
-                )
+            shards = [self.probe.chunks(self.probe.shard(t), self.batch_size, self.device) for t in aligned]
+            local = torch.cat([function(*chunks) for chunks in zip(*shards)])
         except Exception as error:  # noqa: BLE001 - re-raised below, after the other ranks know
             failure = error
         if self.probe.world_size > 1 and self.any_rank is not None:
@@ -108,6 +105,15 @@ class Evaluation:
         elif failure is not None:
             raise failure
         return self.probe.gather(local, self.all_gather)
+
+    def logits(self, inputs: Tensor) -> Tensor:
+        """Logits of the model for ``inputs`` aligned with the probe (data space), in probe order."""
+
+        def forward(chunk: Tensor) -> Tensor:
+            with torch.no_grad():
+                return self.task.logits(self.model, chunk)
+
+        return self.per_sample(forward, inputs)
 
 
 class CompassCallback(Callback):
@@ -195,6 +201,10 @@ class CompassCallback(Callback):
         """Run the analysis on ``evaluation.probe`` and fill ``evaluation.scalars``/``images``."""
         raise NotImplementedError
 
+    def check_model(self, pl_module: pl.LightningModule) -> None:
+        """Raise a ``ValueError`` at fit start if the settings do not fit the model (e.g. a layer
+        name it does not have)."""
+
     def expected_tags(self) -> list[str]:
         """The scalar tags a successful evaluation logs (a failed one logs them as NaN)."""
         return []
@@ -206,6 +216,11 @@ class CompassCallback(Callback):
     @property
     def state_key(self) -> str:
         return self._generate_state_key(**self._state_key_fields())
+
+    def generator(self, key: str, device: torch.device | str = "cpu") -> torch.Generator:
+        """A generator seeded from ``seed`` and ``key``: the same stream every evaluation (so epochs
+        compare), and a separate stream per key (adding an analysis does not change the others)."""
+        return torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + zlib.crc32(key.encode()))
 
     # -- fault isolation -----------------------------------------------------------------------
 
@@ -277,6 +292,7 @@ class CompassCallback(Callback):
             warnings.warn(
                 f"{type(self).__name__} will not run: limit_val_batches=0 disables validation", CompassWarning
             )
+        self.check_model(pl_module)
         self._check_watchers(trainer)
         self._probe = self._build_probe(trainer)
 

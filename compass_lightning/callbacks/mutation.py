@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
 
@@ -16,31 +15,13 @@ from compass_lightning.checks import check_int, check_real
 from compass_lightning.figures import confusion_matrix_figure, labelled_image_grid
 from compass_lightning.metrics import METRIC_NAMES, classification_metrics, confusion_matrix
 from compass_lightning.mutation import MUTATIONS, mutate, shuffle_permutation
+from compass_lightning.registry import resolve_selection
 from compass_lightning.report import CompassWarning
 from compass_lightning.task import Classification
 
 DEFAULT_MUTATIONS = ("label_error", "data_missing", "data_shuffle", "noise", "contrast", "brightness", "random_crop")
 
 Mutations = Union[Sequence[str], Mapping[str, Optional[Mapping[str, Any]]]]
-
-
-def resolve_mutations(mutations: Mutations) -> dict[str, dict[str, Any]]:
-    """``{name: parameters}`` from a list of names or a mapping of names to parameter overrides."""
-    if isinstance(mutations, str) or not isinstance(mutations, (Sequence, Mapping)):
-        raise TypeError(f"mutations must be a list of names or a mapping name -> parameters, got {mutations!r}")
-    if isinstance(mutations, Mapping):
-        pairs = list(mutations.items())
-    else:
-        pairs = [(name, None) for name in mutations]
-        duplicates = sorted({name for name in mutations if list(mutations).count(name) > 1})
-        if duplicates:
-            raise ValueError(f"mutations: {', '.join(map(repr, duplicates))} listed more than once")
-    if not pairs:
-        raise ValueError(f"mutations must name at least one mutant; choose from: {', '.join(MUTATIONS)}")
-    return {
-        name: MUTATIONS.lookup(name, "mutations").resolve(params or {})
-        for name, params in pairs
-    }
 
 
 class MutationMetrics(CompassCallback):
@@ -103,7 +84,7 @@ class MutationMetrics(CompassCallback):
             probe_data=probe_data,
             fail_fast=fail_fast,
         )
-        self.mutations = resolve_mutations(mutations)
+        self.mutations = resolve_selection(MUTATIONS, "mutations", mutations)
         self.image_count = check_int("image_count", image_count, minimum=0)
         self.shuffle_tolerance = check_real("shuffle_tolerance", shuffle_tolerance, low=0.0)
 
@@ -116,11 +97,6 @@ class MutationMetrics(CompassCallback):
 
     def _state_key_fields(self) -> dict[str, Any]:
         return {**super()._state_key_fields(), "mutations": sorted(self.mutations)}
-
-    def _generator(self, name: str) -> torch.Generator:
-        # One stream per mutant, the same every epoch: epochs see identical mutants, and adding a
-        # mutant to the list does not change the others.
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(name.encode()))
 
     def evaluate(self, trainer: pl.Trainer, evaluation: Evaluation) -> None:
         probe, task = evaluation.probe, evaluation.task
@@ -144,7 +120,7 @@ class MutationMetrics(CompassCallback):
                     pixels,
                     probe.targets,
                     num_classes=num_classes,
-                    generator=self._generator(name),
+                    generator=self.generator(name),
                     bounds=task.input_range,
                     **params,
                 )
@@ -170,7 +146,8 @@ class MutationMetrics(CompassCallback):
                 labels,
                 reference="clean",
                 correct=correct,
-                title=f"epoch {trainer.current_epoch}: frame green/red = predicted right/wrong; label on red = changed",
+                title=f"epoch {trainer.current_epoch}: the same probe images under every mutant\n"
+                "frame: green predicted right, red wrong; label: on red where the mutant changed it",
             )
             evaluation.images["compass/basic/confusion_matrix"] = confusion_matrix_figure(
                 confusion_matrix(clean_logits, probe.targets, num_classes),
@@ -179,7 +156,7 @@ class MutationMetrics(CompassCallback):
 
     def _batch_dependence(self, name: str, clean_logits: Tensor, shuffled_logits: Tensor) -> Tensor:
         """Largest change of a predicted probability when the samples are fed in another order."""
-        permutation = shuffle_permutation(len(clean_logits), self._generator(name)).to(clean_logits.device)
+        permutation = shuffle_permutation(len(clean_logits), self.generator(name)).to(clean_logits.device)
         aligned = torch.empty_like(shuffled_logits)
         aligned[permutation] = shuffled_logits  # shuffled row i is probe sample permutation[i]
         change = (aligned.softmax(dim=1) - clean_logits.softmax(dim=1)).abs().max()

@@ -1,0 +1,348 @@
+"""``AttackSuccessRate``: how easily the model is fooled, white-box and by transfer (AI-Compass module 3)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional, Union
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+
+from compass_lightning.attacks import ATTACKS
+from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData
+from compass_lightning.checks import check_int, check_real
+from compass_lightning.figures import labelled_image_grid, line_chart
+from compass_lightning.guard import analysis_mode
+from compass_lightning.layers import find_layer
+from compass_lightning.registry import resolve_selection
+from compass_lightning.task import Classification, PixelModel
+
+SNAPSHOT = "snapshot"
+METRICS = ("asr", "robust_accuracy", "mean_linf", "mean_l2")
+
+Attacks = Union[Sequence[str], Mapping[str, Optional[Mapping[str, Any]]]]
+Surrogates = Union[Sequence[Union[str, nn.Module]], Mapping[str, Union[str, nn.Module]]]
+
+
+def _eps_values(name: str, eps: object) -> tuple[float, ...]:
+    values = list(eps) if isinstance(eps, (list, tuple)) else [eps]
+    if not values:
+        raise ValueError(f"{name} must be a number >= 0 or a non-empty list of them")
+    return tuple(check_real(f"{name}[{i}]" if len(values) > 1 else name, v, low=0.0) for i, v in enumerate(values))
+
+
+def _surrogate_names(transfer_from: object) -> dict[str, Union[str, nn.Module]]:
+    if isinstance(transfer_from, Mapping):
+        pairs = list(transfer_from.items())
+    elif isinstance(transfer_from, (list, tuple)):
+        pairs, seen = [], set()
+        for source in transfer_from:
+            base = SNAPSHOT if source == SNAPSHOT else type(source).__name__.lower()
+            name, index = base, 2
+            while name in seen:
+                name, index = f"{base}_{index}", index + 1
+            seen.add(name)
+            pairs.append((name, source))
+    else:
+        raise TypeError(f"transfer_from must be a list of modules and/or 'snapshot', or a mapping, got {transfer_from!r}")
+    for name, source in pairs:
+        if not (source == SNAPSHOT or isinstance(source, nn.Module)) or not isinstance(name, str) or "/" in name:
+            raise ValueError(
+                f"transfer_from: {name!r}: {source!r} is neither an nn.Module nor 'snapshot' (names may not contain '/')"
+            )
+    return dict(pairs)
+
+
+def _eps_tag(eps: float) -> str:
+    return f"eps_{eps:.4g}"
+
+
+class AttackSuccessRate(CompassCallback):
+    """Attack success rates on the probe set, white-box and transferred from surrogates, at validation epochs.
+
+    For every attack (at the first ``eps``, and at every ``eps`` of a sweep) it logs, under
+    ``compass/robustness/<attack>/``: ``asr`` (among probe samples classified correctly before the
+    attack, the fraction misclassified after it), ``robust_accuracy`` (fraction of all probe samples
+    still correct), ``mean_linf`` and ``mean_l2`` (mean perturbation norms, pixel units), plus
+    ``compass/robustness/mean_asr`` over the white-box attacks. Transfer attacks are crafted on each
+    surrogate of ``transfer_from`` and scored on the model being trained, logged under
+    ``compass/robustness/transfer/<surrogate>/<attack>/``. Images: clean, adversarial and amplified
+    perturbation of a few probe images with their predictions (``compass/robustness/examples``) and,
+    for a sweep, robust accuracy against ε (``compass/robustness/eps_sweep``).
+
+    Attacks run in pixel space: with ``task=Classification(mean=..., std=...)`` the probe is
+    de-normalised, perturbed and clipped to ``task.input_range``, and normalised again for the model.
+    Each attack draws its randomness from a seed fixed per attack and ε, so epochs compare.
+
+    Args:
+        attacks: white-box attacks, names of :data:`~compass_lightning.attacks.ATTACKS` or a mapping
+            from names to parameters, e.g. ``{"pgd": {"steps": 20}, "fgsm": None}``.
+        eps: budget of the L∞ attacks in pixel units, or a list of budgets (an ε-sweep; the first is
+            the reference logged without an ``eps_`` prefix).
+        eps_l2: budget of the L2 attacks (``pgd_l2``, ``cw``, ``deepfool``), a number or a list.
+        transfer_from: surrogates to craft transfer examples on: ``nn.Module``\\ s taking the same
+            inputs as the model, and/or ``"snapshot"``, a frozen copy of this model refreshed every
+            ``snapshot_every`` epochs (a list, or a mapping from tag names to surrogates).
+        transfer_attacks: the attacks crafted on the surrogates (names or a mapping, as ``attacks``).
+        snapshot_every: epochs between two refreshes of the snapshot surrogate.
+        image_count: probe images shown in the example grid (0: none).
+        every_n_epochs, probe_size, batch_size, seed, task, probe_data, fail_fast: see
+            :class:`~compass_lightning.callbacks.base.CompassCallback`; the probe holds up to 256
+            samples by default.
+
+    Example:
+        >>> import lightning.pytorch as pl
+        >>> from lightning.pytorch.callbacks import ModelCheckpoint
+        >>> monitor = AttackSuccessRate(attacks=["fgsm", "pgd"], eps=[2 / 255, 8 / 255], transfer_from=["snapshot"])
+        >>> keep_most_robust = ModelCheckpoint(monitor="compass/robustness/pgd/asr", mode="min")
+        >>> trainer = pl.Trainer(callbacks=[monitor, keep_most_robust], logger=False)
+    """
+
+    default_probe_size = 256
+
+    def __init__(
+        self,
+        attacks: Attacks = ("fgsm", "pgd"),
+        *,
+        eps: Union[float, Sequence[float]] = 8 / 255,
+        eps_l2: Union[float, Sequence[float]] = 0.5,
+        transfer_from: Surrogates = (),
+        transfer_attacks: Attacks = ("mifgsm",),
+        snapshot_every: int = 5,
+        image_count: int = 8,
+        every_n_epochs: int = 1,
+        probe_size: Optional[int] = None,
+        batch_size: int = 128,
+        seed: int = 0,
+        task: Optional[Classification] = None,
+        probe_data: Optional[ProbeData] = None,
+        fail_fast: bool = False,
+    ) -> None:
+        super().__init__(
+            every_n_epochs=every_n_epochs,
+            probe_size=probe_size,
+            batch_size=batch_size,
+            seed=seed,
+            task=task,
+            probe_data=probe_data,
+            fail_fast=fail_fast,
+        )
+        self.attacks = resolve_selection(ATTACKS, "attacks", attacks)
+        self.eps = {"linf": _eps_values("eps", eps), "l2": _eps_values("eps_l2", eps_l2)}
+        self.transfer_from = _surrogate_names(transfer_from)
+        self.transfer_attacks = resolve_selection(ATTACKS, "transfer_attacks", transfer_attacks)
+        self.snapshot_every = check_int("snapshot_every", snapshot_every, minimum=1)
+        self.image_count = check_int("image_count", image_count, minimum=0)
+        self._snapshot: nn.Module | None = None
+        self._snapshot_epoch: int | None = None
+        self._pending_snapshot: dict[str, Tensor] | None = None
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def _state_key_fields(self) -> dict[str, Any]:
+        return {
+            **super()._state_key_fields(),
+            "attacks": sorted(self.attacks),
+            "transfer_from": sorted(self.transfer_from),
+        }
+
+    def _budgets(self, name: str) -> tuple[float, ...]:
+        return self.eps[ATTACKS[name].norm]
+
+    def expected_tags(self) -> list[str]:
+        tags = []
+        for name in self.attacks:
+            budgets = self._budgets(name)
+            prefixes = [""] + ([f"{_eps_tag(e)}/" for e in budgets] if len(budgets) > 1 else [])
+            tags += [f"compass/robustness/{name}/{prefix}{metric}" for prefix in prefixes for metric in METRICS]
+        tags.append("compass/robustness/mean_asr")
+        for surrogate in self.transfer_from:
+            for name in self.transfer_attacks:
+                tags += [f"compass/robustness/transfer/{surrogate}/{name}/{metric}" for metric in METRICS]
+        return tags
+
+    def check_model(self, pl_module: pl.LightningModule) -> None:
+        crafters = {"attacks": [(self.attacks, pl_module)]}
+        crafters["transfer_attacks"] = [
+            (self.transfer_attacks, pl_module if source == SNAPSHOT else source) for source in self.transfer_from.values()
+        ]
+        for argument, pairs in crafters.items():
+            for selection, model in pairs:
+                for name, params in selection.items():
+                    if "layer" in params:
+                        default = "middle" if name == "naa" else "last"
+                        find_layer(model, params["layer"], default=default, argument=f"{argument}: {name}.layer")
+
+    # -- evaluation ----------------------------------------------------------------------------
+
+    def evaluate(self, trainer: pl.Trainer, evaluation: Evaluation) -> None:
+        probe, task, model = evaluation.probe, evaluation.task, evaluation.model
+        clean = evaluation.logits(probe.inputs).argmax(dim=1).cpu()
+        correct = clean == probe.targets
+        target = PixelModel(model, task)
+        shown = min(self.image_count, len(probe)) if evaluation.want_images else 0
+        examples: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+        sweeps: dict[str, dict[str, list[float]]] = {"linf": {}, "l2": {}}  # norm -> attack -> per eps
+        asrs = []
+        for name, params in self.attacks.items():
+            for index, eps in enumerate(self._budgets(name)):
+                with self.isolate(f"attack {name!r} at eps={eps:.4g}"):
+                    keep = shown if index == 0 else 0
+                    metrics, kept = self._attack(evaluation, target, target, name, params, eps, correct, keep)
+                    prefixes = [f"compass/robustness/{name}"] if index == 0 else []
+                    if len(self._budgets(name)) > 1:
+                        prefixes.append(f"compass/robustness/{name}/{_eps_tag(eps)}")
+                        curve = sweeps[ATTACKS[name].norm].setdefault(name, [float("nan")] * len(self._budgets(name)))
+                        curve[index] = float(metrics["robust_accuracy"])
+                    for prefix in prefixes:
+                        evaluation.scalars.update({f"{prefix}/{m}": v for m, v in metrics.items()})
+                    if index == 0:
+                        asrs.append(metrics["asr"])
+                        if kept is not None:
+                            examples[name] = kept
+        if asrs:
+            evaluation.scalars["compass/robustness/mean_asr"] = torch.stack(asrs).nanmean()
+        self._transfer(trainer, evaluation, target, correct)
+        if shown and examples:
+            evaluation.images["compass/robustness/examples"] = self._example_grid(
+                trainer, task, probe.targets[:shown], clean[:shown], examples
+            )
+        for norm, curves in sweeps.items():
+            if evaluation.want_images and curves:
+                evaluation.images[f"compass/robustness/eps_sweep{'_l2' if norm == 'l2' else ''}"] = line_chart(
+                    self.eps[norm],
+                    curves,
+                    xlabel=f"eps ({'L2' if norm == 'l2' else 'L∞'}, pixel units)",
+                    ylabel="robust accuracy",
+                    title=f"robust accuracy against the attack budget, epoch {trainer.current_epoch}",
+                )
+
+    def _attack(
+        self,
+        evaluation: Evaluation,
+        crafter: PixelModel,
+        target: PixelModel,
+        name: str,
+        params: dict[str, Any],
+        eps: float,
+        correct: Tensor,
+        keep: int,
+    ) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor, Tensor] | None]:
+        """Craft on ``crafter``, score on ``target``: the metrics over the whole probe, and the first
+        ``keep`` (clean, adversarial, prediction) triples of this process' shard."""
+        task, probe = evaluation.task, evaluation.probe
+        attack = ATTACKS[name]
+        generator = self.generator(f"{name}@{eps!r}", evaluation.device)
+        kept: list[tuple[Tensor, Tensor, Tensor]] = []
+
+        def run(inputs: Tensor, targets: Tensor) -> Tensor:
+            x = task.to_pixels(inputs)
+            x_adv = attack.function(crafter, x, targets, eps=eps, bounds=task.input_range, generator=generator, **params)
+            with torch.no_grad():
+                predicted = target(x_adv).argmax(dim=1)
+            if not kept and keep:
+                kept.append((x[:keep].cpu(), x_adv[:keep].cpu(), predicted[:keep].cpu()))
+            delta = (x_adv - x).flatten(1)
+            return torch.stack([predicted.to(delta.dtype), delta.abs().amax(dim=1), delta.norm(dim=1)], dim=1)
+
+        rows = evaluation.per_sample(run, probe.inputs, probe.targets).cpu()
+        after = rows[:, 0].long() == probe.targets
+        fooled = correct & ~after
+        metrics = {
+            "asr": fooled.sum() / correct.sum() if correct.any() else torch.tensor(float("nan")),
+            "robust_accuracy": after.float().mean(),
+            "mean_linf": rows[:, 1].mean(),
+            "mean_l2": rows[:, 2].mean(),
+        }
+        return metrics, (kept[0] if kept else None)
+
+    def _transfer(self, trainer: pl.Trainer, evaluation: Evaluation, target: PixelModel, correct: Tensor) -> None:
+        model = evaluation.model
+        for surrogate_name, source in self.transfer_from.items():
+            if source == SNAPSHOT:
+                surrogate = self._snapshot_module(model)
+                if surrogate is None:
+                    continue  # the first evaluation has no earlier model yet: its tags are NaN
+                context = contextlib.nullcontext()  # already frozen: eval mode, no parameter gradients
+            else:
+                surrogate = source.to(evaluation.device)
+                context = analysis_mode(surrogate, seed=self.seed)
+            with context:
+                crafter = PixelModel(surrogate, evaluation.task)
+                for name, params in self.transfer_attacks.items():
+                    eps = self._budgets(name)[0]
+                    with self.isolate(f"transfer attack {name!r} from {surrogate_name!r}"):
+                        metrics, _ = self._attack(evaluation, crafter, target, name, params, eps, correct, 0)
+                        prefix = f"compass/robustness/transfer/{surrogate_name}/{name}"
+                        evaluation.scalars.update({f"{prefix}/{m}": v for m, v in metrics.items()})
+        if SNAPSHOT in self.transfer_from.values() and trainer.state.fn == "fit":
+            epoch = trainer.current_epoch
+            if self._snapshot_epoch is None or epoch - self._snapshot_epoch >= self.snapshot_every:
+                self._snapshot, self._snapshot_epoch, self._pending_snapshot = self._frozen_copy(model), epoch, None
+
+    # -- snapshot ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _frozen_copy(model: nn.Module) -> nn.Module:
+        # LightningModule.__getstate__ drops the trainer, so the copy holds only the network.
+        snapshot = copy.deepcopy(model).eval()
+        snapshot.requires_grad_(False)
+        return snapshot
+
+    def _snapshot_module(self, model: nn.Module) -> nn.Module | None:
+        if self._snapshot is None and self._pending_snapshot is not None:
+            self._snapshot = self._frozen_copy(model)
+            self._snapshot.load_state_dict(self._pending_snapshot)
+            self._pending_snapshot = None
+        return self._snapshot
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        weights = self._snapshot.state_dict() if self._snapshot is not None else self._pending_snapshot
+        if weights is not None:  # kept in the checkpoint so a resumed run transfers from the same model
+            state["snapshot"] = {k: v.detach().cpu().clone() for k, v in weights.items()}
+            state["snapshot_epoch"] = self._snapshot_epoch
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._snapshot = None
+        self._pending_snapshot = state_dict.get("snapshot")
+        self._snapshot_epoch = state_dict.get("snapshot_epoch")
+
+    # -- pictures ------------------------------------------------------------------------------
+
+    def _example_grid(
+        self,
+        trainer: pl.Trainer,
+        task: Classification,
+        targets: Tensor,
+        clean_predictions: Tensor,
+        examples: dict[str, tuple[Tensor, Tensor, Tensor]],
+    ) -> Tensor:
+        low, high = task.input_range
+        unit = lambda t: (t - low) / (high - low)  # noqa: E731
+        first = next(iter(examples.values()))
+        rows = {"clean": unit(first[0])}
+        labels = {"clean": clean_predictions}
+        correct = {"clean": clean_predictions == targets}
+        for name, (x, x_adv, predicted) in examples.items():
+            delta = x_adv - x
+            scale = delta.flatten(1).abs().amax(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+            rows[name] = unit(x_adv)
+            labels[name] = predicted
+            correct[name] = predicted == targets
+            rows[f"{name} δ"] = 0.5 + 0.5 * delta / scale  # grey = unchanged, amplified to full range
+        return labelled_image_grid(
+            rows,
+            labels,
+            reference="clean",
+            correct=correct,
+            title=f"epoch {trainer.current_epoch}, eps = {self.eps['linf'][0]:.4g} (L∞) / {self.eps['l2'][0]:.4g} (L2)\n"
+            "label: prediction (on red where the attack changed it); frame: green right, red wrong\n"
+            "δ: the perturbation, amplified (grey: unchanged)",
+        )
+
