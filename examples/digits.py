@@ -119,8 +119,19 @@ class DigitsClassifier(pl.LightningModule):
 
 
 def monitors(fast: bool = False) -> list[pl.Callback]:
-    """The compass callbacks this example trains with."""
-    return [cl.MutationMetrics(task=digits_task(), every_n_epochs=1)]
+    """The compass callbacks this example trains with (smaller probes with ``fast``)."""
+    task = digits_task()
+    return [
+        cl.MutationMetrics(task=task, every_n_epochs=1),
+        cl.AttackSuccessRate(
+            attacks=["fgsm", "pgd", "deepfool"],
+            eps=[8 / 255, 2 / 255, 4 / 255, 16 / 255, 32 / 255],  # the first is the reference; all form a sweep
+            transfer_from=["snapshot"],  # transfer from a frozen copy of this model, refreshed every 3 epochs
+            snapshot_every=3,
+            task=task,
+            probe_size=64 if fast else 256,
+        ),
+    ]
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -138,7 +149,8 @@ def main(argv: list[str] | None = None) -> Path:
         logger=logger,
         callbacks=[
             *monitors(args.fast),
-            ModelCheckpoint(monitor="compass/basic/accuracy", mode="max", filename="best-{epoch}"),
+            most_accurate := ModelCheckpoint(monitor="compass/basic/accuracy", mode="max", filename="accurate-{epoch}"),
+            most_robust := ModelCheckpoint(monitor="compass/robustness/pgd/asr", mode="min", filename="robust-{epoch}"),
         ],
         deterministic=True,
         log_every_n_steps=5,
@@ -147,8 +159,9 @@ def main(argv: list[str] | None = None) -> Path:
     started = time.perf_counter()
     trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule())
     log_dir = Path(logger.log_dir)
-    best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
-    print(f"\nTrained {epochs} epochs in {time.perf_counter() - started:.1f} s; best compass/basic/accuracy: {best:.4f}")
+    print(f"\nTrained {epochs} epochs in {time.perf_counter() - started:.1f} s.")
+    print(f"Most accurate checkpoint (compass/basic/accuracy = {most_accurate.best_model_score:.3f}): {most_accurate.best_model_path}")
+    print(f"Most robust checkpoint (compass/robustness/pgd/asr = {most_robust.best_model_score:.3f}): {most_robust.best_model_path}")
     print(f"TensorBoard logs:    {log_dir.resolve()}")
     print(f"Compass history:     {(log_dir / 'compass_history.jsonl').resolve()}")
     print(f"Open the dashboard:  tensorboard --logdir {Path(args.logdir).resolve()}   (then http://localhost:6006)")

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, read_events
 
 import compass_lightning
@@ -14,14 +16,25 @@ def test_console_script_prints_the_version(capsys):
     assert f"compass-lightning {compass_lightning.__version__}" in capsys.readouterr().out
 
 
-def test_mutation_preset_adds_the_monitor_to_a_lightning_cli_script(tmp_path):
+PRESETS = {
+    "mutation.yaml": ({"compass/basic/accuracy", "compass/mutation/noise/accuracy"}, {"compass/mutation/examples"}),
+    "robustness.yaml": (
+        {"compass/robustness/pgd/asr", "compass/robustness/pgd/eps_0.01569/asr", "compass/robustness/mean_asr"},
+        {"compass/robustness/examples", "compass/robustness/eps_sweep"},
+    ),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_preset_adds_the_monitor_to_a_lightning_cli_script(tmp_path, preset):
+    scalars, images = PRESETS[preset]
     result = subprocess.run(
         [
             sys.executable,
             str(ROOT / "examples" / "digits_cli.py"),
             "fit",
             "--config",
-            str(ROOT / "callbacks" / "mutation.yaml"),
+            str(ROOT / "callbacks" / preset),
             "--trainer.max_epochs=1",
             f"--trainer.default_root_dir={tmp_path}",
             "--trainer.enable_progress_bar=false",
@@ -34,6 +47,10 @@ def test_mutation_preset_adds_the_monitor_to_a_lightning_cli_script(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     (log_dir,) = (tmp_path / "lightning_logs").iterdir()
     tags = read_events(log_dir).Tags()
-    assert {"compass/basic/accuracy", "compass/mutation/noise/accuracy", "compass/errors"} <= set(tags["scalars"])
-    assert "compass/mutation/examples" in tags["images"]
+    assert scalars | {"compass/errors"} <= set(tags["scalars"])
+    assert images <= set(tags["images"])
     assert (log_dir / "compass_history.jsonl").exists()
+
+
+def test_every_preset_is_tested():
+    assert {p.name for p in (ROOT / "callbacks").glob("*.yaml")} == set(PRESETS)
