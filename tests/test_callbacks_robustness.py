@@ -172,6 +172,11 @@ def test_bad_configuration_raises_at_construction(kwargs, error, message):
         AttackSuccessRate(**kwargs)
 
 
+def test_instances_with_other_settings_keep_separate_state():
+    keys = {AttackSuccessRate(eps=e).state_key for e in (8 / 255, 4 / 255)} | {AttackSuccessRate(attacks=["fgsm"]).state_key}
+    assert len(keys) == 3
+
+
 def test_bounds_low_above_high_is_refused():
     with pytest.raises(ValueError, match="input_range must be a pair"):
         AttackSuccessRate(task=Classification(input_range=(1.0, 0.0)))

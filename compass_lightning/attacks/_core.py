@@ -38,6 +38,7 @@ class Attack(Operation):
     kind: str = "attack"
     norm: str = "linf"
     transfer: bool = False  # meant to be crafted on a surrogate and transferred
+    layer_default: str | None = None  # for attacks with a `layer` parameter: "last" or "middle" Conv2d
 
 
 ATTACKS: Registry[Attack] = Registry("attack")
@@ -63,11 +64,16 @@ def layer_name(name: str, value: Any) -> str | None:
     return value
 
 
-def register(name: str, *, norm: str = "linf", transfer: bool = False, **checks: Check) -> Callable:
+def register(
+    name: str, *, norm: str = "linf", transfer: bool = False, layer_default: str | None = None, **checks: Check
+) -> Callable:
     """Decorator adding an attack to :data:`ATTACKS`; its parameters are its keyword-only arguments."""
 
     def add(function: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        ATTACKS.register(name)(Attack.from_function(name, function, checks, RESERVED, norm=norm, transfer=transfer))
+        attack = Attack.from_function(
+            name, function, checks, RESERVED, norm=norm, transfer=transfer, layer_default=layer_default
+        )
+        ATTACKS.register(name)(attack)
         return function
 
     return add

@@ -75,8 +75,11 @@ def ssa(
     )
 
 
+NAA_LAYER, ATA_LAYER = "middle", "last"  # which Conv2d each attack uses when no layer is named
+
+
 @register(
-    "naa", transfer=True, layer=layer_name, steps=at_least_one, alpha=optional(positive), decay=non_negative,
+    "naa", transfer=True, layer_default=NAA_LAYER, layer=layer_name, steps=at_least_one, alpha=optional(positive), decay=non_negative,
     integration_steps=at_least_one, gamma=non_negative,
 )
 def naa(
@@ -87,7 +90,7 @@ def naa(
     """Neuron attribution-based attack at ``layer`` (default: the middle ``Conv2d``)."""
     eps, bounds = check_budget(eps, bounds)
     alpha = eps / steps if alpha is None else alpha
-    module = find_layer(model, layer, default="middle")
+    module = find_layer(model, layer, default=NAA_LAYER)
     x = x.detach()
     black = torch.full_like(x, bounds[0])
     with capture(module) as features:
@@ -127,7 +130,7 @@ def _attention(logits: Tensor, activations: Tensor, y: Tensor, *, create_graph: 
     return heat / heat.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
 
 
-@register("ata", transfer=True, layer=layer_name, steps=at_least_one, alpha=optional(positive), weight=non_negative)
+@register("ata", transfer=True, layer_default=ATA_LAYER, layer=layer_name, steps=at_least_one, alpha=optional(positive), weight=non_negative)
 def ata(
     model: Model, x: Tensor, y: Tensor, *, eps: float, bounds: Bounds = (0.0, 1.0), generator=None,  # noqa: ANN001
     layer: str | None = None, steps: int = 5, alpha: float | None = None, weight: float = 1.0,
@@ -136,7 +139,7 @@ def ata(
     defaults to ``eps/steps``. The attention term is differentiated through Grad-CAM's weights."""
     eps, bounds = check_budget(eps, bounds)
     alpha = eps / steps if alpha is None else alpha
-    module = find_layer(model, layer, default="last")
+    module = find_layer(model, layer, default=ATA_LAYER)
     x = x.detach()
     with capture(module) as features:
         clean = x.clone().requires_grad_(True)  # the layer's output must be part of a graph

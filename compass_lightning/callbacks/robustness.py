@@ -146,6 +146,7 @@ class AttackSuccessRate(CompassCallback):
         return {
             **super()._state_key_fields(),
             "attacks": sorted(self.attacks),
+            "eps": [list(self.eps["linf"]), list(self.eps["l2"])],
             "transfer_from": sorted(self.transfer_from),
         }
 
@@ -165,16 +166,16 @@ class AttackSuccessRate(CompassCallback):
         return tags
 
     def check_model(self, pl_module: pl.LightningModule) -> None:
-        crafters = {"attacks": [(self.attacks, pl_module)]}
-        crafters["transfer_attacks"] = [
-            (self.transfer_attacks, pl_module if source == SNAPSHOT else source) for source in self.transfer_from.values()
+        crafters = [("attacks", self.attacks, pl_module)]
+        crafters += [
+            ("transfer_attacks", self.transfer_attacks, pl_module if source == SNAPSHOT else source)
+            for source in self.transfer_from.values()
         ]
-        for argument, pairs in crafters.items():
-            for selection, model in pairs:
-                for name, params in selection.items():
-                    if "layer" in params:
-                        default = "middle" if name == "naa" else "last"
-                        find_layer(model, params["layer"], default=default, argument=f"{argument}: {name}.layer")
+        for argument, selection, model in crafters:
+            for name, params in selection.items():
+                default = ATTACKS[name].layer_default
+                if default is not None:
+                    find_layer(model, params["layer"], default=default, argument=f"{argument}: {name}.layer")
 
     # -- evaluation ----------------------------------------------------------------------------
 
