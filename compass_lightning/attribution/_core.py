@@ -1,0 +1,50 @@
+"""What every attribution method shares: the registry and the target-class gradient."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from compass_lightning.registry import Check, Operation, Registry
+
+Model = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class Method(Operation):
+    """A registered attribution method: ``method(model, x, target, **params) -> attributions``.
+
+    Example:
+        >>> METHODS["integrated_gradients"].defaults["steps"], METHODS["gradcam"].source
+        (50, 'captum')
+    """
+
+    kind: str = "attribution method"
+    source: str = "captum"  # "captum" (wrapped) or "native" (written here)
+    layer_default: str | None = None  # for methods with a `layer` parameter
+
+
+METHODS: Registry[Method] = Registry("attribution method")
+
+
+def register(name: str, *, source: str = "captum", layer_default: str | None = None, **checks: Check) -> Callable:
+    """Decorator adding a method to :data:`METHODS`; its parameters are its keyword-only arguments."""
+
+    def add(function: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        method = Method.from_function(name, function, checks, source=source, layer_default=layer_default)
+        METHODS.register(name)(method)
+        return function
+
+    return add
+
+
+def class_gradient(model: Model, x: Tensor, target: Tensor, *, log_probability: bool = False) -> tuple[Tensor, Tensor]:
+    """Gradient of the target logit (or log-probability) of every sample with respect to ``x``, and the logits."""
+    x = x.detach().requires_grad_(True)
+    logits = model(x)
+    scores = logits.log_softmax(dim=1) if log_probability else logits
+    (gradient,) = torch.autograd.grad(scores.gather(1, target.view(-1, 1)).sum(), x)
+    return gradient, logits.detach()
