@@ -8,7 +8,7 @@ Example:
 
 __version__ = "0.1.0"
 
-from compass_lightning.callbacks import AttackSuccessRate, CompassCallback, Evaluation, MutationMetrics
+from compass_lightning.callbacks import AttackSuccessRate, AttributionScores, CompassCallback, Evaluation, MutationMetrics
 from compass_lightning.guard import analysis_mode
 from compass_lightning.probe import ProbeSet
 from compass_lightning.report import CompassWarning
@@ -16,6 +16,7 @@ from compass_lightning.task import Classification
 
 __all__ = [
     "AttackSuccessRate",
+    "AttributionScores",
     "Classification",
     "CompassCallback",
     "CompassWarning",

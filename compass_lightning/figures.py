@@ -65,6 +65,7 @@ def labelled_image_grid(
     *,
     correct: Mapping[str, Tensor] | None = None,
     title: str | None = None,
+    columns: Sequence[str] | None = None,
     tile: int = 64,
 ) -> Tensor:
     """A grid of images, one row per entry of ``rows``, each row named on the left.
@@ -75,6 +76,7 @@ def labelled_image_grid(
         reference: the row whose labels the others are compared with; changed labels are on red.
         correct: row name → ``(k,)`` booleans; the image is framed green where true, red where false.
         title: written above the grid (``\n`` starts a new line).
+        columns: a heading above each column.
         tile: the side of each image in pixels (small images are enlarged without smoothing).
 
     Example:
@@ -90,7 +92,9 @@ def labelled_image_grid(
     font, small = _font(13), _font(10)
     left = 12 + max(int(font.getlength(name)) for name in names)
     lines = title.split("\n") if title else []
-    top = 6 + 19 * len(lines)
+    headings = [_wrap(heading, small, width) for heading in (columns or [])]
+    heading_lines = max((h.count("\n") + 1 for h in headings), default=0)
+    top = 6 + 19 * len(lines) + 13 * heading_lines + (5 if headings else 0)
     grid_width = left + count * (width + gap)
     canvas_width = max([grid_width] + [int(font.getlength(line)) + 16 for line in lines])
     canvas = torch.ones(3, top + len(names) * (height + gap), canvas_width)
@@ -102,6 +106,9 @@ def labelled_image_grid(
     draw = ImageDraw.Draw(image)
     for index, line in enumerate(lines):
         draw.text((8, 4 + 19 * index), line, fill=INK, font=font)
+    for column, heading in enumerate(headings):
+        centre = left + column * (width + gap) + width // 2
+        draw.multiline_text((centre, top - 4), heading, fill=INK, font=small, anchor="md", align="center", spacing=2)
     labels = labels or {}
     base = labels.get(reference) if reference else None
     for row, name in enumerate(names):
@@ -114,6 +121,18 @@ def labelled_image_grid(
             draw.rectangle((box[0] - 2, box[1] - 1, box[2] + 2, box[3] + 1), fill=RED if changed else BLACK)
             draw.text((x + 2, y + border + 1), str(label), fill=WHITE, font=small)
     return _to_tensor(image)
+
+
+def _wrap(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int) -> str:
+    """``text`` broken at underscores into lines no wider than ``width`` pixels where possible."""
+    lines: list[str] = []
+    for word in text.split("_"):
+        joined = f"{lines[-1]}_{word}" if lines else word
+        if lines and font.getlength(joined) <= width:
+            lines[-1] = joined
+        else:
+            lines.append(word if not lines else f"_{word}")
+    return "\n".join(lines)
 
 
 def _blues(values: Tensor) -> Tensor:
@@ -167,8 +186,10 @@ def line_chart(
     ylabel: str,
     title: str = "",
     ylim: tuple[float, float] | None = (0.0, 1.0),
+    chance: str | None = None,
 ) -> Tensor:
-    """One line per entry of ``series`` over ``x`` (matplotlib, laid out by hand, no pyplot).
+    """One line per entry of ``series`` over ``x`` (matplotlib, laid out by hand, no pyplot); the
+    series named ``chance`` is drawn dashed grey.
 
     Example:
         >>> line_chart([1, 2], {"pgd": [0.9, 0.5]}, xlabel="eps", ylabel="accuracy").shape[0]
@@ -177,10 +198,15 @@ def line_chart(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(6.0, 4.0), dpi=100)
-    axes = figure.add_axes((0.12, 0.13, 0.62, 0.77))
-    for name, values in series.items():
-        axes.plot(list(x), list(values), marker="o", label=name)
+    import matplotlib
+
+    figure = Figure(figsize=(7.0, 4.0), dpi=100)
+    axes = figure.add_axes((0.1, 0.13, 0.56, 0.77))
+    tab20 = matplotlib.colormaps["tab20"].colors  # dark shades first, then light; grey kept for chance
+    colours = [tab20[i] for i in range(0, 20, 2) if i != 14] + [tab20[i] for i in range(1, 20, 2) if i != 15]
+    for index, (name, values) in enumerate(series.items()):
+        style = {"color": "grey", "linestyle": "--"} if name == chance else {"color": colours[index % len(colours)]}
+        axes.plot(list(x), list(values), marker="o", markersize=3, label=name, **style)
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     if ylim is not None:
@@ -193,3 +219,20 @@ def line_chart(
     width, height = canvas.get_width_height()
     rgba = torch.frombuffer(bytearray(canvas.buffer_rgba()), dtype=torch.uint8).view(height, width, 4)
     return rgba[..., :3].permute(2, 0, 1).float().div(255.0)
+
+
+def heatmap_overlay(images: Tensor, attributions: Tensor) -> Tensor:
+    """``(k, 3, H, W)``: the images in grey under a "hot" colouring of ``|attribution|`` summed over
+    channels, each map scaled to its 99th percentile.
+
+    Example:
+        >>> import torch
+        >>> heatmap_overlay(torch.rand(2, 1, 8, 8), torch.randn(2, 1, 8, 8)).shape
+        torch.Size([2, 3, 8, 8])
+    """
+    heat = attributions.detach().float().cpu().abs().sum(dim=1)
+    scale = torch.quantile(heat.flatten(1), 0.99, dim=1).clamp_min(1e-12).view(-1, 1, 1)
+    heat = (heat / scale).clamp(0, 1)
+    hot = torch.stack([(3 * heat).clamp(0, 1), (3 * heat - 1).clamp(0, 1), (3 * heat - 2).clamp(0, 1)], dim=1)
+    grey = images.detach().float().cpu().clamp(0, 1).mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
+    return 0.4 * grey + 0.6 * hot

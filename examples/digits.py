@@ -131,6 +131,12 @@ def monitors(fast: bool = False) -> list[pl.Callback]:
             task=task,
             probe_size=64 if fast else 256,
         ),
+        cl.AttributionScores(
+            methods=["saliency", "integrated_gradients", "smoothgrad", "gradcam", "guided_ig"],
+            every_n_epochs=1 if fast else 2,
+            task=task,
+            probe_size=16 if fast else 32,
+        ),
     ]
 
 

@@ -22,6 +22,10 @@ PRESETS = {
         {"compass/robustness/pgd/asr", "compass/robustness/pgd/eps_0.01569/asr", "compass/robustness/mean_asr"},
         {"compass/robustness/examples", "compass/robustness/eps_sweep"},
     ),
+    "interpretability.yaml": (
+        {"compass/interpretability/gradcam/insertion", "compass/interpretability/random/deletion"},
+        {"compass/interpretability/heatmaps", "compass/interpretability/insertion_curves"},
+    ),
 }
 
 
@@ -35,7 +39,7 @@ def test_preset_adds_the_monitor_to_a_lightning_cli_script(tmp_path, preset):
             "fit",
             "--config",
             str(ROOT / "callbacks" / preset),
-            "--trainer.max_epochs=1",
+            "--trainer.max_epochs=5" if preset == "interpretability.yaml" else "--trainer.max_epochs=1",
             f"--trainer.default_root_dir={tmp_path}",
             "--trainer.enable_progress_bar=false",
             "--trainer.accelerator=cpu",

@@ -1,7 +1,8 @@
 """Lightning callbacks: thin layers that schedule the analyses and report their results."""
 
 from compass_lightning.callbacks.base import CompassCallback, Evaluation
+from compass_lightning.callbacks.interpretability import AttributionScores
 from compass_lightning.callbacks.mutation import MutationMetrics
 from compass_lightning.callbacks.robustness import AttackSuccessRate
 
-__all__ = ["AttackSuccessRate", "CompassCallback", "Evaluation", "MutationMetrics"]
+__all__ = ["AttackSuccessRate", "AttributionScores", "CompassCallback", "Evaluation", "MutationMetrics"]

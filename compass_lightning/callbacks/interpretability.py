@@ -1,0 +1,171 @@
+"""``AttributionScores``: how faithful the model's attributions are, epoch by epoch (AI-Compass module 4)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional, Union
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from compass_lightning.attribution import METHODS, insertion_deletion
+from compass_lightning.attribution.faithfulness import SUBSTRATES
+from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData
+from compass_lightning.checks import check_int
+from compass_lightning.figures import heatmap_overlay, labelled_image_grid, line_chart
+from compass_lightning.layers import find_layer
+from compass_lightning.registry import resolve_selection
+from compass_lightning.task import Classification, PixelModel
+
+RANDOM = "random"  # the chance baseline: uniformly random attributions
+SCORES = ("insertion", "deletion", "insertion_minus_deletion")
+
+Methods = Union[Sequence[str], Mapping[str, Optional[Mapping[str, Any]]]]
+
+
+def _substrate(name: str, value: object) -> str:
+    if value not in SUBSTRATES:
+        raise ValueError(f"{name} must be one of {', '.join(SUBSTRATES)}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+class AttributionScores(CompassCallback):
+    """Insertion and deletion scores of attribution methods on the probe set, with heatmaps.
+
+    For every method, and for a random attribution as the chance baseline, it logs the mean
+    insertion and deletion AUC over the probe (RISE semantics, see
+    :func:`~compass_lightning.attribution.insertion_deletion`) and their difference, under
+    ``compass/interpretability/<method>/{insertion,deletion,insertion_minus_deletion}``: higher
+    insertion and lower deletion mean more faithful attributions, and a method that does not beat
+    ``random`` explains nothing. Attributions and scores are for the class the model predicts on
+    each clean probe image. Images: a grid of heatmap overlays (rows: the same probe images every
+    epoch, columns: the methods), so TensorBoard's slider shows the attributions change over
+    epochs, and the mean insertion and deletion curves per method.
+
+    Args:
+        methods: names of :data:`~compass_lightning.attribution.METHODS`, or a mapping from names to
+            parameters, e.g. ``{"integrated_gradients": {"steps": 32}, "gradcam": {"layer": "net.6"}}``.
+        steps: points of every insertion/deletion curve (>= 2).
+        baseline: what deleted pixels become: ``"zeros"`` (black) or ``"blur"``.
+        insertion_start: what insertion starts from: ``"zeros"`` or ``"blur"``.
+        image_count: probe images in the heatmap grid (0: none).
+        every_n_epochs, probe_size, batch_size, seed, task, probe_data, fail_fast: see
+            :class:`~compass_lightning.callbacks.base.CompassCallback`; by default every 5 epochs, on
+            up to 32 samples. ``batch_size`` also bounds the images of one insertion/deletion
+            forward pass.
+
+    Example:
+        >>> monitor = AttributionScores(methods=["saliency", "integrated_gradients"], probe_size=16, every_n_epochs=2)
+        >>> monitor.expected_tags()[:3]
+        ['compass/interpretability/saliency/insertion', 'compass/interpretability/saliency/deletion', 'compass/interpretability/saliency/insertion_minus_deletion']
+    """
+
+    default_probe_size = 32
+
+    def __init__(
+        self,
+        methods: Methods = ("saliency", "integrated_gradients", "smoothgrad", "gradcam"),
+        *,
+        steps: int = 32,
+        baseline: str = "zeros",
+        insertion_start: str = "zeros",
+        image_count: int = 8,
+        every_n_epochs: int = 5,
+        probe_size: Optional[int] = None,
+        batch_size: int = 128,
+        seed: int = 0,
+        task: Optional[Classification] = None,
+        probe_data: Optional[ProbeData] = None,
+        fail_fast: bool = False,
+    ) -> None:
+        super().__init__(
+            every_n_epochs=every_n_epochs,
+            probe_size=probe_size,
+            batch_size=batch_size,
+            seed=seed,
+            task=task,
+            probe_data=probe_data,
+            fail_fast=fail_fast,
+        )
+        self.methods = resolve_selection(METHODS, "methods", methods)
+        self.steps = check_int("steps", steps, minimum=2)
+        self.baseline = _substrate("baseline", baseline)
+        self.insertion_start = _substrate("insertion_start", insertion_start)
+        self.image_count = check_int("image_count", image_count, minimum=0)
+        for params in self.methods.values():
+            if "bounds" in params:  # methods that clip to pixel bounds clip to the task's
+                params["bounds"] = self.task.input_range
+
+    def _state_key_fields(self) -> dict[str, Any]:
+        return {**super()._state_key_fields(), "methods": sorted(self.methods), "steps": self.steps}
+
+    def expected_tags(self) -> list[str]:
+        return [f"compass/interpretability/{name}/{score}" for name in (*self.methods, RANDOM) for score in SCORES]
+
+    def check_model(self, pl_module: pl.LightningModule) -> None:
+        for name, params in self.methods.items():
+            default = METHODS[name].layer_default
+            if default is not None:
+                find_layer(pl_module, params["layer"], default=default, argument=f"methods: {name}.layer")
+
+    def _attributions(self, name: str, model: PixelModel, x: Tensor, target: Tensor, generator: torch.Generator) -> Tensor:
+        if name == RANDOM:
+            return torch.rand(x.shape, generator=generator, device=generator.device).to(x.device)
+        return METHODS[name].function(model, x, target, **self.methods[name])
+
+    def evaluate(self, trainer: pl.Trainer, evaluation: Evaluation) -> None:
+        probe, task = evaluation.probe, evaluation.task
+        model = PixelModel(evaluation.model, task)
+        predicted = evaluation.logits(probe.inputs).argmax(dim=1).cpu()
+        shown = min(self.image_count, len(probe)) if evaluation.want_images else 0
+        # an insertion/deletion forward carries 2 * steps images per sample
+        chunk = max(1, self.batch_size // (2 * self.steps))
+        kept: dict[str, Tensor] = {}
+        curves: dict[str, tuple[Tensor, Tensor]] = {}
+        for name in (*self.methods, RANDOM):
+            with self.isolate(f"attribution method {name!r}"):
+                generator = self.generator(f"attribution/{name}", evaluation.device)
+
+                def run(inputs: Tensor, target: Tensor, name: str = name, generator: torch.Generator = generator) -> Tensor:
+                    x = task.to_pixels(inputs)
+                    attributions = self._attributions(name, model, x, target, generator)
+                    if shown and name not in kept:
+                        kept[name] = attributions[:shown].detach().cpu()
+                    insertion, deletion, curve = insertion_deletion(
+                        model, x, attributions, target=target, steps=self.steps, baseline=self.baseline,
+                        insertion_start=self.insertion_start, chunk_size=chunk,
+                    )
+                    return torch.cat([insertion[:, None], deletion[:, None], curve["insertion"], curve["deletion"]], dim=1)
+
+                rows = evaluation.per_sample(run, probe.inputs, predicted).cpu()
+                insertion, deletion = rows[:, 0].mean(), rows[:, 1].mean()
+                prefix = f"compass/interpretability/{name}"
+                evaluation.scalars[f"{prefix}/insertion"] = insertion
+                evaluation.scalars[f"{prefix}/deletion"] = deletion
+                evaluation.scalars[f"{prefix}/insertion_minus_deletion"] = insertion - deletion
+                curves[name] = (rows[:, 2 : 2 + self.steps].mean(dim=0), rows[:, 2 + self.steps :].mean(dim=0))
+        if shown and kept:
+            evaluation.images["compass/interpretability/heatmaps"] = self._heatmap_grid(trainer, task, probe, kept, shown)
+        if evaluation.want_images and curves:
+            fractions = torch.linspace(0, 1, self.steps).tolist()
+            for index, kind in enumerate(("insertion", "deletion")):
+                evaluation.images[f"compass/interpretability/{kind}_curves"] = line_chart(
+                    fractions,
+                    {name: pair[index].tolist() for name, pair in curves.items()},
+                    xlabel=f"fraction of pixels {'inserted' if kind == 'insertion' else 'deleted'}",
+                    ylabel="probability of the predicted class",
+                    title=f"mean {kind} curve per method, epoch {trainer.current_epoch}",
+                    chance=RANDOM,
+                )
+
+    def _heatmap_grid(self, trainer: pl.Trainer, task: Classification, probe: Any, kept: dict[str, Tensor], shown: int) -> Tensor:
+        low, high = task.input_range
+        images = (task.to_pixels(probe.shard(probe.inputs)[:shown]) - low) / (high - low)
+        overlays = {name: heatmap_overlay(images, attributions) for name, attributions in kept.items()}
+        rows = {f"#{i}": torch.stack([images[i].expand(3, -1, -1), *(o[i] for o in overlays.values())]) for i in range(shown)}
+        return labelled_image_grid(
+            rows,
+            columns=["input", *overlays],
+            title=f"epoch {trainer.current_epoch}: attributions for the predicted class (bright = important)",
+        )
