@@ -42,11 +42,11 @@ CASES: dict[str, tuple[dict, Callable[[nn.Module], torchattacks.Attack], int | N
 }
 
 
-def model_for_benchmark(width: int = 32) -> nn.Module:
-    """A small CIFAR-shaped CNN (3x32x32 inputs, 10 classes), with BatchNorm, in eval mode."""
+def model_for_benchmark(width: int = 32, channels: int = 3) -> nn.Module:
+    """A small CIFAR-shaped CNN (``channels``x32x32 inputs, 10 classes), with BatchNorm, in eval mode."""
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
         nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(4 * width, 4 * width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
