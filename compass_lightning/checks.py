@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from numbers import Integral, Real
+from typing import Any
 
 
 def _is_int(value: object) -> bool:
@@ -75,3 +76,18 @@ def check_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return value
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def check_reals(name: str, value: object, **interval: Any) -> tuple[float, ...]:
+    """A number or a non-empty list of numbers, each checked by :func:`check_real` with ``interval``."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not values:
+        raise ValueError(f"{name} must be a number or a non-empty list of numbers")
+    return tuple(check_real(f"{name}[{i}]" if len(values) > 1 else name, v, **interval) for i, v in enumerate(values))

@@ -154,7 +154,7 @@ def test_resume_keeps_the_snapshot_surrogate(tmp_path):
     [
         ({"eps": -0.1}, ValueError, r"eps must be a number in \[0.0, inf\]"),
         ({"eps": [8 / 255, -1]}, ValueError, r"eps\[1\] must be a number"),
-        ({"eps": []}, ValueError, "eps must be a number >= 0 or a non-empty list"),
+        ({"eps": []}, ValueError, "eps must be a number or a non-empty list of numbers"),
         ({"eps_l2": -1}, ValueError, "eps_l2 must be a number"),
         ({"attacks": {"pgd": {"steps": 0}}}, ValueError, "pgd.steps must be an integer >= 1"),
         ({"attacks": ["pgd", "nope"]}, ValueError, "attacks: unknown attack 'nope'; choose from: fgsm"),

@@ -9,21 +9,17 @@ analysis keeps ``torch.inference_mode`` off and the model's parameters untouched
 from __future__ import annotations
 
 import warnings
+from functools import partial
 
 from torch import Tensor, nn
 
 from compass_lightning.attacks._core import at_least_one, layer_name, non_negative, optional
 from compass_lightning.attribution._core import Model, register
-from compass_lightning.checks import check_bool, check_real
+from compass_lightning.checks import check_bool, check_choice, check_real
 from compass_lightning.layers import find_layer
 
 IG_RULES = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
-
-
-def _rule(name: str, value: object) -> str:
-    if value not in IG_RULES:
-        raise ValueError(f"{name} must be one of {', '.join(IG_RULES)}, got {value!r}")
-    return value  # type: ignore[return-value]
+_rule = partial(check_choice, choices=IG_RULES)
 
 
 def _leaf(x: Tensor) -> Tensor:

@@ -16,18 +16,17 @@ import torch
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
-from compass_lightning.checks import check_int
+from compass_lightning.checks import check_choice, check_int
 
 SUBSTRATES = ("zeros", "blur")
 
 
 def _substrate(name: str, kind: str, x: Tensor) -> Tensor:
-    if kind == "zeros":
+    if check_choice(name, kind, SUBSTRATES) == "zeros":
         return torch.zeros_like(x)
-    if kind == "blur":  # RISE's insertion substrate: a Gaussian blur, kernel 11 and sigma 5
-        size = min(11, 2 * (min(x.shape[-2:]) // 2) - 1)
-        return TF.gaussian_blur(x, kernel_size=[size, size], sigma=[5.0, 5.0])
-    raise ValueError(f"{name} must be one of {', '.join(SUBSTRATES)}, got {kind!r}")
+    # RISE's insertion substrate: a Gaussian blur, kernel 11 and sigma 5
+    size = min(11, 2 * (min(x.shape[-2:]) // 2) - 1)
+    return TF.gaussian_blur(x, kernel_size=[size, size], sigma=[5.0, 5.0])
 
 
 def area_under_curve(curve: Tensor) -> Tensor:

@@ -26,9 +26,8 @@ from torch import Tensor
 from compass_lightning.attacks import run_attack
 from compass_lightning.attacks._core import at_least_one, positive, probability
 from compass_lightning.attribution._core import Model, class_gradient, register
-from compass_lightning.checks import check_interval, check_real
+from compass_lightning.checks import check_interval, check_real, check_reals
 
-_bounds = partial(check_interval)
 
 
 @register("fast_ig", source="native")
@@ -38,8 +37,7 @@ def fast_ig(model: Model, x: Tensor, target: Tensor) -> Tensor:
     return (x.detach() * gradient).detach()
 
 
-def _fraction(name: str, value: object) -> float:
-    return check_real(name, value, low=0.0, high=1.0, low_open=True)
+_fraction = partial(check_real, low=0.0, high=1.0, low_open=True)
 
 
 @register("guided_ig", source="native", steps=at_least_one, fraction=_fraction, max_dist=probability, baseline=check_real)
@@ -121,7 +119,7 @@ def agi_paths(
     return attribution, torch.stack(ends), aims
 
 
-@register("agi", source="native", eps=positive, steps=at_least_one, classes=at_least_one, bounds=_bounds)
+@register("agi", source="native", eps=positive, steps=at_least_one, classes=at_least_one, bounds=check_interval)
 def agi(
     model: Model, x: Tensor, target: Tensor, *, eps: float = 0.05, steps: int = 20, classes: int = 20,
     bounds: tuple[float, float] = (0.0, 1.0),
@@ -148,14 +146,7 @@ def boundary_baselines(
     return best, torch.isfinite(best_distance)
 
 
-def _budgets(name: str, value: object) -> tuple[float, ...]:
-    values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
-    if not values:
-        raise ValueError(f"{name} must list at least one budget")
-    return tuple(check_real(name, v, low=0.0, low_open=True) for v in values)
-
-
-@register("big", source="native", eps=_budgets, steps=at_least_one, bounds=_bounds)
+@register("big", source="native", eps=partial(check_reals, low=0.0, low_open=True), steps=at_least_one, bounds=check_interval)
 def big(
     model: Model, x: Tensor, target: Tensor, *, eps: tuple[float, ...] = (2 / 255, 4 / 255, 8 / 255, 16 / 255, 32 / 255, 64 / 255),
     steps: int = 50, bounds: tuple[float, float] = (0.0, 1.0),

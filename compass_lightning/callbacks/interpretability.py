@@ -12,7 +12,7 @@ from torch import Tensor
 from compass_lightning.attribution import METHODS, insertion_deletion
 from compass_lightning.attribution.faithfulness import SUBSTRATES
 from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData
-from compass_lightning.checks import check_int
+from compass_lightning.checks import check_choice, check_int
 from compass_lightning.figures import heatmap_overlay, labelled_image_grid, line_chart
 from compass_lightning.layers import find_layer
 from compass_lightning.registry import resolve_selection
@@ -22,12 +22,6 @@ RANDOM = "random"  # the chance baseline: uniformly random attributions
 SCORES = ("insertion", "deletion", "insertion_minus_deletion")
 
 Methods = Union[Sequence[str], Mapping[str, Optional[Mapping[str, Any]]]]
-
-
-def _substrate(name: str, value: object) -> str:
-    if value not in SUBSTRATES:
-        raise ValueError(f"{name} must be one of {', '.join(SUBSTRATES)}, got {value!r}")
-    return value  # type: ignore[return-value]
 
 
 class AttributionScores(CompassCallback):
@@ -90,8 +84,8 @@ class AttributionScores(CompassCallback):
         )
         self.methods = resolve_selection(METHODS, "methods", methods)
         self.steps = check_int("steps", steps, minimum=2)
-        self.baseline = _substrate("baseline", baseline)
-        self.insertion_start = _substrate("insertion_start", insertion_start)
+        self.baseline = check_choice("baseline", baseline, SUBSTRATES)
+        self.insertion_start = check_choice("insertion_start", insertion_start, SUBSTRATES)
         self.image_count = check_int("image_count", image_count, minimum=0)
         for params in self.methods.values():
             if "bounds" in params:  # methods that clip to pixel bounds clip to the task's

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from compass_lightning.attacks import ATTACKS
 from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData
-from compass_lightning.checks import check_int, check_real
+from compass_lightning.checks import check_int, check_reals
 from compass_lightning.figures import labelled_image_grid, line_chart
 from compass_lightning.guard import analysis_mode
 from compass_lightning.layers import find_layer
@@ -25,13 +25,6 @@ METRICS = ("asr", "robust_accuracy", "mean_linf", "mean_l2")
 
 Attacks = Union[Sequence[str], Mapping[str, Optional[Mapping[str, Any]]]]
 Surrogates = Union[Sequence[Union[str, nn.Module]], Mapping[str, Union[str, nn.Module]]]
-
-
-def _eps_values(name: str, eps: object) -> tuple[float, ...]:
-    values = list(eps) if isinstance(eps, (list, tuple)) else [eps]
-    if not values:
-        raise ValueError(f"{name} must be a number >= 0 or a non-empty list of them")
-    return tuple(check_real(f"{name}[{i}]" if len(values) > 1 else name, v, low=0.0) for i, v in enumerate(values))
 
 
 def _surrogate_names(transfer_from: object) -> dict[str, Union[str, nn.Module]]:
@@ -131,7 +124,7 @@ class AttackSuccessRate(CompassCallback):
             fail_fast=fail_fast,
         )
         self.attacks = resolve_selection(ATTACKS, "attacks", attacks)
-        self.eps = {"linf": _eps_values("eps", eps), "l2": _eps_values("eps_l2", eps_l2)}
+        self.eps = {"linf": check_reals("eps", eps, low=0.0), "l2": check_reals("eps_l2", eps_l2, low=0.0)}
         self.transfer_from = _surrogate_names(transfer_from)
         self.transfer_attacks = resolve_selection(ATTACKS, "transfer_attacks", transfer_attacks)
         self.snapshot_every = check_int("snapshot_every", snapshot_every, minimum=1)
