@@ -121,6 +121,32 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| Quantus' deletion curve vs the same floor (half the images) | {median('quantus'):.1f} | {median('floor') / 2:.1f} | "
           f"{statistics.median(quantus_floor):.2f} ({min(quantus_floor):.2f}-{max(quantus_floor):.2f}) |")
     print("\ntargets: IG <= 1.0x Captum; insertion/deletion >= 2x faster than Quantus, <= 1.10x its floor")
+    memory_flatness(model, device)
+
+
+def memory_flatness(model: torch.nn.Module, device: torch.device, chunk_size: int = 2) -> None:
+    """With ``chunk_size`` set, the largest batch that reaches the model (what bounds activation
+    memory) does not grow with the number of samples; on CUDA the peak allocation is shown too."""
+    largest = [0]
+
+    def record(module: torch.nn.Module, inputs: tuple) -> None:
+        largest[0] = max(largest[0], len(inputs[0]))
+
+    handle = model.register_forward_pre_hook(record)
+    print(f"\n| samples | largest forward batch (images), chunk_size={chunk_size} | CUDA peak (MiB) |")
+    print("|---|---|---|")
+    try:
+        for samples in (32, 128, 512):
+            x = torch.rand(samples, 1, 32, 32, device=device)
+            largest[0] = 0
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            with analysis_mode(model):
+                insertion_deletion(model, x, torch.rand_like(x), steps=STEPS + 1, chunk_size=chunk_size)
+            peak = f"{torch.cuda.max_memory_allocated(device) / 2**20:.1f}" if device.type == "cuda" else "n/a (CPU)"
+            print(f"| {samples} | {largest[0]} | {peak} |")
+    finally:
+        handle.remove()
 
 
 if __name__ == "__main__":
