@@ -1,0 +1,272 @@
+"""Pruning without fine-tuning (AI-Compass module 5): how much of a model is redundant.
+
+Importance scores rank the prunable weights (those of ``Conv2d`` and ``Linear`` modules);
+:func:`prune` zeroes the lowest ones on a copy, globally (unstructured, through
+``torch.nn.utils.prune`` with ``importance_scores``) or whole filters (``structured=True``). The
+pruning rate is the fraction of prunable weights set to zero. Everything happens on deep copies:
+the trained model's weights, ``.grad`` and modes are never touched.
+
+==========  ===========================================================================
+name        importance of a weight ``w``
+==========  ===========================================================================
+magnitude   ``|w|``
+taylor      ``(w·g)²``, ``g`` the loss gradient accumulated over the calibration batches
+obd         ``½·h·w²``, ``h`` the Hessian diagonal approximated by the empirical Fisher
+            (the mean over calibration samples of the squared per-sample gradient)
+greg2       ``|w|`` after a short episode on a copy with a growing L2 penalty on the
+            lowest-magnitude weights (Wang et al., GReg-2, ICLR 2021) — **changes the copy's
+            weights**
+asl         ``|w| / b_l`` after a short episode on a copy that learns one threshold ``b_l`` per
+            layer towards a target sparsity (ASL, Retsinas et al.) — **changes the copy's weights**
+==========  ===========================================================================
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import prune as torch_prune
+
+from compass_lightning.checks import check_bool, check_int, check_real
+from compass_lightning.registry import Check, Operation, Registry
+
+Batches = Iterable[tuple[Tensor, Tensor]]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+PRUNABLE = (nn.Conv2d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class Importance(Operation):
+    """A registered importance criterion; ``changes_weights`` marks the optimisation episodes.
+
+    Example:
+        >>> IMPORTANCES["taylor"].changes_weights, IMPORTANCES["greg2"].changes_weights
+        (False, True)
+    """
+
+    kind: str = "importance"
+    changes_weights: bool = False
+
+
+IMPORTANCES: Registry[Importance] = Registry("importance")
+
+
+def _importance(name: str, *, changes_weights: bool = False, **checks: Check) -> Callable:
+    def add(function: Callable[..., dict[str, Tensor]]) -> Callable[..., dict[str, Tensor]]:
+        entry = Importance.from_function(name, function, checks, ("loss_fn",), changes_weights=changes_weights)
+        IMPORTANCES.register(name)(entry)
+        return function
+
+    return add
+
+
+def prunable(model: nn.Module) -> dict[str, nn.Module]:
+    """``{module name: module}`` of the ``Conv2d`` and ``Linear`` modules, in registration order."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, PRUNABLE)}
+
+
+def weight_name(module_name: str) -> str:
+    """The parameter name of a prunable module's weight (``"weight"`` for the root module)."""
+    return f"{module_name}.weight" if module_name else "weight"
+
+
+def _weights(model: nn.Module) -> dict[str, Tensor]:
+    return {weight_name(name): module.weight for name, module in prunable(model).items()}
+
+
+def _gradients(model: nn.Module, batches: Batches, loss_fn: LossFn, *, squared_per_sample: bool) -> dict[str, Tensor]:
+    """Mean loss gradient of the prunable weights over ``batches`` (or the mean squared per-sample
+    gradient, computed batched with ``torch.func``)."""
+    weights = _weights(model)
+    totals = {name: torch.zeros_like(w) for name, w in weights.items()}
+    count = 0
+    for x, y in batches:
+        if squared_per_sample:
+            parameters = dict(model.named_parameters())
+
+            def sample_loss(params: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
+                out = torch.func.functional_call(model, params, (xi.unsqueeze(0),))
+                return loss_fn(out, yi.unsqueeze(0))
+
+            grads = torch.func.vmap(torch.func.grad(sample_loss), in_dims=(None, 0, 0))(
+                {n: parameters[n] for n in weights}, x, y
+            )
+            for name in weights:
+                totals[name] += grads[name].pow(2).sum(dim=0)
+            count += len(x)
+        else:
+            grads = torch.autograd.grad(loss_fn(model(x), y), list(weights.values()))
+            for name, g in zip(weights, grads):
+                totals[name] += g * len(x)
+            count += len(x)
+    if count == 0:
+        raise ValueError("importance needs at least one calibration batch")
+    return {name: total / count for name, total in totals.items()}
+
+
+@_importance("magnitude")
+def _magnitude(model: nn.Module, batches: Batches, *, loss_fn: LossFn) -> dict[str, Tensor]:
+    return {name: w.detach().abs() for name, w in _weights(model).items()}
+
+
+@_importance("taylor")
+def _taylor(model: nn.Module, batches: Batches, *, loss_fn: LossFn) -> dict[str, Tensor]:
+    gradients = _gradients(model, batches, loss_fn, squared_per_sample=False)
+    return {name: (w.detach() * gradients[name]).pow(2) for name, w in _weights(model).items()}
+
+
+@_importance("obd")
+def _obd(model: nn.Module, batches: Batches, *, loss_fn: LossFn) -> dict[str, Tensor]:
+    fisher = _gradients(model, batches, loss_fn, squared_per_sample=True)
+    return {name: 0.5 * fisher[name] * w.detach().pow(2) for name, w in _weights(model).items()}
+
+
+_rate = partial(check_real, low=0.0, high=1.0, high_open=True)
+_positive = partial(check_real, low=0.0, low_open=True)
+
+
+@_importance("greg2", changes_weights=True, rate=_rate, steps=partial(check_int, minimum=1), increment=_positive, lr=_positive)
+def _greg2(
+    model: nn.Module, batches: Batches, *, loss_fn: LossFn, rate: float = 0.5, steps: int = 20,
+    increment: float = 1e-2, lr: float = 1e-3,
+) -> dict[str, Tensor]:
+    batches = list(batches)
+    weights = _weights(model)
+    flat = torch.cat([w.detach().abs().flatten() for w in weights.values()])
+    cut = flat.kthvalue(max(1, round(rate * len(flat)))).values
+    chosen = {name: (w.detach().abs() <= cut).float() for name, w in weights.items()}
+    optimiser = torch.optim.SGD(list(weights.values()), lr=lr, momentum=0.9)
+    for step in range(steps):  # the penalty grows by `increment` every step
+        x, y = batches[step % len(batches)]
+        penalty = sum((w * chosen[n]).pow(2).sum() for n, w in weights.items())
+        loss = loss_fn(model(x), y) + increment * (step + 1) * penalty
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()  # on the copy only: the trained model is never differentiated into
+        optimiser.step()
+    return {name: w.detach().abs() for name, w in weights.items()}
+
+
+@_importance("asl", changes_weights=True, rate=_rate, steps=partial(check_int, minimum=1), weight=_positive, lr=_positive)
+def _asl(
+    model: nn.Module, batches: Batches, *, loss_fn: LossFn, rate: float = 0.5, steps: int = 20, weight: float = 1.0,
+    lr: float = 1e-3,
+) -> dict[str, Tensor]:
+    batches = list(batches)
+    weights = _weights(model)
+    # one threshold per layer, parameterised in units of the layer's weight std
+    sigma = {n: w.detach().std().clamp_min(1e-12) for n, w in weights.items()}
+    log_b = {n: torch.zeros((), requires_grad=True) for n in weights}
+    optimiser = torch.optim.Adam([*weights.values(), *log_b.values()], lr=lr)
+    for step in range(steps):
+        x, y = batches[step % len(batches)]
+        saved = {}
+        for n, w in weights.items():  # straight-through: prune in the forward, identity in the backward
+            b = log_b[n].exp() * sigma[n]
+            keep = (w.abs() > b).float()
+            saved[n] = w.data.clone()
+            w.data.mul_(keep)
+        loss = loss_fn(model(x), y)
+        for n, w in weights.items():
+            w.data.copy_(saved[n])
+        # expected layer sparsity for Gaussian weights: P(|w| <= b) = erf(b / (sigma * sqrt 2))
+        sparsity = torch.stack([torch.erf(log_b[n].exp() / math.sqrt(2)) for n in weights])
+        objective = loss + weight * (sparsity.mean() - rate) ** 2
+        optimiser.zero_grad(set_to_none=True)
+        objective.backward()  # on the copy only
+        optimiser.step()
+    return {n: w.detach().abs() / (log_b[n].detach().exp() * sigma[n]) for n, w in weights.items()}
+
+
+def importance(
+    model: nn.Module, method: str, batches: Batches, *, loss_fn: LossFn | None = None, **params: object
+) -> dict[str, Tensor]:
+    """Importance scores ``{"<module>.weight": scores}`` of every prunable weight, computed on a deep
+    copy (the live model's weights, ``.grad``, ``requires_grad`` and modes are never touched).
+
+    ``batches`` yields ``(inputs, targets)`` in the model's input space; ``loss_fn`` defaults to
+    cross-entropy on logits.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+        >>> scores = importance(net, "magnitude", [])
+        >>> sorted(scores), scores["0.weight"].shape
+        (['0.weight', '2.weight'], torch.Size([3, 4]))
+    """
+    entry = IMPORTANCES.lookup(method, "method")
+    params = entry.resolve(params)
+    working = copy.deepcopy(model).eval()
+    for p in working.parameters():
+        p.requires_grad_(False)
+        p.grad = None
+    for w in _weights(working).values():
+        w.requires_grad_(True)
+    with torch.inference_mode(False), torch.enable_grad():
+        return entry.function(working, batches, loss_fn=loss_fn or F.cross_entropy, **params)
+
+
+def prune(model: nn.Module, scores: dict[str, Tensor], rate: float, *, structured: bool = False) -> nn.Module:
+    """A pruned deep copy of ``model``: the fraction ``rate`` of its prunable weights with the
+    lowest ``scores`` set to zero (the masks are made permanent on the copy).
+
+    ``structured=True`` removes whole output filters (rows of ``Linear``), lowest mean score first,
+    until ``rate`` of the prunable weights are zero (without exceeding it); the last ``Linear`` is
+    left whole, as its outputs are the classes.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(10, 10), torch.nn.ReLU(), torch.nn.Linear(10, 2))
+        >>> pruned = prune(net, importance(net, "magnitude", []), 0.5)
+        >>> round(sparsity(pruned), 2), round(sparsity(net), 2)
+        (0.5, 0.0)
+    """
+    rate = check_real("rate", rate, low=0.0, high=1.0, high_open=True)
+    structured = check_bool("structured", structured)
+    pruned = copy.deepcopy(model)
+    modules = prunable(pruned)
+    missing = [weight_name(name) for name in modules if weight_name(name) not in scores]
+    if missing:
+        raise ValueError(f"scores lack {', '.join(missing)}; compute them with importance() on this model")
+    if rate > 0 and not structured:
+        torch_prune.global_unstructured(
+            [(m, "weight") for m in modules.values()],
+            pruning_method=torch_prune.L1Unstructured,
+            importance_scores={(m, "weight"): scores[weight_name(n)].to(m.weight.device) for n, m in modules.items()},
+            amount=rate,
+        )
+    elif rate > 0:
+        last_linear = [n for n, m in modules.items() if isinstance(m, nn.Linear)][-1:]
+        filters = [
+            (scores[weight_name(n)][i].float().mean().item(), n, i)
+            for n, m in modules.items()
+            if n not in last_linear
+            for i in range(m.weight.shape[0])
+        ]
+        budget = rate * sum(m.weight.numel() for m in modules.values())
+        masks = {n: torch.ones_like(m.weight) for n, m in modules.items()}
+        for _, n, i in sorted(filters):
+            size = masks[n][i].numel()
+            if size > budget:
+                continue
+            masks[n][i] = 0
+            budget -= size
+        for n, m in modules.items():
+            torch_prune.custom_from_mask(m, "weight", masks[n])
+    for m in modules.values():
+        if torch_prune.is_pruned(m):
+            torch_prune.remove(m, "weight")
+    return pruned
+
+
+def sparsity(model: nn.Module) -> float:
+    """The fraction of prunable (``Conv2d``/``Linear``) weights that are exactly zero."""
+    weights = list(_weights(model).values())
+    total = sum(w.numel() for w in weights)
+    return sum(int((w == 0).sum()) for w in weights) / total if total else 0.0

@@ -1,0 +1,117 @@
+"""Pruning: exact rates, identities, torch's own global pruning, closed forms, and the live model untouched."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import DigitsDataModule, assert_same_state, snapshot, train_digits
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from compass_lightning.pruning import IMPORTANCES, importance, prunable, prune, sparsity, weight_name
+
+
+@pytest.fixture(scope="module")
+def trained():
+    data = DigitsDataModule()
+    data.setup()
+    x, y = data.val_set.tensors
+    model = train_digits()
+    return model, x, y, [(x[i : i + 64], y[i : i + 64]) for i in range(0, 192, 64)]
+
+
+def _accuracy(model, x, y):
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+@pytest.mark.parametrize("rate", [0.35, 0.4, 0.45, 0.5, 0.99])
+def test_achieved_sparsity_equals_the_rate_to_one_weight(trained, rate):
+    model, _, _, batches = trained
+    total = sum(m.weight.numel() for m in prunable(model).values())
+    pruned = prune(model, importance(model, "taylor", batches), rate)
+    assert abs(sparsity(pruned) * total - round(rate * total)) <= 1
+
+
+def test_rate_zero_reproduces_the_model_exactly(trained):
+    model, x, _, batches = trained
+    pruned = prune(model, importance(model, "magnitude", batches), 0.0)
+    with torch.no_grad():
+        assert torch.equal(pruned(x), model(x))
+
+
+def test_magnitude_equals_torch_global_l1_pruning(trained):
+    model, _, _, batches = trained
+    ours = prune(model, importance(model, "magnitude", batches), 0.4)
+    reference = copy.deepcopy(model)
+    torch_prune.global_unstructured([(m, "weight") for m in prunable(reference).values()], torch_prune.L1Unstructured, amount=0.4)
+    for name, module in prunable(reference).items():
+        assert torch.equal(prunable(ours)[name].weight == 0, module.weight == 0), name
+
+
+def test_taylor_and_obd_equal_their_closed_forms_on_a_linear_model():
+    torch.manual_seed(0)
+    linear = nn.Linear(5, 3)
+    x, y = torch.randn(40, 5), torch.randint(0, 3, (40,))
+    residual = F.softmax(linear(x), dim=1).detach() - F.one_hot(y, 3)  # d CE_i / d logits
+    per_sample = residual[:, :, None] * x[:, None, :]  # d CE_i / d W, (N, 3, 5)
+    w = linear.weight.detach()
+    name = "weight"  # the root module's weight
+    taylor = importance(linear, "taylor", [(x[:16], y[:16]), (x[16:], y[16:])])[name]
+    assert torch.allclose(taylor, (w * per_sample.mean(0)).pow(2), atol=1e-7)
+    obd = importance(linear, "obd", [(x[:16], y[:16]), (x[16:], y[16:])])[name]
+    assert torch.allclose(obd, 0.5 * per_sample.pow(2).mean(0) * w.pow(2), atol=1e-7)
+
+
+def test_structured_pruning_zeros_whole_filters_and_keeps_the_classifier(trained):
+    model, _, _, batches = trained
+    pruned = prune(model, importance(model, "magnitude", batches), 0.4, structured=True)
+    modules = prunable(pruned)
+    for name, module in modules.items():
+        zero_rows = (module.weight.flatten(1) == 0).all(dim=1)
+        any_zero = (module.weight.flatten(1) == 0).any(dim=1)
+        assert torch.equal(zero_rows, any_zero), f"{name}: a filter is only partly zero"
+    assert not (list(modules.values())[-1].weight == 0).any()  # the class outputs are left whole
+    assert 0.3 < sparsity(pruned) <= 0.4
+
+
+def test_accuracy_falls_to_chance_at_099_while_a_moderate_rate_is_safe(trained):
+    model, x, y, batches = trained
+    clean = _accuracy(model, x, y)
+    for method in ("magnitude", "taylor", "obd"):
+        scores = importance(model, method, batches)
+        assert _accuracy(prune(model, scores, 0.99), x, y) < 0.25, method
+        assert _accuracy(prune(model, scores, 0.2), x, y) >= clean - 0.05, method
+
+
+@pytest.mark.parametrize("method", list(IMPORTANCES))
+def test_the_live_model_is_untouched(trained, method):
+    _, x, y, batches = trained
+    model = train_digits(epochs=1)
+    model.net[1].train()  # a BatchNorm left in train mode
+    for p in model.parameters():
+        p.requires_grad_(True)
+        p.grad = torch.randn_like(p)
+    before = snapshot(model)
+    scores = importance(model, method, batches)
+    prune(model, scores, 0.5)
+    assert_same_state(before, snapshot(model))
+    assert set(scores) == {weight_name(n) for n in prunable(model)} and all(torch.isfinite(s).all() for s in scores.values())
+    assert IMPORTANCES[method].changes_weights == (method in ("greg2", "asl"))
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda m, b: prune(m, importance(m, "magnitude", b), 1.0), r"rate must be a number in \[0.0, 1.0\)"),
+        (lambda m, b: prune(m, importance(m, "magnitude", b), -0.1), r"rate must be a number"),
+        (lambda m, b: importance(m, "snip", b), "unknown importance 'snip'; choose from: magnitude, taylor, obd"),
+        (lambda m, b: importance(m, "greg2", b, rate=1.5), r"greg2.rate must be a number"),
+        (lambda m, b: prune(m, {}, 0.3), "scores lack net.0.weight"),
+    ],
+)
+def test_bad_input(call, message, trained):
+    model, _, _, batches = trained
+    with pytest.raises(ValueError, match=message):
+        call(model, batches)
