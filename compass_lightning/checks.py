@@ -8,7 +8,8 @@ training starts.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from numbers import Integral, Real
 from typing import Any
 
@@ -91,3 +92,22 @@ def check_reals(name: str, value: object, **interval: Any) -> tuple[float, ...]:
     if not values:
         raise ValueError(f"{name} must be a number or a non-empty list of numbers")
     return tuple(check_real(f"{name}[{i}]" if len(values) > 1 else name, v, **interval) for i, v in enumerate(values))
+
+
+# Named checks of the ``(name, value)`` form that registries take for operation parameters.
+positive = partial(check_real, low=0.0, low_open=True)
+non_negative = partial(check_real, low=0.0)
+probability = partial(check_real, low=0.0, high=1.0)
+at_least_one = partial(check_int, minimum=1)
+
+
+def optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    """A check that also accepts ``None`` (meaning: derived from other parameters)."""
+    return lambda name, value: None if value is None else check(name, value)
+
+
+def module_name(name: str, value: object) -> str | None:
+    """A submodule name (``str``) or ``None`` (the analysis picks a default layer)."""
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{name} must be a module name (str) or None, got {value!r}")
+    return value

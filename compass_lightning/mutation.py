@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
-from compass_lightning.checks import check_interval, check_real
+from compass_lightning.checks import check_interval, non_negative, probability
 from compass_lightning.registry import Check, Operation, Registry
 from compass_lightning.rng import draw
 
@@ -56,8 +56,6 @@ class Mutant(Operation):
 
 MUTATIONS: Registry[Mutant] = Registry("mutation")
 
-_probability = partial(check_real, low=0.0, high=1.0)
-_non_negative = partial(check_real, low=0.0)
 
 
 def _mutant(name: str, *, permutes: bool = False, **checks: Check) -> Callable:
@@ -85,7 +83,7 @@ def _images_only(name: str, x: Tensor) -> None:
         raise ValueError(f"mutation {name!r} needs image batches of shape (N, C, H, W), got {tuple(x.shape)}")
 
 
-@_mutant("label_error", p=_probability)
+@_mutant("label_error", p=probability)
 def _label_error(x: Tensor, y: Tensor, *, num_classes: int, generator: torch.Generator | None, p: float = 0.1):
     if num_classes < 2:
         raise ValueError(f"label_error needs at least 2 classes, got num_classes={num_classes}")
@@ -98,7 +96,7 @@ def _label_error(x: Tensor, y: Tensor, *, num_classes: int, generator: torch.Gen
     return x, mutated
 
 
-@_mutant("data_missing", p=_probability)
+@_mutant("data_missing", p=probability)
 def _data_missing(x: Tensor, y: Tensor, *, num_classes: int, generator: torch.Generator | None, p: float = 0.2):
     # A pixel is every channel at one position; (N, D) inputs have one "pixel" per feature.
     spatial = x.shape[2:] if x.ndim >= 3 else x.shape[1:]
@@ -116,18 +114,18 @@ def _data_shuffle(x: Tensor, y: Tensor, *, num_classes: int, generator: torch.Ge
     return x[permutation.to(x.device)], y[permutation.to(y.device)]
 
 
-@_mutant("noise", sigma=_non_negative)
+@_mutant("noise", sigma=non_negative)
 def _noise(x: Tensor, y: Tensor, *, num_classes: int, generator: torch.Generator | None, sigma: float = 0.1):
     return (x + sigma * draw(torch.randn, tuple(x.shape), generator, x)).clamp(0.0, 1.0), y
 
 
-@_mutant("contrast", factor=_non_negative)
+@_mutant("contrast", factor=non_negative)
 def _contrast(x: Tensor, y: Tensor, *, num_classes: int, generator: torch.Generator | None, factor: float = 0.5):
     _images_only("contrast", x)
     return TF.adjust_contrast(x, factor), y
 
 
-@_mutant("brightness", factor=_non_negative)
+@_mutant("brightness", factor=non_negative)
 def _brightness(x: Tensor, y: Tensor, *, num_classes: int, generator: torch.Generator | None, factor: float = 1.3):
     _images_only("brightness", x)
     return TF.adjust_brightness(x, factor), y

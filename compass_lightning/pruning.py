@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
-from compass_lightning.checks import check_bool, check_int, check_real
+from compass_lightning.checks import at_least_one, check_bool, check_real, positive
 from compass_lightning.registry import Check, Operation, Registry
 
 Batches = Iterable[tuple[Tensor, Tensor]]
@@ -129,10 +129,9 @@ def _obd(model: nn.Module, batches: Batches, *, loss_fn: LossFn) -> dict[str, Te
 
 
 _rate = partial(check_real, low=0.0, high=1.0, high_open=True)
-_positive = partial(check_real, low=0.0, low_open=True)
 
 
-@_importance("greg2", changes_weights=True, rate=_rate, steps=partial(check_int, minimum=1), increment=_positive, lr=_positive)
+@_importance("greg2", changes_weights=True, rate=_rate, steps=at_least_one, increment=positive, lr=positive)
 def _greg2(
     model: nn.Module, batches: Batches, *, loss_fn: LossFn, rate: float = 0.5, steps: int = 20,
     increment: float = 1e-2, lr: float = 1e-3,
@@ -153,7 +152,7 @@ def _greg2(
     return {name: w.detach().abs() for name, w in weights.items()}
 
 
-@_importance("asl", changes_weights=True, rate=_rate, steps=partial(check_int, minimum=1), weight=_positive, lr=_positive)
+@_importance("asl", changes_weights=True, rate=_rate, steps=at_least_one, weight=positive, lr=positive)
 def _asl(
     model: nn.Module, batches: Batches, *, loss_fn: LossFn, rate: float = 0.5, steps: int = 20, weight: float = 1.0,
     lr: float = 1e-3,
@@ -227,7 +226,7 @@ def prune(model: nn.Module, scores: dict[str, Tensor], rate: float, *, structure
         >>> round(sparsity(pruned), 2), round(sparsity(net), 2)
         (0.5, 0.0)
     """
-    rate = check_real("rate", rate, low=0.0, high=1.0, high_open=True)
+    rate = _rate("rate", rate)
     structured = check_bool("structured", structured)
     pruned = copy.deepcopy(model)
     modules = prunable(pruned)

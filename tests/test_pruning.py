@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DigitsDataModule, assert_same_state, snapshot, train_digits
+from conftest import assert_same_state, snapshot, train_digits
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
@@ -13,11 +13,10 @@ from compass_lightning.pruning import IMPORTANCES, importance, prunable, prune, 
 
 
 @pytest.fixture(scope="module")
-def trained():
-    data = DigitsDataModule()
-    data.setup()
-    x, y = data.val_set.tensors
-    model = train_digits()
+def trained(trained_digits):
+    """The session's trained digits model with validation data in its own (normalised) input space."""
+    model, pixels, y, task = trained_digits
+    x = task.from_pixels(pixels)
     return model, x, y, [(x[i : i + 64], y[i : i + 64]) for i in range(0, 192, 64)]
 
 

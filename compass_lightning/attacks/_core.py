@@ -11,14 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from compass_lightning.checks import check_bool, check_int, check_interval, check_real
+from compass_lightning.checks import check_interval, check_real
 from compass_lightning.registry import Check, Operation, Registry
 from compass_lightning.rng import draw, randint
 
@@ -44,25 +42,6 @@ class Attack(Operation):
 ATTACKS: Registry[Attack] = Registry("attack")
 
 RESERVED = ("eps", "bounds", "generator")
-
-# Parameter checks shared by the attacks.
-positive = partial(check_real, low=0.0, low_open=True)
-non_negative = partial(check_real, low=0.0)
-probability = partial(check_real, low=0.0, high=1.0)
-at_least_one = partial(check_int, minimum=1)
-flag = check_bool
-
-
-def optional(check: Check) -> Check:
-    """A check that also accepts ``None`` (meaning: derived from other parameters)."""
-    return lambda name, value: None if value is None else check(name, value)
-
-
-def layer_name(name: str, value: Any) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise TypeError(f"{name} must be a module name (str) or None, got {value!r}")
-    return value
-
 
 def register(
     name: str, *, norm: str = "linf", transfer: bool = False, layer_default: str | None = None, **checks: Check

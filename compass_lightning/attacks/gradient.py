@@ -16,23 +16,17 @@ from torch import Tensor
 
 from compass_lightning.attacks._core import (
     Model,
-    at_least_one,
     check_budget,
+    default_step,
     diverse_input,
-    flag,
     gaussian_kernel,
     input_gradient,
-    non_negative,
-    optional,
     per_sample_norm,
-    positive,
-    probability,
     random_linf_start,
     register,
-    default_step,
     sign_gradient_attack,
 )
-from compass_lightning.checks import check_int
+from compass_lightning.checks import at_least_one, check_bool, check_int, non_negative, optional, positive, probability
 from compass_lightning.rng import draw
 
 Bounds = tuple[float, float]
@@ -65,7 +59,7 @@ def ifgsm(
     return sign_gradient_attack(model, x, y, eps=eps, alpha=alpha, steps=steps, bounds=bounds)
 
 
-@register("pgd", steps=at_least_one, alpha=optional(positive), random_start=flag)
+@register("pgd", steps=at_least_one, alpha=optional(positive), random_start=check_bool)
 def pgd(
     model: Model, x: Tensor, y: Tensor, *, eps: float, bounds: Bounds = (0.0, 1.0), generator=None,  # noqa: ANN001
     steps: int = 10, alpha: float | None = None, random_start: bool = True,
@@ -77,7 +71,7 @@ def pgd(
     return sign_gradient_attack(model, x, y, eps=eps, alpha=alpha, steps=steps, bounds=bounds, start=start)
 
 
-@register("pgd_l2", norm="l2", steps=at_least_one, alpha=optional(positive), random_start=flag)
+@register("pgd_l2", norm="l2", steps=at_least_one, alpha=optional(positive), random_start=check_bool)
 def pgd_l2(
     model: Model, x: Tensor, y: Tensor, *, eps: float, bounds: Bounds = (0.0, 1.0), generator=None,  # noqa: ANN001
     steps: int = 10, alpha: float | None = None, random_start: bool = True,
@@ -116,7 +110,7 @@ def mifgsm(
 _diversity = {"resize_rate": positive, "diversity_prob": probability}
 
 
-@register("difgsm", steps=at_least_one, alpha=optional(positive), decay=non_negative, random_start=flag, **_diversity)
+@register("difgsm", steps=at_least_one, alpha=optional(positive), decay=non_negative, random_start=check_bool, **_diversity)
 def difgsm(
     model: Model, x: Tensor, y: Tensor, *, eps: float, bounds: Bounds = (0.0, 1.0), generator=None,  # noqa: ANN001
     steps: int = 10, alpha: float | None = None, decay: float = 0.0, random_start: bool = False,
@@ -143,7 +137,7 @@ def _kernel_length(name: str, value: int | None) -> int | None:
 
 
 @register(
-    "tifgsm", steps=at_least_one, alpha=optional(positive), decay=non_negative, random_start=flag,
+    "tifgsm", steps=at_least_one, alpha=optional(positive), decay=non_negative, random_start=check_bool,
     len_kernel=_kernel_length, nsig=positive, **_diversity,
 )
 def tifgsm(

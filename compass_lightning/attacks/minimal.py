@@ -13,14 +13,11 @@ from torch import Tensor
 
 from compass_lightning.attacks._core import (
     Model,
-    at_least_one,
     check_budget,
-    flag,
-    non_negative,
     per_sample_norm,
-    positive,
     register,
 )
+from compass_lightning.checks import at_least_one, check_bool, non_negative, positive
 
 Bounds = tuple[float, float]
 
@@ -30,7 +27,7 @@ def _within_budget(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
     return torch.where(keep, x_adv, x)
 
 
-@register("cw", norm="l2", c=non_negative, kappa=non_negative, steps=at_least_one, lr=positive, abort_early=flag)
+@register("cw", norm="l2", c=non_negative, kappa=non_negative, steps=at_least_one, lr=positive, abort_early=check_bool)
 def cw(
     model: Model, x: Tensor, y: Tensor, *, eps: float, bounds: Bounds = (0.0, 1.0), generator=None,  # noqa: ANN001
     c: float = 1.0, kappa: float = 0.0, steps: int = 50, lr: float = 0.01, abort_early: bool = True,

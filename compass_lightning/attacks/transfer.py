@@ -27,18 +27,13 @@ from torch import Tensor
 
 from compass_lightning.attacks._core import (
     Model,
-    at_least_one,
     check_budget,
     dct_matrix,
     input_gradient,
-    layer_name,
-    non_negative,
-    optional,
-    probability,
-    positive,
     register,
     sign_gradient_attack,
 )
+from compass_lightning.checks import at_least_one, module_name, non_negative, optional, positive, probability
 from compass_lightning.layers import capture, find_layer
 from compass_lightning.rng import draw
 
@@ -79,7 +74,7 @@ NAA_LAYER, ATA_LAYER = "middle", "last"  # which Conv2d each attack uses when no
 
 
 @register(
-    "naa", transfer=True, layer_default=NAA_LAYER, layer=layer_name, steps=at_least_one, alpha=optional(positive), decay=non_negative,
+    "naa", transfer=True, layer_default=NAA_LAYER, layer=module_name, steps=at_least_one, alpha=optional(positive), decay=non_negative,
     integration_steps=at_least_one, gamma=non_negative,
 )
 def naa(
@@ -130,7 +125,7 @@ def _attention(logits: Tensor, activations: Tensor, y: Tensor, *, create_graph: 
     return heat / heat.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
 
 
-@register("ata", transfer=True, layer_default=ATA_LAYER, layer=layer_name, steps=at_least_one, alpha=optional(positive), weight=non_negative)
+@register("ata", transfer=True, layer_default=ATA_LAYER, layer=module_name, steps=at_least_one, alpha=optional(positive), weight=non_negative)
 def ata(
     model: Model, x: Tensor, y: Tensor, *, eps: float, bounds: Bounds = (0.0, 1.0), generator=None,  # noqa: ANN001
     layer: str | None = None, steps: int = 5, alpha: float | None = None, weight: float = 1.0,

@@ -13,9 +13,8 @@ from functools import partial
 
 from torch import Tensor, nn
 
-from compass_lightning.attacks._core import at_least_one, layer_name, non_negative, optional
 from compass_lightning.attribution._core import Model, register
-from compass_lightning.checks import check_bool, check_choice, check_real
+from compass_lightning.checks import at_least_one, check_bool, check_choice, check_real, module_name, non_negative, optional
 from compass_lightning.layers import find_layer
 
 IG_RULES = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
@@ -103,7 +102,7 @@ def deeplift(model: Model, x: Tensor, target: Tensor, *, baseline: float = 0.0) 
         return DeepLift(_module(model)).attribute(_leaf(x), baselines=baseline, target=target).detach()
 
 
-@register("gradcam", layer_default="last", layer=layer_name, relu=check_bool)
+@register("gradcam", layer_default="last", layer=module_name, relu=check_bool)
 def gradcam(model: Model, x: Tensor, target: Tensor, *, layer: str | None = None, relu: bool = True) -> Tensor:
     """Grad-CAM (Selvaraju et al. 2017) at ``layer`` (default: the last ``Conv2d``), upsampled
     bilinearly to the input and repeated over its channels (Captum's ``LayerGradCam``)."""
