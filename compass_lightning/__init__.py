@@ -8,7 +8,7 @@ Example:
 
 __version__ = "0.1.0"
 
-from compass_lightning.callbacks import AttackSuccessRate, AttributionScores, CompassCallback, Evaluation, MutationMetrics
+from compass_lightning.callbacks import AttackSuccessRate, AttributionScores, CompassCallback, Evaluation, MutationMetrics, PruningAnalysis
 from compass_lightning.guard import analysis_mode
 from compass_lightning.probe import ProbeSet
 from compass_lightning.report import CompassWarning
@@ -23,6 +23,7 @@ __all__ = [
     "Evaluation",
     "MutationMetrics",
     "ProbeSet",
+    "PruningAnalysis",
     "__version__",
     "analysis_mode",
 ]

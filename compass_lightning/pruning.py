@@ -211,13 +211,65 @@ def importance(
         return entry.function(working, batches, loss_fn=loss_fn or F.cross_entropy, **params)
 
 
+def _check_scores(modules: dict[str, nn.Module], scores: dict[str, Tensor]) -> None:
+    missing = [weight_name(name) for name in modules if weight_name(name) not in scores]
+    if missing:
+        raise ValueError(f"scores lack {', '.join(missing)}; compute them with importance() on this model")
+
+
+def masks(model: nn.Module, scores: dict[str, Tensor], rate: float, *, structured: bool = False) -> dict[str, Tensor]:
+    """``{module name: 0/1 mask}`` of the prunable weights that :func:`prune` keeps at ``rate``.
+
+    Unstructured: the ``round(rate · n)`` weights with the lowest scores over all ``n`` prunable
+    weights are masked (the count ``torch.nn.utils.prune`` uses), ties broken by position.
+    Structured: whole output filters (rows of ``Linear``), lowest mean score first, skipping a filter
+    that would exceed ``rate`` of all prunable weights; the last ``Linear`` (the classes) stays whole.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Linear(2, 2)
+        >>> masks(net, {"weight": torch.tensor([[4.0, 1.0], [3.0, 2.0]])}, 0.5)[""]
+        tensor([[1., 0.],
+                [1., 0.]])
+    """
+    rate = _rate("rate", rate)
+    structured = check_bool("structured", structured)
+    modules = prunable(model)
+    _check_scores(modules, scores)
+    weights = [m.weight for m in modules.values()]
+    keep = {n: torch.ones_like(m.weight) for n, m in modules.items()}
+    if rate == 0 or not modules:
+        return keep
+    if not structured:
+        flat = torch.cat([scores[weight_name(n)].reshape(-1).to(weights[0].device, torch.float64) for n in modules])
+        count = round(rate * len(flat))
+        order = torch.argsort(flat, stable=True)[:count]
+        mask = torch.ones_like(flat)
+        mask[order] = 0
+        for (n, m), part in zip(modules.items(), mask.split([w.numel() for w in weights])):
+            keep[n] = part.view_as(m.weight).to(m.weight.dtype)
+        return keep
+    last_linear = [n for n, m in modules.items() if isinstance(m, nn.Linear)][-1:]
+    candidates = [n for n in modules if n not in last_linear]
+    if not candidates:
+        return keep
+    # one host transfer for every filter's mean score, then a greedy fill of the budget
+    means = torch.cat([scores[weight_name(n)].flatten(1).float().mean(dim=1).cpu() for n in candidates]).tolist()
+    owners = [(n, i) for n in candidates for i in range(modules[n].weight.shape[0])]
+    budget = rate * sum(w.numel() for w in weights)
+    for index in sorted(range(len(owners)), key=means.__getitem__):
+        n, i = owners[index]
+        size = keep[n][i].numel()
+        if size <= budget:
+            keep[n][i] = 0
+            budget -= size
+    return keep
+
+
 def prune(model: nn.Module, scores: dict[str, Tensor], rate: float, *, structured: bool = False) -> nn.Module:
     """A pruned deep copy of ``model``: the fraction ``rate`` of its prunable weights with the
-    lowest ``scores`` set to zero (the masks are made permanent on the copy).
-
-    ``structured=True`` removes whole output filters (rows of ``Linear``), lowest mean score first,
-    until ``rate`` of the prunable weights are zero (without exceeding it); the last ``Linear`` is
-    left whole, as its outputs are the classes.
+    lowest ``scores`` set to zero (see :func:`masks`), applied with ``torch.nn.utils.prune`` and made
+    permanent on the copy.
 
     Example:
         >>> import torch
@@ -226,42 +278,42 @@ def prune(model: nn.Module, scores: dict[str, Tensor], rate: float, *, structure
         >>> round(sparsity(pruned), 2), round(sparsity(net), 2)
         (0.5, 0.0)
     """
-    rate = _rate("rate", rate)
-    structured = check_bool("structured", structured)
+    keep = masks(model, scores, rate, structured=structured)
     pruned = copy.deepcopy(model)
-    modules = prunable(pruned)
-    missing = [weight_name(name) for name in modules if weight_name(name) not in scores]
-    if missing:
-        raise ValueError(f"scores lack {', '.join(missing)}; compute them with importance() on this model")
-    if rate > 0 and not structured:
-        torch_prune.global_unstructured(
-            [(m, "weight") for m in modules.values()],
-            pruning_method=torch_prune.L1Unstructured,
-            importance_scores={(m, "weight"): scores[weight_name(n)].to(m.weight.device) for n, m in modules.items()},
-            amount=rate,
-        )
-    elif rate > 0:
-        last_linear = [n for n, m in modules.items() if isinstance(m, nn.Linear)][-1:]
-        filters = [
-            (scores[weight_name(n)][i].float().mean().item(), n, i)
-            for n, m in modules.items()
-            if n not in last_linear
-            for i in range(m.weight.shape[0])
-        ]
-        budget = rate * sum(m.weight.numel() for m in modules.values())
-        masks = {n: torch.ones_like(m.weight) for n, m in modules.items()}
-        for _, n, i in sorted(filters):
-            size = masks[n][i].numel()
-            if size > budget:
-                continue
-            masks[n][i] = 0
-            budget -= size
-        for n, m in modules.items():
-            torch_prune.custom_from_mask(m, "weight", masks[n])
-    for m in modules.values():
-        if torch_prune.is_pruned(m):
-            torch_prune.remove(m, "weight")
+    for name, module in prunable(pruned).items():
+        torch_prune.custom_from_mask(module, "weight", keep[name])
+        torch_prune.remove(module, "weight")
     return pruned
+
+
+class PruningSweep:
+    """Pruned versions of one model at many rates, on a single working copy.
+
+    :meth:`at` rewrites the copy's prunable weights as the original ones times the masks of
+    :func:`masks` — the same model :func:`prune` returns, without a deep copy per rate. The copy is
+    in eval mode with ``requires_grad`` off, and ``model`` itself is never touched.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(10, 10), torch.nn.ReLU(), torch.nn.Linear(10, 2))
+        >>> sweep = PruningSweep(net)
+        >>> scores = importance(net, "magnitude", [])
+        >>> [round(sparsity(sweep.at(scores, rate)), 2) for rate in (0.2, 0.6, 0.0)]
+        [0.2, 0.6, 0.0]
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self._modules = prunable(self.model)
+        self._original = {n: m.weight.detach().clone() for n, m in self._modules.items()}
+
+    @torch.no_grad()
+    def at(self, scores: dict[str, Tensor], rate: float, *, structured: bool = False) -> nn.Module:
+        """The working copy pruned at ``rate`` by ``scores`` (valid until the next call)."""
+        keep = masks(self.model, scores, rate, structured=structured)
+        for name, module in self._modules.items():
+            torch.mul(self._original[name], keep[name], out=module.weight.data)
+        return self.model
 
 
 def sparsity(model: nn.Module) -> float:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from torch import Tensor
 
 HISTORY_FILE = "compass_history.jsonl"
@@ -89,7 +90,8 @@ class Reporter:
     def log_scalars(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, values: Mapping[str, float], *, in_epoch_end: bool
     ) -> None:
-        """Log scalars through ``pl_module.log`` (``in_epoch_end``) or every logger's ``log_metrics``."""
+        """Log scalars through ``pl_module.log`` (``in_epoch_end``) or every logger's ``log_metrics``
+        (then also into ``trainer.callback_metrics``)."""
         if not values:
             return
         if in_epoch_end:
@@ -100,6 +102,8 @@ class Reporter:
             return
         for logger in trainer.loggers:
             logger.log_metrics(dict(values), step=trainer.global_step)
+        # also where pl_module.log would have put them, so they are there without a logger too
+        trainer.callback_metrics.update({name: torch.tensor(value) for name, value in values.items()})
 
     # -- images --------------------------------------------------------------------------------
 

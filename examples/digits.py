@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import compass_lightning as cl
+from compass_lightning.callbacks.pruning import DEFAULT_SWEEP
 
 # Pixel statistics of load_digits scaled to [0, 1] (computed once over the whole set).
 DIGITS_MEAN = 0.3053
@@ -137,6 +138,13 @@ def monitors(fast: bool = False) -> list[pl.Callback]:
             task=task,
             probe_size=16 if fast else 32,
         ),
+        # after training: how much of the model is redundant, and what pruning does to robustness
+        cl.PruningAnalysis(
+            methods=["magnitude", "taylor", "obd"],
+            sweep=[0.1, 0.2, 0.3] if fast else list(DEFAULT_SWEEP),
+            task=task,
+            probe_size=64 if fast else 256,
+        ),
     ]
 
 
@@ -168,6 +176,9 @@ def main(argv: list[str] | None = None) -> Path:
     print(f"\nTrained {epochs} epochs in {time.perf_counter() - started:.1f} s.")
     print(f"Most accurate checkpoint (compass/basic/accuracy = {most_accurate.best_model_score:.3f}): {most_accurate.best_model_path}")
     print(f"Most robust checkpoint (compass/robustness/pgd/asr = {most_robust.best_model_score:.3f}): {most_robust.best_model_path}")
+    safe = {m: trainer.callback_metrics.get(f"compass/pruning/{m}/max_safe_rate") for m in ("magnitude", "taylor", "obd")}
+    print("Largest pruning rate within 1 % accuracy: " + ", ".join(f"{m} {float(v):.2f}" for m, v in safe.items() if v is not None))
+    print(f"Pruning report:      {(log_dir / 'pruning_report.csv').resolve()}")
     print(f"TensorBoard logs:    {log_dir.resolve()}")
     print(f"Compass history:     {(log_dir / 'compass_history.jsonl').resolve()}")
     print(f"Open the dashboard:  tensorboard --logdir {Path(args.logdir).resolve()}   (then http://localhost:6006)")

@@ -81,6 +81,7 @@ def make_trainer(tmp_path: Path, callbacks: list, *, epochs: int = 2, logger: ob
     if logger == "tensorboard":
         logger = pl.loggers.TensorBoardLogger(tmp_path, name="run")
     kwargs.setdefault("enable_checkpointing", any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks))
+    kwargs.setdefault("enable_progress_bar", False)
     return pl.Trainer(
         default_root_dir=tmp_path,
         max_epochs=epochs,
@@ -88,7 +89,6 @@ def make_trainer(tmp_path: Path, callbacks: list, *, epochs: int = 2, logger: ob
         callbacks=callbacks,
         accelerator="cpu",
         devices=1,
-        enable_progress_bar=False,
         enable_model_summary=False,
         log_every_n_steps=1,
         deterministic=True,
@@ -153,12 +153,12 @@ class StateBracket:
     parameter gradients, a BatchNorm left in train mode, a frozen layer) and snapshots it right
     before the monitor's hook; ``after`` checks right after it that nothing changed."""
 
-    def __init__(self) -> None:
+    def __init__(self, hooks: tuple[str, ...] = ("on_validation_epoch_end", "on_test_epoch_end")) -> None:
         self.checked = 0
         bracket = self
 
         class Before(pl.Callback):
-            def on_validation_epoch_end(self, trainer, pl_module):
+            def prepare(self, trainer, pl_module):
                 torch.manual_seed(123)
                 for index, p in enumerate(pl_module.parameters()):
                     p.requires_grad_(index != 0)  # the first layer frozen
@@ -170,15 +170,15 @@ class StateBracket:
                 bracket.state = snapshot(pl_module)
                 bracket.rng = torch.random.get_rng_state()
 
-            on_test_epoch_end = on_validation_epoch_end
-
         class After(pl.Callback):
-            def on_validation_epoch_end(self, trainer, pl_module):
+            def check(self, trainer, pl_module):
                 assert_same_state(bracket.state, snapshot(pl_module))
                 assert torch.equal(bracket.rng, torch.random.get_rng_state())
                 bracket.checked += 1
 
-            on_test_epoch_end = on_validation_epoch_end
+        for hook in hooks:
+            setattr(Before, hook, Before.prepare)
+            setattr(After, hook, After.check)
 
         self.before, self.after = Before(), After()
 

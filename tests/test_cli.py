@@ -26,6 +26,10 @@ PRESETS = {
         {"compass/interpretability/gradcam/insertion", "compass/interpretability/random/deletion"},
         {"compass/interpretability/heatmaps", "compass/interpretability/insertion_curves"},
     ),
+    "pruning.yaml": (
+        {"compass/pruning/taylor/rate_0.40/accuracy", "compass/pruning/obd/max_safe_rate", "compass/pruning/unpruned/asr"},
+        {"compass/pruning/accuracy", "compass/pruning/insertion_deletion"},
+    ),
 }
 
 

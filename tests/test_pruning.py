@@ -9,7 +9,7 @@ from conftest import assert_same_state, snapshot, train_digits
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from compass_lightning.pruning import IMPORTANCES, importance, prunable, prune, sparsity, weight_name
+from compass_lightning.pruning import IMPORTANCES, PruningSweep, importance, prunable, prune, sparsity, weight_name
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +114,16 @@ def test_bad_input(call, message, trained):
     model, _, _, batches = trained
     with pytest.raises(ValueError, match=message):
         call(model, batches)
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_the_sweep_equals_prune_at_every_rate_and_leaves_the_model_alone(trained, structured):
+    model, x, _, batches = trained
+    before = snapshot(model)
+    scores = importance(model, "taylor", batches)
+    sweep = PruningSweep(model)
+    for rate in (0.5, 0.1, 0.0, 0.9):  # out of order: each rate starts from the original weights
+        reference = prune(model, scores, rate, structured=structured)
+        with torch.no_grad():
+            assert torch.equal(sweep.at(scores, rate, structured=structured)(x), reference(x)), rate
+    assert_same_state(before, snapshot(model))

@@ -49,6 +49,7 @@ class Evaluation:
         any_rank: whether a flag is set on any process (a collective; only called under DDP).
         want_images: whether images will be looked at (global zero with a logger), so costly
             figures are only drawn then.
+        epoch: the training epoch the evaluated model has finished (the one its history names).
 
     Example:
         >>> import torch
@@ -68,6 +69,7 @@ class Evaluation:
         all_gather: Callable[[Tensor], Tensor] | None = None,
         any_rank: Callable[[bool], bool] | None = None,
         want_images: bool = False,
+        epoch: int = 0,
     ) -> None:
         self.model = model
         self.probe = probe
@@ -76,8 +78,16 @@ class Evaluation:
         self.all_gather = all_gather
         self.any_rank = any_rank
         self.want_images = want_images
+        self.epoch = epoch
         self.scalars: dict[str, Tensor | float] = {}
         self.images: dict[str, Tensor] = {}
+
+    def for_model(self, model: nn.Module) -> Evaluation:
+        """A fresh evaluation of ``model`` (e.g. a pruned copy) on the same probe, without images."""
+        return Evaluation(
+            model, self.probe, self.task, batch_size=self.batch_size, all_gather=self.all_gather,
+            any_rank=self.any_rank, epoch=self.epoch,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -106,12 +116,14 @@ class Evaluation:
             raise failure
         return self.probe.gather(local, self.all_gather)
 
-    def logits(self, inputs: Tensor) -> Tensor:
-        """Logits of the model for ``inputs`` aligned with the probe (data space), in probe order."""
+    def logits(self, inputs: Tensor, model: nn.Module | None = None) -> Tensor:
+        """Logits of the model (or of ``model``, e.g. a pruned copy) for ``inputs`` aligned with the
+        probe (data space), in probe order."""
+        model = self.model if model is None else model
 
         def forward(chunk: Tensor) -> Tensor:
             with torch.no_grad():
-                return self.task.logits(self.model, chunk)
+                return self.task.logits(model, chunk)
 
         return self.per_sample(forward, inputs)
 
@@ -306,6 +318,12 @@ class CompassCallback(Callback):
             if monitor not in tags or self.every_n_epochs == 1:
                 continue
             name = type(self).__name__
+            if self.every_n_epochs is None:
+                raise ValueError(
+                    f"{type(callback).__name__}(monitor={monitor!r}) checks every epoch, but {name} logs "
+                    f"{monitor!r} only at the end of fit (every_n_epochs=None); set {name}(every_n_epochs=...) "
+                    "to the callback's schedule"
+                )
             if isinstance(callback, ModelCheckpoint):
                 every = getattr(callback, "_every_n_epochs", 1)
                 by_epoch = not callback._every_n_train_steps and callback._train_time_interval is None
@@ -325,7 +343,9 @@ class CompassCallback(Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        if trainer.state.fn == "fit" and (trainer.current_epoch + 1) % self.every_n_epochs:
+        if trainer.state.fn == "fit" and (
+            self.every_n_epochs is None or (trainer.current_epoch + 1) % self.every_n_epochs
+        ):
             return
         self._run(trainer, pl_module)
 
@@ -341,7 +361,9 @@ class CompassCallback(Callback):
 
     # -- one evaluation ------------------------------------------------------------------------
 
-    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, in_epoch_end: bool = True) -> None:
+        """One evaluation, logged through ``pl_module.log`` (``in_epoch_end``) or the loggers (in
+        hooks where Lightning forbids ``self.log``, such as ``on_train_end``)."""
         if self._reporter is None:
             self._reporter = Reporter(trainer)
         if self._probe is None:
@@ -355,6 +377,8 @@ class CompassCallback(Callback):
             all_gather=strategy.all_gather,
             any_rank=lambda flag: _any_rank(strategy, flag, pl_module.device),
             want_images=self._reporter.wants_images(trainer),
+            # after the last epoch Lightning has counted it as done: name the epoch just trained
+            epoch=trainer.current_epoch if in_epoch_end else max(trainer.current_epoch - 1, 0),
         )
         with analysis_mode(pl_module, seed=self.seed), self.isolate("the analysis"):
             self.evaluate(trainer, evaluation)
@@ -365,7 +389,7 @@ class CompassCallback(Callback):
         scalars[ERRORS_TAG] = float(sum(cb.error_count for cb in trainer.callbacks if isinstance(cb, CompassCallback)))
         self.history.append(
             history_record(
-                epoch=trainer.current_epoch,
+                epoch=evaluation.epoch,
                 global_step=trainer.global_step,
                 callback=type(self).__name__,
                 key=self.state_key,
@@ -373,7 +397,7 @@ class CompassCallback(Callback):
                 metrics=scalars,
             )
         )
-        self._reporter.log_scalars(trainer, pl_module, scalars, in_epoch_end=True)
+        self._reporter.log_scalars(trainer, pl_module, scalars, in_epoch_end=in_epoch_end)
         with self.isolate("writing images"):
             self._reporter.log_images(trainer, evaluation.images)
         with self.isolate("writing the history file"):

@@ -12,7 +12,7 @@ from torch import Tensor
 from compass_lightning.attribution import METHODS, insertion_deletion
 from compass_lightning.attribution.faithfulness import SUBSTRATES
 from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData
-from compass_lightning.checks import check_choice, check_int
+from compass_lightning.checks import check_bool, check_choice, check_int
 from compass_lightning.figures import heatmap_overlay, labelled_image_grid, line_chart
 from compass_lightning.layers import find_layer
 from compass_lightning.registry import resolve_selection
@@ -44,6 +44,8 @@ class AttributionScores(CompassCallback):
         baseline: what deleted pixels become: ``"zeros"`` (black) or ``"blur"``.
         insertion_start: what insertion starts from: ``"zeros"`` or ``"blur"``.
         image_count: probe images in the heatmap grid (0: none).
+        random_baseline: also score uniformly random attributions (logged as ``random``), the
+            chance level a method must beat.
         every_n_epochs, probe_size, batch_size, seed, task, probe_data, fail_fast: see
             :class:`~compass_lightning.callbacks.base.CompassCallback`; by default every 5 epochs, on
             up to 32 samples. ``batch_size`` also bounds the images of one insertion/deletion
@@ -65,6 +67,7 @@ class AttributionScores(CompassCallback):
         baseline: str = "zeros",
         insertion_start: str = "zeros",
         image_count: int = 8,
+        random_baseline: bool = True,
         every_n_epochs: int = 5,
         probe_size: Optional[int] = None,
         batch_size: int = 128,
@@ -87,6 +90,7 @@ class AttributionScores(CompassCallback):
         self.baseline = check_choice("baseline", baseline, SUBSTRATES)
         self.insertion_start = check_choice("insertion_start", insertion_start, SUBSTRATES)
         self.image_count = check_int("image_count", image_count, minimum=0)
+        self.random_baseline = check_bool("random_baseline", random_baseline)
         for params in self.methods.values():
             if "bounds" in params:  # methods that clip to pixel bounds clip to the task's
                 params["bounds"] = self.task.input_range
@@ -95,7 +99,10 @@ class AttributionScores(CompassCallback):
         return {**super()._state_key_fields(), "methods": sorted(self.methods), "steps": self.steps}
 
     def expected_tags(self) -> list[str]:
-        return [f"compass/interpretability/{name}/{score}" for name in (*self.methods, RANDOM) for score in SCORES]
+        return [f"compass/interpretability/{name}/{score}" for name in self._scored() for score in SCORES]
+
+    def _scored(self) -> tuple[str, ...]:
+        return (*self.methods, RANDOM) if self.random_baseline else tuple(self.methods)
 
     def check_model(self, pl_module: pl.LightningModule) -> None:
         for name, params in self.methods.items():
@@ -117,7 +124,7 @@ class AttributionScores(CompassCallback):
         chunk = max(1, self.batch_size // (2 * self.steps))
         kept: dict[str, Tensor] = {}
         curves: dict[str, tuple[Tensor, Tensor]] = {}
-        for name in (*self.methods, RANDOM):
+        for name in self._scored():
             with self.isolate(f"attribution method {name!r}"):
                 generator = self.generator(f"attribution/{name}", evaluation.device)
 

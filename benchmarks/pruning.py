@@ -1,0 +1,130 @@
+"""The pruning sweep of ``PruningAnalysis`` against its floor and against ModelPruning-style masking.
+
+    python benchmarks/pruning.py              # CPU, 5 interleaved repeats
+    python benchmarks/pruning.py --device cuda
+
+One run measures, interleaved after a warm-up, on the same CIFAR-shaped CNN (BatchNorm, 4 conv
+layers), a probe of 256 images and 256 calibration images:
+
+* **sweep**: the callback's own evaluation (``PruningAnalysis.evaluate`` with magnitude, Taylor
+  and OBD importances, the default 19-rate sweep plus the 4 logged rates, no joint analysis),
+  against its **floor**: one probe forward per method and rate, plus one forward+backward of the
+  calibration set for each gradient importance (Taylor, OBD);
+* **masking**: the same magnitude sweep done as Lightning's ``ModelPruning`` does it — a deep copy
+  per rate, ``torch.nn.utils.prune.global_unstructured`` with ``L1Unstructured`` (a forward
+  pre-hook applies the mask), one probe forward — against ours (one working copy re-masked per
+  rate), with the same accuracies checked first.
+
+Target: the sweep within 1.2x of its floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch.nn.utils import prune as torch_prune
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from attacks import model_for_benchmark, timed  # noqa: E402
+
+from compass_lightning import Classification, Evaluation, ProbeSet, PruningAnalysis  # noqa: E402
+from compass_lightning.guard import analysis_mode  # noqa: E402
+from compass_lightning.pruning import PruningSweep, importance, prunable  # noqa: E402
+
+METHODS = ("magnitude", "taylor", "obd")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--probe", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    device = torch.device(args.device)
+    model = model_for_benchmark().to(device)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(args.probe, 3, 32, 32, generator=generator)
+    with torch.no_grad():
+        y = model(x.to(device)).argmax(1).cpu()  # labels the model gets right, so pruning has something to lose
+    probe = ProbeSet(x, y)
+    calibration = ProbeSet(torch.rand(256, 3, 32, 32, generator=generator), y.roll(1))
+
+    monitor = PruningAnalysis(list(METHODS), joint=False, batch_size=args.batch_size, task=Classification())
+    monitor._calibration = calibration
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False, accelerator="cpu")
+    rates = len(monitor._grid())
+    chunks = lambda t: list(ProbeSet.chunks(t, args.batch_size, device))  # noqa: E731
+    probe_chunks, calibration_batches = chunks(x), list(zip(chunks(calibration.inputs), chunks(calibration.targets)))
+
+    def sweep() -> None:
+        with analysis_mode(model):
+            monitor.evaluate(trainer, Evaluation(model, probe, Classification(), batch_size=args.batch_size))
+
+    def floor() -> None:
+        with analysis_mode(model), torch.no_grad():
+            for _ in range(len(METHODS) * rates):
+                for chunk in probe_chunks:
+                    model(chunk)
+        working = copy.deepcopy(model).requires_grad_(True)
+        for _ in ("taylor", "obd"):
+            for inputs, targets in calibration_batches:
+                F.cross_entropy(working(inputs), targets).backward()
+
+    grid = monitor._grid()
+
+    def masking() -> list[float]:
+        accuracies = []
+        for rate in grid:
+            copy_ = copy.deepcopy(model)
+            torch_prune.global_unstructured(
+                [(m, "weight") for m in prunable(copy_).values()], torch_prune.L1Unstructured, amount=rate
+            )
+            with torch.no_grad():
+                accuracies.append(float(sum((copy_(c).argmax(1).cpu() == t).sum() for c, t in zip(probe_chunks, y.split(args.batch_size)))))
+        return accuracies
+
+    def ours() -> list[float]:
+        scores = importance(model, "magnitude", [])
+        working = PruningSweep(model)
+        accuracies = []
+        for rate in grid:
+            pruned = working.at(scores, rate)
+            with torch.no_grad():
+                accuracies.append(float(sum((pruned(c).argmax(1).cpu() == t).sum() for c, t in zip(probe_chunks, y.split(args.batch_size)))))
+        return accuracies
+
+    assert masking() == ours(), "ModelPruning-style masking and our sweep disagree"
+    pairs = {"sweep / floor": (sweep, floor), "ours / ModelPruning-style masking": (ours, masking)}
+    ratios: dict[str, list[float]] = {name: [] for name in pairs}
+    seconds: dict[str, list[tuple[float, float]]] = {name: [] for name in pairs}
+    for function in (sweep, floor, ours, masking):  # warm-up
+        function()
+    for _ in range(args.repeats):
+        for name, (a, b) in pairs.items():  # interleaved A B A B
+            ta, tb = timed(a, device), timed(b, device)
+            ratios[name].append(ta / tb)
+            seconds[name].append((ta, tb))
+
+    print(f"\npruning sweep: {len(METHODS)} methods x {rates} rates, probe {args.probe}, calibration 256, "
+          f"{device.type}, {torch.get_num_threads()} threads, {args.repeats} interleaved repeats")
+    print("| comparison | median ratio | min-max | median seconds (A, B) |")
+    print("|---|---|---|---|")
+    for name in pairs:
+        a = statistics.median(t for t, _ in seconds[name])
+        b = statistics.median(t for _, t in seconds[name])
+        values = ratios[name]
+        print(f"| {name} | {statistics.median(values):.2f}x | {min(values):.2f}-{max(values):.2f} | {a:.3f}, {b:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

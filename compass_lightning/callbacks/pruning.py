@@ -1,0 +1,349 @@
+"""``PruningAnalysis``: how redundant the trained model is, and where its robustness and
+interpretability live (AI-Compass module 5, RQ3)."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData
+from compass_lightning.callbacks.interpretability import AttributionScores
+from compass_lightning.callbacks.robustness import AttackSuccessRate
+from compass_lightning.checks import check_bool, check_int, check_real, check_reals
+from compass_lightning.figures import line_chart
+from compass_lightning.metrics import METRIC_NAMES, classification_metrics
+from compass_lightning.probe import ProbeSet, _first_loader
+from compass_lightning.pruning import IMPORTANCES, PruningSweep, importance, sparsity
+from compass_lightning.registry import resolve_selection
+from compass_lightning.task import Classification
+
+REPORT_FILE = "pruning_report.csv"
+UNPRUNED = "unpruned"
+JOINT = ("asr", "insertion", "deletion")
+#: The finer grid ``max_safe_rate`` is read from: 0.05, 0.10, ..., 0.95.
+DEFAULT_SWEEP = tuple(round(0.05 * i, 2) for i in range(1, 20))
+
+Methods = Union[Sequence[str], Mapping[str, Optional[Mapping[str, Any]]]]
+
+
+def rate_tag(rate: float) -> str:
+    """``rate_0.40`` for a rate on the percent grid, more digits otherwise.
+
+    Example:
+        >>> rate_tag(0.4), rate_tag(0.425)
+        ('rate_0.40', 'rate_0.425')
+    """
+    return f"rate_{rate:.2f}" if math.isclose(rate * 100, round(rate * 100), abs_tol=1e-9) else f"rate_{rate:.4g}"
+
+
+class PruningAnalysis(CompassCallback):
+    """Prunes copies of the model without fine-tuning and measures what is lost, at the end of fit.
+
+    For every importance method (:data:`~compass_lightning.pruning.IMPORTANCES`) it scores the
+    prunable weights on calibration batches from the training data, prunes a copy at each rate and
+    evaluates it on the probe set. It logs, through the trainer's loggers:
+
+    - ``compass/pruning/unpruned/<metric>``: the basic metrics of the trained model;
+    - ``compass/pruning/<method>/rate_0.40/<metric>``: every basic metric at each of ``rates``, the
+      achieved ``sparsity`` and the ``accuracy_drop``; with ``joint``, at ``joint_rates`` (and for the
+      unpruned model) also ``asr`` (the mean white-box attack success rate), ``insertion`` and
+      ``deletion`` (mean over the attribution methods) — AI-Compass Figs. 5–6;
+    - ``compass/pruning/<method>/max_safe_rate``: the largest rate of ``rates`` and ``sweep`` whose
+      accuracy drop is at most ``tolerance``.
+
+    Images: accuracy against the rate per method, ASR and insertion/deletion against the rate.
+    ``pruning_report.csv`` in the log directory gets one row per method × rate (and one for the
+    unpruned model) of every evaluation. ``greg2`` and ``asl`` run short optimisation episodes on a
+    copy, so their rows are marked ``changes_weights``. The trained model is never modified.
+
+    Args:
+        methods: importance methods, names or a mapping from names to parameters.
+        rates: pruning rates (fractions of prunable weights set to zero, in ``[0, 1)``) logged per tag.
+        sweep: the finer grid of rates ``max_safe_rate`` and the accuracy chart also cover (may be empty).
+        tolerance: the accuracy drop (absolute) a safe rate may cause.
+        structured: prune whole filters instead of single weights.
+        calibration_size: training samples the importances are computed on.
+        calibration_data: a Dataset or ``(inputs, targets)`` pair to calibrate on instead of the
+            training dataloader (needed under ``trainer.validate`` without training data).
+        joint: also run attacks and attribution scores on the pruned copies at ``joint_rates``.
+        joint_rates: the rates of the joint analysis.
+        attacks, eps: the white-box attacks of the joint analysis (see
+            :class:`~compass_lightning.AttackSuccessRate`).
+        attribution_methods, attribution_steps: the attribution methods and curve points of the joint
+            analysis (see :class:`~compass_lightning.AttributionScores`).
+        save_pruned: write the pruned ``state_dict`` of every method at each of ``rates`` next to the
+            checkpoints (``pruned_<method>_rate_0.40.pt``).
+        every_n_epochs: also run at every ``n``-th validation epoch (``None``: only at the end of fit).
+        probe_size, batch_size, seed, task, probe_data, fail_fast: see
+            :class:`~compass_lightning.callbacks.base.CompassCallback`; the probe holds up to 256
+            validation samples by default.
+
+    Example:
+        >>> monitor = PruningAnalysis(methods=["magnitude", "taylor"], rates=[0.4], joint=False)
+        >>> monitor.expected_tags()[-1]
+        'compass/pruning/taylor/max_safe_rate'
+    """
+
+    default_probe_size = 256
+
+    def __init__(
+        self,
+        methods: Methods = ("magnitude", "taylor", "obd"),
+        *,
+        rates: Sequence[float] = (0.35, 0.40, 0.45, 0.50),
+        sweep: Sequence[float] = DEFAULT_SWEEP,
+        tolerance: float = 0.01,
+        structured: bool = False,
+        calibration_size: int = 256,
+        calibration_data: Optional[ProbeData] = None,
+        joint: bool = True,
+        joint_rates: Sequence[float] = (0.35, 0.40),
+        attacks: Sequence[str] = ("fgsm", "pgd"),
+        eps: float = 8 / 255,
+        attribution_methods: Sequence[str] = ("saliency", "integrated_gradients"),
+        attribution_steps: int = 16,
+        save_pruned: bool = False,
+        every_n_epochs: Optional[int] = None,
+        probe_size: Optional[int] = None,
+        batch_size: int = 128,
+        seed: int = 0,
+        task: Optional[Classification] = None,
+        probe_data: Optional[ProbeData] = None,
+        fail_fast: bool = False,
+    ) -> None:
+        common = {"batch_size": batch_size, "seed": seed, "task": task, "fail_fast": fail_fast}
+        super().__init__(every_n_epochs=every_n_epochs or 1, probe_size=probe_size, probe_data=probe_data, **common)
+        if every_n_epochs is not None:
+            check_int("every_n_epochs", every_n_epochs, minimum=1)
+        self.every_n_epochs = every_n_epochs
+        self.methods = resolve_selection(IMPORTANCES, "methods", methods)
+        in_range = {"low": 0.0, "high": 1.0, "high_open": True}
+        self.rates = tuple(sorted(set(check_reals("rates", list(rates) if isinstance(rates, tuple) else rates, **in_range))))
+        if not isinstance(sweep, (list, tuple)):
+            raise TypeError(f"sweep must be a list of rates in [0, 1), got {sweep!r}")
+        self.sweep = tuple(sorted(set(check_reals("sweep", list(sweep), **in_range)))) if len(sweep) else ()
+        self.tolerance = check_real("tolerance", tolerance, low=0.0)
+        self.structured = check_bool("structured", structured)
+        self.calibration_size = check_int("calibration_size", calibration_size, minimum=1)
+        self.calibration_data = self._check_probe_data(calibration_data) if calibration_data is not None else None
+        self.joint = check_bool("joint", joint)
+        self.joint_rates = tuple(sorted(set(check_reals("joint_rates", list(joint_rates), **in_range)))) if joint else ()
+        self.save_pruned = check_bool("save_pruned", save_pruned)
+        # The joint analyses are the module callbacks themselves, run on the pruned copies.
+        self._attacks = AttackSuccessRate(attacks, eps=eps, image_count=0, **common)
+        self._attribution = AttributionScores(
+            attribution_methods, steps=attribution_steps, image_count=0, random_baseline=False, **common
+        )
+        self._calibration: ProbeSet | None = None
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def _state_key_fields(self) -> dict[str, Any]:
+        return {**super()._state_key_fields(), "methods": sorted(self.methods), "rates": list(self.rates)}
+
+    def _logged_rates(self) -> tuple[float, ...]:
+        return tuple(sorted({*self.rates, *self.joint_rates}))
+
+    def _grid(self) -> tuple[float, ...]:
+        return tuple(sorted({*self.rates, *self.sweep, *self.joint_rates}))
+
+    def expected_tags(self) -> list[str]:
+        basic = (*METRIC_NAMES, "sparsity", "accuracy_drop")
+        tags = [f"compass/pruning/{UNPRUNED}/{m}" for m in (*METRIC_NAMES, *(JOINT if self.joint else ()))]
+        for method in self.methods:
+            for rate in self._logged_rates():
+                extra = JOINT if rate in self.joint_rates else ()
+                tags += [f"compass/pruning/{method}/{rate_tag(rate)}/{m}" for m in (*basic, *extra)]
+            tags.append(f"compass/pruning/{method}/max_safe_rate")
+        return tags
+
+    def check_model(self, pl_module: pl.LightningModule) -> None:
+        if self.joint:
+            self._attacks.check_model(pl_module)
+            self._attribution.check_model(pl_module)
+
+    # -- calibration data ----------------------------------------------------------------------
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        self._calibration = self._build_calibration(trainer)  # bad sizes fail before training starts
+
+    def _build_calibration(self, trainer: pl.Trainer) -> ProbeSet:
+        # Every process calibrates on the same samples, so every process prunes the same weights.
+        common = {"probe_size": self.calibration_size, "seed": self.seed + 1, "default_size": self.calibration_size}
+        if isinstance(self.calibration_data, Dataset):
+            return ProbeSet.from_dataset(self.calibration_data, task=self.task, **common)
+        if self.calibration_data is not None:
+            return ProbeSet.from_tensors(*self.calibration_data, **common)
+        loader = _first_loader(trainer.train_dataloader)
+        source = trainer.fit_loop._data_source
+        if loader is None and source.is_defined():
+            # Lightning loads the training dataloader only when the fit loop starts (and never under
+            # trainer.validate/test): ask its source, as a bad size should fail before training.
+            with contextlib.suppress(Exception):
+                loader = _first_loader(source.dataloader())
+        if loader is None:
+            raise ValueError(
+                "PruningAnalysis computes importances on training data, but this run has none: "
+                "pass calibration_data=... (a Dataset or an (inputs, targets) pair)"
+            )
+        return ProbeSet.from_dataloader(loader, task=self.task, **common)
+
+    # -- when it runs --------------------------------------------------------------------------
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        last = self.history[-1] if self.history else None
+        if last is not None and last["stage"] == "fit" and last["global_step"] == trainer.global_step:
+            return  # the last validation epoch has already analysed this very model
+        self._run(trainer, pl_module, in_epoch_end=False)  # self.log is not allowed in on_train_end
+
+    # -- evaluation ----------------------------------------------------------------------------
+
+    def evaluate(self, trainer: pl.Trainer, evaluation: Evaluation) -> None:
+        from tqdm.auto import tqdm
+
+        if self._calibration is None:
+            self._calibration = self._build_calibration(trainer)
+        probe, model = evaluation.probe, evaluation.model
+        reference_logits = evaluation.logits(probe.inputs)
+        num_classes = reference_logits.shape[1]
+        reference = {**classification_metrics(reference_logits, probe.targets, num_classes)}
+        grid = self._grid()
+        progress = tqdm(
+            total=len(self.methods) * (1 + len(grid)) + bool(self.joint) * (1 + len(self.methods) * len(self.joint_rates)),
+            desc="PruningAnalysis",
+            leave=False,
+            disable=not (trainer.is_global_zero and trainer.progress_bar_callback is not None),
+        )
+        with progress:
+            if self.joint:
+                reference.update(self._joint(trainer, evaluation, model))
+                progress.update()
+            evaluation.scalars.update({f"compass/pruning/{UNPRUNED}/{m}": v for m, v in reference.items()})
+            rows = [{"method": UNPRUNED, "rate": 0.0, "sparsity": sparsity(model), **reference}]
+            sweep = PruningSweep(model)
+            chunks = (ProbeSet.chunks(t, self.batch_size, evaluation.device) for t in (self._calibration.inputs, self._calibration.targets))
+            calibration = list(zip(*chunks))
+            for method, params in self.methods.items():
+                with self.isolate(f"pruning with {method!r}"):
+                    progress.set_postfix_str(f"{method}: importance")
+                    scores = importance(model, method, calibration, loss_fn=self.task.loss, **params)
+                    progress.update()
+                    safe = 0.0
+                    for rate in grid:
+                        progress.set_postfix_str(f"{method}: rate {rate:.2f}")
+                        pruned = sweep.at(scores, rate, structured=self.structured)
+                        logits = evaluation.logits(probe.inputs, model=pruned)
+                        metrics = classification_metrics(logits, probe.targets, num_classes)
+                        metrics["sparsity"] = torch.tensor(sparsity(pruned))
+                        metrics["accuracy_drop"] = reference["accuracy"] - metrics["accuracy"]
+                        if metrics["accuracy_drop"] <= self.tolerance:
+                            safe = max(safe, rate)
+                        if rate in self.joint_rates:
+                            metrics.update(self._joint(trainer, evaluation, pruned))
+                            progress.update()
+                        if rate in self._logged_rates():
+                            prefix = f"compass/pruning/{method}/{rate_tag(rate)}"
+                            evaluation.scalars.update({f"{prefix}/{m}": v for m, v in metrics.items()})
+                            if self.save_pruned and rate in self.rates:
+                                self._save(trainer, method, rate, pruned)
+                        rows.append({"method": method, "rate": rate, **metrics})
+                        progress.update()
+                    evaluation.scalars[f"compass/pruning/{method}/max_safe_rate"] = safe
+        self.error_count += self._attacks.error_count + self._attribution.error_count
+        self._attacks.error_count = self._attribution.error_count = 0
+        with self.isolate("writing pruning_report.csv"):
+            self._write_report(trainer, evaluation.epoch, rows)
+        if evaluation.want_images:
+            self._figures(trainer, evaluation, rows)
+
+    def _joint(self, trainer: pl.Trainer, evaluation: Evaluation, model: nn.Module) -> dict[str, Tensor]:
+        """Mean white-box ASR and mean insertion/deletion of ``model`` on the probe."""
+        scores: dict[str, Tensor] = {}
+        for analysis in (self._attacks, self._attribution):
+            inner = evaluation.for_model(model)
+            analysis.evaluate(trainer, inner)
+            scores.update({k: torch.as_tensor(v, dtype=torch.float32) for k, v in inner.scalars.items()})
+        mean = lambda kind: torch.stack(  # noqa: E731
+            [v for k, v in scores.items() if k.startswith("compass/interpretability/") and k.endswith(f"/{kind}")]
+            or [torch.tensor(float("nan"))]
+        ).mean()
+        return {
+            "asr": scores.get("compass/robustness/mean_asr", torch.tensor(float("nan"))),
+            "insertion": mean("insertion"),
+            "deletion": mean("deletion"),
+        }
+
+    # -- outputs -------------------------------------------------------------------------------
+
+    def _save(self, trainer: pl.Trainer, method: str, rate: float, pruned: nn.Module) -> None:
+        if not trainer.is_global_zero:
+            return
+        checkpoint = trainer.checkpoint_callback
+        directory = getattr(checkpoint, "dirpath", None) or Path(self._reporter.log_dir or ".") / "checkpoints"
+        path = Path(directory) / f"pruned_{method}_{rate_tag(rate)}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.detach().cpu().clone() for k, v in pruned.state_dict().items()}, path)
+
+    def _write_report(self, trainer: pl.Trainer, epoch: int, rows: list[dict[str, Any]]) -> None:
+        if not trainer.is_global_zero or self._reporter is None or not self._reporter.log_dir:
+            return
+        path = Path(self._reporter.log_dir) / REPORT_FILE
+        fields = ["epoch", "global_step", "stage", "method", "rate", "changes_weights", "sparsity", *METRIC_NAMES,
+                  "accuracy_drop", *JOINT]
+        new = not path.exists()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", newline="", encoding="utf-8") as stream:
+            writer = csv.DictWriter(stream, fieldnames=fields, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            for row in rows:
+                values = {k: float(v) for k, v in row.items() if k not in ("method",)}
+                writer.writerow({
+                    "epoch": epoch,
+                    "global_step": trainer.global_step,
+                    "stage": trainer.state.fn.value,
+                    "method": row["method"],
+                    "changes_weights": row["method"] in IMPORTANCES and IMPORTANCES[row["method"]].changes_weights,
+                    **{k: f"{v:.6g}" for k, v in values.items()},
+                })
+
+    def _figures(self, trainer: pl.Trainer, evaluation: Evaluation, rows: list[dict[str, Any]]) -> None:
+        reference = rows[0]
+        by_method: dict[str, list[dict[str, Any]]] = {}
+        for row in rows[1:]:
+            by_method.setdefault(row["method"], []).append(row)
+        if not by_method:
+            return
+        epoch = evaluation.epoch
+        grid = [0.0, *self._grid()]
+        accuracy = {m: [float(reference["accuracy"])] + [float(r["accuracy"]) for r in rs] for m, rs in by_method.items()}
+        accuracy[UNPRUNED] = [float(reference["accuracy"])] * len(grid)
+        evaluation.images["compass/pruning/accuracy"] = line_chart(
+            grid, accuracy, xlabel="pruning rate (fraction of weights set to zero)", ylabel="probe accuracy",
+            title=f"accuracy after pruning without fine-tuning, epoch {epoch}", chance=UNPRUNED,
+        )
+        if not self.joint:
+            return
+        joint = [0.0, *self.joint_rates]
+        at = {m: [reference] + [r for r in rs if r["rate"] in self.joint_rates] for m, rs in by_method.items()}
+        evaluation.images["compass/pruning/asr"] = line_chart(
+            joint, {m: [float(r["asr"]) for r in rs] for m, rs in at.items()},
+            xlabel="pruning rate", ylabel="mean white-box attack success rate",
+            title=f"attack success rate after pruning, epoch {epoch}",
+        )
+        evaluation.images["compass/pruning/insertion_deletion"] = line_chart(
+            joint,
+            {f"{m} {kind}": [float(r[kind]) for r in rs] for m, rs in at.items() for kind in ("insertion", "deletion")},
+            xlabel="pruning rate", ylabel="area under the curve",
+            title=f"insertion (higher: better), deletion (lower: better), epoch {epoch}",
+        )
