@@ -8,8 +8,10 @@ layers), a probe of 256 images and 256 calibration images:
 
 * **sweep**: the callback's own evaluation (``PruningAnalysis.evaluate`` with magnitude, Taylor
   and OBD importances, the default 19-rate sweep plus the 4 logged rates, no joint analysis),
-  against its **floor**: one probe forward per method and rate, plus one forward+backward of the
+  against its **floor**: one probe forward for the unpruned model and per method and rate, plus one forward+backward of the
   calibration set for each gradient importance (Taylor, OBD);
+* **importances**: Taylor and OBD each against one forward+backward of the calibration set (OBD
+  needs per-sample gradients, which cost more than one batched backward);
 * **masking**: the same magnitude sweep done as Lightning's ``ModelPruning`` does it — a deep copy
   per rate, ``torch.nn.utils.prune.global_unstructured`` with ``L1Unstructured`` (a forward
   pre-hook applies the mask), one probe forward — against ours (one working copy re-masked per
@@ -47,11 +49,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--probe", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--width", type=int, default=16, help="channels of the first conv layer")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     device = torch.device(args.device)
-    model = model_for_benchmark().to(device)
+    model = model_for_benchmark(width=args.width).to(device)
     generator = torch.Generator().manual_seed(0)
     x = torch.rand(args.probe, 3, 32, 32, generator=generator)
     with torch.no_grad():
@@ -70,15 +73,22 @@ def main(argv: list[str] | None = None) -> None:
         with analysis_mode(model):
             monitor.evaluate(trainer, Evaluation(model, probe, Classification(), batch_size=args.batch_size))
 
+    working = copy.deepcopy(model).requires_grad_(True)
+
+    def forward_backward() -> None:
+        for inputs, targets in calibration_batches:
+            F.cross_entropy(working(inputs), targets).backward()
+
     def floor() -> None:
         with analysis_mode(model), torch.no_grad():
-            for _ in range(len(METHODS) * rates):
+            for _ in range(1 + len(METHODS) * rates):  # the unpruned reference and every pruned copy
                 for chunk in probe_chunks:
                     model(chunk)
-        working = copy.deepcopy(model).requires_grad_(True)
         for _ in ("taylor", "obd"):
-            for inputs, targets in calibration_batches:
-                F.cross_entropy(working(inputs), targets).backward()
+            forward_backward()
+
+    def importances(method: str):
+        return lambda: importance(model, method, calibration_batches)
 
     grid = monitor._grid()
 
@@ -94,21 +104,25 @@ def main(argv: list[str] | None = None) -> None:
         return accuracies
 
     def ours() -> list[float]:
-        scores = importance(model, "magnitude", [])
-        working = PruningSweep(model)
+        working = PruningSweep(model, importance(model, "magnitude", []))
         accuracies = []
         for rate in grid:
-            pruned = working.at(scores, rate)
+            pruned = working.at(rate)
             with torch.no_grad():
                 accuracies.append(float(sum((pruned(c).argmax(1).cpu() == t).sum() for c, t in zip(probe_chunks, y.split(args.batch_size)))))
         return accuracies
 
     assert masking() == ours(), "ModelPruning-style masking and our sweep disagree"
-    pairs = {"sweep / floor": (sweep, floor), "ours / ModelPruning-style masking": (ours, masking)}
+    pairs = {
+        "sweep / floor": (sweep, floor),
+        "ours / ModelPruning-style masking": (ours, masking),
+        "taylor importance / forward+backward": (importances("taylor"), forward_backward),
+        "obd importance (per-sample gradients) / forward+backward": (importances("obd"), forward_backward),
+    }
     ratios: dict[str, list[float]] = {name: [] for name in pairs}
     seconds: dict[str, list[tuple[float, float]]] = {name: [] for name in pairs}
-    for function in (sweep, floor, ours, masking):  # warm-up
-        function()
+    for a, b in pairs.values():  # warm-up
+        a(), b()
     for _ in range(args.repeats):
         for name, (a, b) in pairs.items():  # interleaved A B A B
             ta, tb = timed(a, device), timed(b, device)

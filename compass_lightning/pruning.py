@@ -217,6 +217,22 @@ def _check_scores(modules: dict[str, nn.Module], scores: dict[str, Tensor]) -> N
         raise ValueError(f"scores lack {', '.join(missing)}; compute them with importance() on this model")
 
 
+def _global_order(modules: dict[str, nn.Module], scores: dict[str, Tensor]) -> Tensor:
+    """Positions in the concatenated prunable weights, lowest score first (ties by position)."""
+    if not modules:
+        return torch.zeros(0, dtype=torch.long)
+    device = next(iter(modules.values())).weight.device
+    flat = torch.cat([scores[weight_name(n)].reshape(-1).to(device, torch.float64) for n in modules])
+    return torch.argsort(flat, stable=True)
+
+
+def _unstructured_masks(modules: dict[str, nn.Module], order: Tensor, rate: float) -> dict[str, Tensor]:
+    mask = torch.ones(len(order), device=order.device)
+    mask[order[: round(rate * len(order))]] = 0  # the count torch.nn.utils.prune uses
+    sizes = [m.weight.numel() for m in modules.values()]
+    return {n: part.view_as(m.weight).to(m.weight.dtype) for (n, m), part in zip(modules.items(), mask.split(sizes))}
+
+
 def masks(model: nn.Module, scores: dict[str, Tensor], rate: float, *, structured: bool = False) -> dict[str, Tensor]:
     """``{module name: 0/1 mask}`` of the prunable weights that :func:`prune` keeps at ``rate``.
 
@@ -236,18 +252,11 @@ def masks(model: nn.Module, scores: dict[str, Tensor], rate: float, *, structure
     structured = check_bool("structured", structured)
     modules = prunable(model)
     _check_scores(modules, scores)
+    if not structured:
+        return _unstructured_masks(modules, _global_order(modules, scores), rate)
     weights = [m.weight for m in modules.values()]
     keep = {n: torch.ones_like(m.weight) for n, m in modules.items()}
     if rate == 0 or not modules:
-        return keep
-    if not structured:
-        flat = torch.cat([scores[weight_name(n)].reshape(-1).to(weights[0].device, torch.float64) for n in modules])
-        count = round(rate * len(flat))
-        order = torch.argsort(flat, stable=True)[:count]
-        mask = torch.ones_like(flat)
-        mask[order] = 0
-        for (n, m), part in zip(modules.items(), mask.split([w.numel() for w in weights])):
-            keep[n] = part.view_as(m.weight).to(m.weight.dtype)
         return keep
     last_linear = [n for n, m in modules.items() if isinstance(m, nn.Linear)][-1:]
     candidates = [n for n in modules if n not in last_linear]
@@ -287,30 +296,37 @@ def prune(model: nn.Module, scores: dict[str, Tensor], rate: float, *, structure
 
 
 class PruningSweep:
-    """Pruned versions of one model at many rates, on a single working copy.
+    """Pruned versions of one model at many rates by one set of scores, on a single working copy.
 
     :meth:`at` rewrites the copy's prunable weights as the original ones times the masks of
-    :func:`masks` — the same model :func:`prune` returns, without a deep copy per rate. The copy is
-    in eval mode with ``requires_grad`` off, and ``model`` itself is never touched.
+    :func:`masks` — the same model :func:`prune` returns, without a deep copy, a new ranking of
+    the weights or pruning hooks per rate. The copy is in eval mode with ``requires_grad`` off;
+    ``model`` itself is never touched.
 
     Example:
         >>> import torch
         >>> net = torch.nn.Sequential(torch.nn.Linear(10, 10), torch.nn.ReLU(), torch.nn.Linear(10, 2))
-        >>> sweep = PruningSweep(net)
-        >>> scores = importance(net, "magnitude", [])
-        >>> [round(sparsity(sweep.at(scores, rate)), 2) for rate in (0.2, 0.6, 0.0)]
+        >>> sweep = PruningSweep(net, importance(net, "magnitude", []))
+        >>> [round(sparsity(sweep.at(rate)), 2) for rate in (0.2, 0.6, 0.0)]
         [0.2, 0.6, 0.0]
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, scores: dict[str, Tensor], *, structured: bool = False) -> None:
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.scores = scores
+        self.structured = check_bool("structured", structured)
         self._modules = prunable(self.model)
+        _check_scores(self._modules, scores)
         self._original = {n: m.weight.detach().clone() for n, m in self._modules.items()}
+        self._order = None if structured else _global_order(self._modules, scores)
 
     @torch.no_grad()
-    def at(self, scores: dict[str, Tensor], rate: float, *, structured: bool = False) -> nn.Module:
-        """The working copy pruned at ``rate`` by ``scores`` (valid until the next call)."""
-        keep = masks(self.model, scores, rate, structured=structured)
+    def at(self, rate: float) -> nn.Module:
+        """The working copy pruned at ``rate`` (valid until the next call)."""
+        if self._order is None:
+            keep = masks(self.model, self.scores, rate, structured=True)
+        else:
+            keep = _unstructured_masks(self._modules, self._order, _rate("rate", rate))
         for name, module in self._modules.items():
             torch.mul(self._original[name], keep[name], out=module.weight.data)
         return self.model

@@ -230,18 +230,18 @@ class PruningAnalysis(CompassCallback):
                 progress.update()
             evaluation.scalars.update({f"compass/pruning/{UNPRUNED}/{m}": v for m, v in reference.items()})
             rows = [{"method": UNPRUNED, "rate": 0.0, "sparsity": sparsity(model), **reference}]
-            sweep = PruningSweep(model)
             chunks = (ProbeSet.chunks(t, self.batch_size, evaluation.device) for t in (self._calibration.inputs, self._calibration.targets))
             calibration = list(zip(*chunks))
             for method, params in self.methods.items():
                 with self.isolate(f"pruning with {method!r}"):
                     progress.set_postfix_str(f"{method}: importance")
                     scores = importance(model, method, calibration, loss_fn=self.task.loss, **params)
+                    sweep = PruningSweep(model, scores, structured=self.structured)
                     progress.update()
                     safe = 0.0
                     for rate in grid:
                         progress.set_postfix_str(f"{method}: rate {rate:.2f}")
-                        pruned = sweep.at(scores, rate, structured=self.structured)
+                        pruned = sweep.at(rate)
                         logits = evaluation.logits(probe.inputs, model=pruned)
                         metrics = classification_metrics(logits, probe.targets, num_classes)
                         metrics["sparsity"] = torch.tensor(sparsity(pruned))
