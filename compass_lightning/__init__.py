@@ -8,7 +8,7 @@ Example:
 
 __version__ = "0.1.0"
 
-from compass_lightning.callbacks import AttackSuccessRate, AttributionScores, CompassCallback, Evaluation, MutationMetrics, PruningAnalysis
+from compass_lightning.callbacks import AttackSuccessRate, AttributionScores, CompassCallback, Evaluation, MutationMetrics, NeuronAnalysis, PruningAnalysis
 from compass_lightning.guard import analysis_mode
 from compass_lightning.probe import ProbeSet
 from compass_lightning.report import CompassWarning
@@ -22,6 +22,7 @@ __all__ = [
     "CompassWarning",
     "Evaluation",
     "MutationMetrics",
+    "NeuronAnalysis",
     "ProbeSet",
     "PruningAnalysis",
     "__version__",

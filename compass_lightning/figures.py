@@ -195,25 +195,97 @@ def line_chart(
         >>> line_chart([1, 2], {"pgd": [0.9, 0.5]}, xlabel="eps", ylabel="accuracy").shape[0]
         3
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    import matplotlib
-
-    figure = Figure(figsize=(7.0, 4.0), dpi=100)
-    axes = figure.add_axes((0.1, 0.13, 0.56, 0.77))
-    tab20 = matplotlib.colormaps["tab20"].colors  # dark shades first, then light; grey kept for chance
-    colours = [tab20[i] for i in range(0, 20, 2) if i != 14] + [tab20[i] for i in range(1, 20, 2) if i != 15]
+    figure, axes = _figure()
+    colours = _colours()
     for index, (name, values) in enumerate(series.items()):
         style = {"color": "grey", "linestyle": "--"} if name == chance else {"color": colours[index % len(colours)]}
         axes.plot(list(x), list(values), marker="o", markersize=3, label=name, **style)
+    return _finish(figure, axes, xlabel=xlabel, ylabel=ylabel, title=title, ylim=ylim)
+
+
+def bar_chart(
+    categories: Sequence[str],
+    series: Mapping[str, Sequence[float]],
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    ylim: tuple[float, float] | None = None,
+) -> Tensor:
+    """Grouped bars: one group per category, one bar per entry of ``series``.
+
+    Example:
+        >>> bar_chart(["conv1", "conv2"], {"adversarial": [0.5, 0.2], "gaussian": [0.9, 0.8]}, xlabel="layer", ylabel="cosine").shape[0]
+        3
+    """
+    figure, axes = _figure()
+    colours = _colours()
+    width = 0.8 / max(len(series), 1)
+    for index, (name, values) in enumerate(series.items()):
+        positions = [i + (index - (len(series) - 1) / 2) * width for i in range(len(categories))]
+        axes.bar(positions, list(values), width=width, label=name, color=colours[index % len(colours)])
+    axes.set_xticks(range(len(categories)), list(categories), rotation=45 if len(categories) > 6 else 0, ha="right" if len(categories) > 6 else "center", fontsize=8)
+    return _finish(figure, axes, xlabel=xlabel, ylabel=ylabel, title=title, ylim=ylim)
+
+
+def matrix_chart(
+    values: Tensor,
+    rows: Sequence[str],
+    columns: Sequence[str],
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    colour_label: str = "",
+) -> Tensor:
+    """``values`` (rows × columns, NaN left white) as coloured cells with a colour bar in [0, 1].
+
+    Example:
+        >>> import torch
+        >>> matrix_chart(torch.rand(3, 2), ["a", "b", "c"], ["0", "1"], xlabel="epoch", ylabel="layer").shape[0]
+        3
+    """
+    figure, axes = _figure()
+    image = axes.imshow(values.detach().float().cpu().numpy(), aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0,
+                        interpolation="nearest")
+    axes.set_yticks(range(len(rows)), list(rows), fontsize=8)
+    step = max(1, len(columns) // 12)
+    axes.set_xticks(range(0, len(columns), step), list(columns)[::step], fontsize=8)
+    colour_bar = figure.colorbar(image, ax=axes, fraction=0.05)
+    colour_bar.set_label(colour_label, fontsize=8)
+    return _finish(figure, axes, xlabel=xlabel, ylabel=ylabel, title=title, ylim=None, legend=False, grid=False)
+
+
+def _figure():  # noqa: ANN202 - matplotlib objects
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7.0, 4.0), dpi=100)
+    return figure, figure.add_axes((0.1, 0.13, 0.56, 0.77))
+
+
+def _colours() -> list[tuple[float, float, float]]:
+    import matplotlib
+
+    tab20 = matplotlib.colormaps["tab20"].colors  # dark shades first, then light; grey kept for chance
+    return [tab20[i] for i in range(0, 20, 2) if i != 14] + [tab20[i] for i in range(1, 20, 2) if i != 15]
+
+
+def _finish(  # noqa: ANN001 - matplotlib objects
+    figure, axes, *, xlabel: str, ylabel: str, title: str, ylim: tuple[float, float] | None, legend: bool = True,
+    grid: bool = True,
+) -> Tensor:
+    """Label the axes and render the figure to a ``(3, H, W)`` tensor in [0, 1] (no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     if ylim is not None:
         axes.set_ylim(*ylim)
-    axes.grid(alpha=0.3)
+    if grid:
+        axes.grid(alpha=0.3)
     axes.set_title(title, fontsize=10)
-    axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    if legend:
+        axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
     width, height = canvas.get_width_height()

@@ -138,6 +138,7 @@ def monitors(fast: bool = False) -> list[pl.Callback]:
             task=task,
             probe_size=16 if fast else 32,
         ),
+        cl.NeuronAnalysis(task=task, probe_size=64 if fast else 256, profile_size=200 if fast else 1000),
         # after training: how much of the model is redundant, and what pruning does to robustness
         cl.PruningAnalysis(
             methods=["magnitude", "taylor", "obd"],

@@ -26,6 +26,10 @@ PRESETS = {
         {"compass/interpretability/gradcam/insertion", "compass/interpretability/random/deletion"},
         {"compass/interpretability/heatmaps", "compass/interpretability/insertion_curves"},
     ),
+    "neurons.yaml": (
+        {"compass/neurons/coverage/kmnc", "compass/neurons/sensitivity/fraction/net.3", "compass/neurons/deviation/net.7/gap"},
+        {"compass/neurons/sensitivity/layers_by_epoch", "compass/neurons/deviation/gradcam"},
+    ),
     "pruning.yaml": (
         {"compass/pruning/taylor/rate_0.40/accuracy", "compass/pruning/obd/max_safe_rate", "compass/pruning/unpruned/asr"},
         {"compass/pruning/accuracy", "compass/pruning/insertion_deletion"},

@@ -3,7 +3,8 @@
 from compass_lightning.callbacks.base import CompassCallback, Evaluation
 from compass_lightning.callbacks.interpretability import AttributionScores
 from compass_lightning.callbacks.mutation import MutationMetrics
+from compass_lightning.callbacks.neurons import NeuronAnalysis
 from compass_lightning.callbacks.pruning import PruningAnalysis
 from compass_lightning.callbacks.robustness import AttackSuccessRate
 
-__all__ = ["AttackSuccessRate", "AttributionScores", "CompassCallback", "Evaluation", "MutationMetrics", "PruningAnalysis"]
+__all__ = ["AttackSuccessRate", "AttributionScores", "CompassCallback", "Evaluation", "MutationMetrics", "NeuronAnalysis", "PruningAnalysis"]

@@ -277,6 +277,29 @@ class CompassCallback(Callback):
             )
         return ProbeSet.from_dataloader(loader, task=self.task, **common)
 
+    def training_sample(self, trainer: pl.Trainer, size: int, data: ProbeData | None, *, argument: str) -> ProbeSet:
+        """``size`` seeded samples of ``data`` or else of the training data, the same on every
+        process (not sharded), for analyses that calibrate or profile on training data."""
+        # seed + 1: a different draw from the probe's when both come from the same dataset
+        common = {"probe_size": size, "seed": self.seed + 1, "default_size": size}
+        if isinstance(data, Dataset):
+            return ProbeSet.from_dataset(data, task=self.task, **common)
+        if data is not None:
+            return ProbeSet.from_tensors(*data, **common)
+        loader = _first_loader(trainer.train_dataloader)
+        source = trainer.fit_loop._data_source
+        if loader is None and source.is_defined():
+            # Lightning loads the training dataloader only when the fit loop starts (and never under
+            # trainer.validate/test): ask its source, as a bad size should fail before training.
+            with contextlib.suppress(Exception):
+                loader = _first_loader(source.dataloader())
+        if loader is None:
+            raise ValueError(
+                f"{type(self).__name__} needs training data, but this run has none: pass {argument}=... "
+                "(a Dataset or an (inputs, targets) pair)"
+            )
+        return ProbeSet.from_dataloader(loader, task=self.task, **common)
+
     @staticmethod
     def _evaluation_loader(trainer: pl.Trainer) -> Any:
         loaders = trainer.test_dataloaders if trainer.testing else trainer.val_dataloaders

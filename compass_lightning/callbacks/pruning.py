@@ -3,7 +3,6 @@ interpretability live (AI-Compass module 5, RQ3)."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
 from collections.abc import Mapping, Sequence
@@ -13,7 +12,6 @@ from typing import Any, Optional, Union
 import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
 from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData
 from compass_lightning.callbacks.interpretability import AttributionScores
@@ -21,7 +19,7 @@ from compass_lightning.callbacks.robustness import AttackSuccessRate
 from compass_lightning.checks import check_bool, check_int, check_real, check_reals
 from compass_lightning.figures import line_chart
 from compass_lightning.metrics import METRIC_NAMES, classification_metrics
-from compass_lightning.probe import ProbeSet, _first_loader
+from compass_lightning.probe import ProbeSet
 from compass_lightning.pruning import IMPORTANCES, PruningSweep, importance, sparsity
 from compass_lightning.registry import resolve_selection
 from compass_lightning.task import Classification
@@ -178,25 +176,7 @@ class PruningAnalysis(CompassCallback):
         self._calibration = self._build_calibration(trainer)  # bad sizes fail before training starts
 
     def _build_calibration(self, trainer: pl.Trainer) -> ProbeSet:
-        # Every process calibrates on the same samples, so every process prunes the same weights.
-        common = {"probe_size": self.calibration_size, "seed": self.seed + 1, "default_size": self.calibration_size}
-        if isinstance(self.calibration_data, Dataset):
-            return ProbeSet.from_dataset(self.calibration_data, task=self.task, **common)
-        if self.calibration_data is not None:
-            return ProbeSet.from_tensors(*self.calibration_data, **common)
-        loader = _first_loader(trainer.train_dataloader)
-        source = trainer.fit_loop._data_source
-        if loader is None and source.is_defined():
-            # Lightning loads the training dataloader only when the fit loop starts (and never under
-            # trainer.validate/test): ask its source, as a bad size should fail before training.
-            with contextlib.suppress(Exception):
-                loader = _first_loader(source.dataloader())
-        if loader is None:
-            raise ValueError(
-                "PruningAnalysis computes importances on training data, but this run has none: "
-                "pass calibration_data=... (a Dataset or an (inputs, targets) pair)"
-            )
-        return ProbeSet.from_dataloader(loader, task=self.task, **common)
+        return self.training_sample(trainer, self.calibration_size, self.calibration_data, argument="calibration_data")
 
     # -- when it runs --------------------------------------------------------------------------
 

@@ -1,0 +1,311 @@
+"""``NeuronAnalysis``: coverage, neuron sensitivity and layer deviation under attack, epoch by epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+
+from compass_lightning.attacks import ATTACKS
+from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData
+from compass_lightning.checks import check_bool, check_int, check_real, positive, probability
+from compass_lightning.figures import bar_chart, heatmap_overlay, labelled_image_grid, matrix_chart
+from compass_lightning.neurons import (
+    CRITERIA,
+    Coverage,
+    conv_neuron_layers,
+    jaccard,
+    most_vulnerable,
+    neuron_excitability,
+    neuron_sensitivity,
+    neuron_values,
+    select_layers,
+    sensitive_fraction,
+    summarise_deviation,
+    top_neurons,
+)
+from compass_lightning.neurons.deviation import SUMMARY, deviation_similarities
+from compass_lightning.probe import ProbeSet
+from compass_lightning.task import Classification, PixelModel
+
+PREFIX = "compass/neurons"
+
+
+def _flat(per_layer: dict[str, Tensor]) -> Tensor:
+    return torch.cat(list(per_layer.values()), dim=1)
+
+
+def _split(flat: Tensor, sizes: dict[str, int]) -> dict[str, Tensor]:
+    return dict(zip(sizes, flat.split(list(sizes.values()), dim=-1)))
+
+
+class NeuronAnalysis(CompassCallback):
+    """Which neurons the data exercises, which react most to noise, and which layers an attack hijacks.
+
+    At validation epochs, on the probe set (see :mod:`compass_lightning.neurons` for the definitions):
+
+    - ``compass/neurons/coverage/<criterion>`` (and ``/<layer>``): DeepGauge coverage of the probe,
+      against neuron ranges re-profiled every evaluation on ``profile_size`` training samples (ranges
+      drift while the model trains);
+    - ``compass/neurons/sensitivity/fraction`` (and ``/<layer>``): the DeepSensor fraction of
+      sensitive neurons under Gaussian noise of ``sigma`` (pixel units), and
+      ``compass/neurons/sensitivity/top10_stability``: the Jaccard overlap of the 10 most sensitive
+      neurons with the previous evaluation's;
+    - ``compass/neurons/excitability/fraction`` (and ``/<layer>``), with ``excitability``: the
+      fraction of "excitable" neurons by the first-order approximation of the papers' Shapley value;
+    - ``compass/neurons/deviation/<layer>/{adversarial,gaussian,gap,compromise_probability}`` for
+      every convolution, with ``deviation``: Grad-CAM cosine similarity to the clean map under the
+      attack and under matched Gaussian noise.
+
+    Images: a layers × epochs map of the sensitive fraction (growing every evaluation), a per-layer
+    bar chart of adversarial vs Gaussian similarity, and Grad-CAM overlays (clean / adversarial /
+    Gaussian) of a few probe images at the most vulnerable layer.
+
+    Args:
+        layers: module names to analyse (default: every ``Conv2d`` and ``Linear``, read after a
+            following activation); deviation uses the convolutions among them.
+        criteria: coverage criteria, from ``nc kmnc nbc snac tknc``.
+        threshold: NC's threshold on per-input min-max scaled values, in [0, 1].
+        sections: KMNC's sections per neuron (>= 1).
+        top_k: TKNC's neurons per layer (>= 1).
+        profile_size: training samples the neuron ranges are profiled on.
+        profile_data: a Dataset or ``(inputs, targets)`` pair to profile on instead of the training data.
+        sigma: standard deviation of the sensitivity noise, in pixel units.
+        draws: noise draws per probe sample.
+        sensitivity_threshold: a neuron is sensitive (or excitable) when its per-layer min-max
+            scaled score exceeds this, in [0, 1].
+        excitability: also compute the excitable-neuron proxy (two forward and backward passes).
+        deviation: also compute the layer deviation under ``attack`` at ``eps``.
+        attack, eps: the attack of the deviation analysis (any of ``compass_lightning.attacks``).
+        image_count: probe images in the Grad-CAM grid (0: none).
+        every_n_epochs, probe_size, batch_size, seed, task, probe_data, fail_fast: see
+            :class:`~compass_lightning.callbacks.base.CompassCallback`; the probe holds up to 256 samples
+            by default.
+
+    Example:
+        >>> monitor = NeuronAnalysis(criteria=["nc", "kmnc"], sections=20, every_n_epochs=2)
+        >>> monitor.expected_tags()[:2]
+        ['compass/neurons/coverage/nc', 'compass/neurons/coverage/kmnc']
+    """
+
+    default_probe_size = 256
+
+    def __init__(
+        self,
+        *,
+        layers: Optional[Sequence[str]] = None,
+        criteria: Sequence[str] = CRITERIA,
+        threshold: float = 0.2,
+        sections: int = 10,
+        top_k: int = 1,
+        profile_size: int = 1000,
+        profile_data: Optional[ProbeData] = None,
+        sigma: float = 0.05,
+        draws: int = 4,
+        sensitivity_threshold: float = 0.5,
+        excitability: bool = True,
+        deviation: bool = True,
+        attack: str = "fgsm",
+        eps: float = 8 / 255,
+        image_count: int = 4,
+        every_n_epochs: int = 1,
+        probe_size: Optional[int] = None,
+        batch_size: int = 128,
+        seed: int = 0,
+        task: Optional[Classification] = None,
+        probe_data: Optional[ProbeData] = None,
+        fail_fast: bool = False,
+    ) -> None:
+        super().__init__(every_n_epochs=every_n_epochs, probe_size=probe_size, batch_size=batch_size, seed=seed,
+                         task=task, probe_data=probe_data, fail_fast=fail_fast)
+        if layers is not None and (isinstance(layers, str) or not isinstance(layers, (list, tuple)) or not layers
+                                   or not all(isinstance(n, str) and n for n in layers)):
+            raise TypeError(f"layers must be None or a non-empty list of module names, got {layers!r}")
+        self.layers = None if layers is None else list(layers)
+        if isinstance(criteria, str) or not isinstance(criteria, (list, tuple)):
+            raise TypeError(f"criteria must be a list of names from {', '.join(CRITERIA)}, got {criteria!r}")
+        Coverage({}, criteria=criteria)  # checks the names
+        self.criteria = tuple(criteria)
+        self.threshold = probability("threshold", threshold)
+        self.sections = check_int("sections", sections, minimum=1)
+        self.top_k = check_int("top_k", top_k, minimum=1)
+        self.profile_size = check_int("profile_size", profile_size, minimum=1)
+        self.profile_data = self._check_probe_data(profile_data) if profile_data is not None else None
+        self.sigma = positive("sigma", sigma)
+        self.draws = check_int("draws", draws, minimum=1)
+        self.sensitivity_threshold = probability("sensitivity_threshold", sensitivity_threshold)
+        self.excitability = check_bool("excitability", excitability)
+        self.deviation = check_bool("deviation", deviation)
+        self.attack = ATTACKS.lookup(attack, "attack").name
+        self.eps = check_real("eps", eps, low=0.0)
+        self.image_count = check_int("image_count", image_count, minimum=0)
+        self._layer_names: list[str] = []
+        self._conv_names: list[str] = []
+        self._previous_top: list[str] | None = None
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def _state_key_fields(self) -> dict[str, Any]:
+        return {**super()._state_key_fields(), "layers": self.layers, "criteria": list(self.criteria)}
+
+    def check_model(self, pl_module: pl.LightningModule) -> None:
+        self._layer_names = list(select_layers(pl_module, self.layers))
+        if self.deviation:
+            self._conv_names = list(conv_neuron_layers(pl_module, self.layers))
+
+    def expected_tags(self) -> list[str]:
+        tags = [f"{PREFIX}/coverage/{c}" for c in self.criteria]
+        tags += [f"{PREFIX}/coverage/{c}/{layer}" for c in self.criteria for layer in self._layer_names]
+        kinds = ("sensitivity", "excitability") if self.excitability else ("sensitivity",)
+        for kind in kinds:
+            tags += [f"{PREFIX}/{kind}/fraction"] + [f"{PREFIX}/{kind}/fraction/{layer}" for layer in self._layer_names]
+        tags.append(f"{PREFIX}/sensitivity/top10_stability")
+        if self.deviation:
+            tags += [f"{PREFIX}/deviation/{layer}/{m}" for layer in self._conv_names for m in SUMMARY]
+        return tags
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "previous_top": self._previous_top}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._previous_top = state_dict.get("previous_top")
+
+    # -- evaluation ----------------------------------------------------------------------------
+
+    def evaluate(self, trainer: pl.Trainer, evaluation: Evaluation) -> None:
+        model, probe, task = evaluation.model, evaluation.probe, evaluation.task
+        pixel_model = PixelModel(model, task)
+        layers = select_layers(model, self.layers)
+        if not self._layer_names:  # trainer.validate/test: no fit start has resolved them
+            self.check_model(model)
+        with self.isolate("neuron coverage"):
+            self._coverage(trainer, evaluation, layers)
+        sizes: dict[str, int] = {}
+
+        def sensitive(inputs: Tensor, generator: torch.Generator = self.generator("sensitivity", evaluation.device)) -> Tensor:
+            scores = neuron_sensitivity(pixel_model, task.to_pixels(inputs), sigma=self.sigma, draws=self.draws,
+                                        layers=self.layers, generator=generator)
+            sizes.update({name: s.shape[1] for name, s in scores.items()})
+            return _flat(scores)
+
+        with self.isolate("neuron sensitivity"):
+            scores = _split(evaluation.per_sample(sensitive, probe.inputs).mean(dim=0).cpu(), sizes)
+            self._log_fraction(evaluation, "sensitivity", scores)
+            top = top_neurons(scores)
+            if self._previous_top is not None:
+                evaluation.scalars[f"{PREFIX}/sensitivity/top10_stability"] = jaccard(top, self._previous_top)
+            self._previous_top = top
+        if self.excitability:
+
+            def excitable(inputs: Tensor, targets: Tensor, generator=self.generator("excitability", evaluation.device)) -> Tensor:  # noqa: ANN001
+                return _flat(neuron_excitability(pixel_model, task.to_pixels(inputs), targets, sigma=self.sigma,
+                                                 draws=1, layers=self.layers, generator=generator))
+
+            with self.isolate("neuron excitability"):
+                scores = _split(evaluation.per_sample(excitable, probe.inputs, probe.targets).mean(dim=0).cpu(), sizes)
+                self._log_fraction(evaluation, "excitability", scores)
+        if self.deviation:
+            with self.isolate(f"layer deviation under {self.attack}"):
+                self._deviation(trainer, evaluation, pixel_model)
+        if evaluation.want_images:
+            self._sensitivity_map(evaluation)
+
+    def _coverage(self, trainer: pl.Trainer, evaluation: Evaluation, layers: dict) -> None:
+        model, probe, task = evaluation.model, evaluation.probe, evaluation.task
+        profile = self.training_sample(trainer, self.profile_size, self.profile_data, argument="profile_data")
+        ranges = None
+        needs_ranges = {"kmnc", "nbc", "snac"} & set(self.criteria)
+        if needs_ranges:  # every process profiles all samples: the same ranges everywhere
+            low: dict[str, Tensor] = {}
+            high: dict[str, Tensor] = {}
+            for chunk in ProbeSet.chunks(profile.inputs, self.batch_size, evaluation.device):
+                values, _ = neuron_values(lambda x: task.logits(model, x), chunk, layers)
+                for name, v in values.items():
+                    low[name] = torch.minimum(low[name], v.amin(0)) if name in low else v.amin(0)
+                    high[name] = torch.maximum(high[name], v.amax(0)) if name in high else v.amax(0)
+            ranges = {name: (low[name], high[name]) for name in layers}
+        sizes: dict[str, int] = {}
+
+        def values(inputs: Tensor) -> Tensor:
+            per_layer, _ = neuron_values(lambda x: task.logits(model, x), inputs, layers)
+            sizes.update({name: v.shape[1] for name, v in per_layer.items()})
+            return _flat(per_layer)
+
+        all_values = _split(evaluation.per_sample(values, probe.inputs), sizes)
+        cover = Coverage(ranges, criteria=self.criteria, threshold=self.threshold, sections=self.sections, top_k=self.top_k)
+        cover.update(all_values)
+        for criterion, result in cover.result().items():
+            evaluation.scalars[f"{PREFIX}/coverage/{criterion}"] = result.pop("total")
+            evaluation.scalars.update({f"{PREFIX}/coverage/{criterion}/{layer}": v for layer, v in result.items()})
+
+    def _log_fraction(self, evaluation: Evaluation, kind: str, scores: dict[str, Tensor]) -> None:
+        fractions = sensitive_fraction(scores, self.sensitivity_threshold)
+        evaluation.scalars[f"{PREFIX}/{kind}/fraction"] = fractions.pop("total")
+        evaluation.scalars.update({f"{PREFIX}/{kind}/fraction/{layer}": v for layer, v in fractions.items()})
+
+    def _deviation(self, trainer: pl.Trainer, evaluation: Evaluation, pixel_model: PixelModel) -> None:
+        probe, task = evaluation.probe, evaluation.task
+        layers = conv_neuron_layers(evaluation.model, self.layers)
+        generator = self.generator(f"deviation/{self.attack}", evaluation.device)
+        shown = min(self.image_count, len(probe.shard(probe.inputs))) if evaluation.want_images else 0
+        kept: dict[str, Any] = {}
+
+        def similarities(inputs: Tensor, targets: Tensor) -> Tensor:
+            x = task.to_pixels(inputs)
+            per_layer, extras = deviation_similarities(
+                pixel_model, x, targets, attack=self.attack, eps=self.eps, layers=layers, bounds=task.input_range,
+                generator=generator,
+            )
+            if shown and not kept:
+                n = len(x)
+                kept.update(x=x[:shown].cpu(), x_adv=extras["x_adv"][:shown].cpu(), x_gauss=extras["x_gauss"][:shown].cpu(),
+                            maps={k: torch.stack([m[:shown], m[n : n + shown], m[2 * n : 2 * n + shown]]).cpu()
+                                  for k, m in extras["maps"].items()})
+            return torch.cat([torch.stack(pair, dim=1) for pair in per_layer.values()], dim=1)
+
+        rows = evaluation.per_sample(similarities, probe.inputs, probe.targets).cpu()
+        pairs = {name: (rows[:, 2 * i], rows[:, 2 * i + 1]) for i, name in enumerate(layers)}
+        summary = summarise_deviation(pairs)
+        for layer, values in summary.items():
+            evaluation.scalars.update({f"{PREFIX}/deviation/{layer}/{m}": v for m, v in values.items()})
+        if not evaluation.want_images:
+            return
+        evaluation.images[f"{PREFIX}/deviation/similarity"] = bar_chart(
+            list(summary), {kind: [float(v[kind]) for v in summary.values()] for kind in ("adversarial", "gaussian")},
+            xlabel="layer", ylabel="cosine similarity to the clean Grad-CAM", ylim=(min(0.0, float(rows.min())), 1.0),
+            title=f"{self.attack} (eps {self.eps:.3g}) vs matched Gaussian noise, epoch {evaluation.epoch}",
+        )
+        if kept:
+            evaluation.images[f"{PREFIX}/deviation/gradcam"] = self._gradcam_grid(evaluation, kept, most_vulnerable(summary, 1)[0])
+
+    def _gradcam_grid(self, evaluation: Evaluation, kept: dict[str, Any], layer: str) -> Tensor:
+        low, high = evaluation.task.input_range
+        unit = lambda t: ((t - low) / (high - low)).clamp(0, 1)  # noqa: E731
+        images = [unit(kept["x"]), unit(kept["x_adv"]), unit(kept["x_gauss"])]
+        size = tuple(kept["x"].shape[-2:])
+        maps = nn.functional.interpolate(kept["maps"][layer].flatten(0, 1)[:, None], size=size, mode="bilinear")
+        maps = maps.view(3, -1, 1, *size)
+        overlays = [heatmap_overlay(image, m) for image, m in zip(images, maps)]
+        rows = {f"#{i}": torch.stack([images[0][i].expand(3, -1, -1), *(o[i] for o in overlays)]) for i in range(len(images[0]))}
+        return labelled_image_grid(
+            rows, columns=["input", "clean", self.attack, "gaussian"],
+            title=f"epoch {evaluation.epoch}: Grad-CAM at {layer}, the most vulnerable layer\n"
+            "each map explains the class the model predicts on that input",
+        )
+
+    def _sensitivity_map(self, evaluation: Evaluation) -> None:
+        records = [r for r in self.history if r.get("key") == self.state_key and r["stage"] == "fit"]
+        columns = [*(r["metrics"] for r in records), evaluation.scalars]
+        epochs = [*(str(r["epoch"]) for r in records), str(evaluation.epoch)]
+        names = self._layer_names or sorted({k.rsplit("/", 1)[-1] for k in evaluation.scalars if "/sensitivity/fraction/" in k})
+        matrix = torch.tensor(
+            [[float(c.get(f"{PREFIX}/sensitivity/fraction/{layer}", float("nan"))) for c in columns] for layer in names]
+        )
+        evaluation.images[f"{PREFIX}/sensitivity/layers_by_epoch"] = matrix_chart(
+            matrix, names, epochs, xlabel="epoch", ylabel="layer", colour_label="fraction of sensitive neurons",
+            title=f"DeepSensor sensitive neurons per layer (sigma {self.sigma:.3g})",
+        )

@@ -1,0 +1,57 @@
+"""Neuron analysis (AI-Compass module 5 beyond pruning, DeepSensor, the explainable-attacks paper).
+
+- :mod:`~compass_lightning.neurons.coverage`: DeepGauge coverage (NC, KMNC, NBC, SNAC, TKNC)
+  against ranges profiled on training data;
+- :mod:`~compass_lightning.neurons.sensitivity`: DeepSensor neuron sensitivity, and the first-order
+  excitable-neuron proxy;
+- :mod:`~compass_lightning.neurons.deviation`: Grad-CAM at every convolution under attack and under
+  matched Gaussian noise, and which layers the attack compromises.
+
+Every analysis reads the same layers (:func:`select_layers`): every ``Conv2d`` and ``Linear`` (after
+a following activation module) or the names given; a neuron is a conv channel (spatial mean) or a
+linear unit. The forward hooks are removed on exit, even on error.
+"""
+
+from compass_lightning.neurons._layers import Layer, neuron_values, record, select_layers
+from compass_lightning.neurons.coverage import CRITERIA, Coverage, coverage, profile_ranges
+from compass_lightning.neurons.deviation import (
+    conv_neuron_layers,
+    cosine,
+    gradcam_maps,
+    layer_deviation,
+    matched_gaussian,
+    most_vulnerable,
+    summarise_deviation,
+)
+from compass_lightning.neurons.sensitivity import (
+    jaccard,
+    neuron_excitability,
+    neuron_sensitivity,
+    sensitive_fraction,
+    sensitivity,
+    top_neurons,
+)
+
+__all__ = [
+    "CRITERIA",
+    "Coverage",
+    "Layer",
+    "conv_neuron_layers",
+    "cosine",
+    "coverage",
+    "gradcam_maps",
+    "jaccard",
+    "layer_deviation",
+    "matched_gaussian",
+    "most_vulnerable",
+    "neuron_excitability",
+    "neuron_sensitivity",
+    "neuron_values",
+    "profile_ranges",
+    "record",
+    "select_layers",
+    "sensitive_fraction",
+    "sensitivity",
+    "summarise_deviation",
+    "top_neurons",
+]

@@ -1,0 +1,166 @@
+"""Layer-wise deviation under attack (the explainable-attacks paper, as DESIGN.md decides).
+
+For every selected convolution, Grad-CAM of the clean input, of an adversarial input and of
+Gaussian noise with the adversarial perturbation's mean and standard deviation (per sample,
+clipped to the pixel bounds), each for the class the model predicts on that input. Per layer:
+the cosine similarity of the clean map with the adversarial map (``adversarial``) and with the
+Gaussian one (``gaussian``), their ``gap`` (gaussian − adversarial: how much more the attack moves
+the layer's attention than equally strong noise), and ``compromise_probability``: the fraction of
+inputs whose adversarial similarity falls below the layer's median Gaussian similarity.
+
+Grad-CAM of every layer comes from one backward pass: the gradient of the predicted logits with
+respect to all recorded layer outputs at once. The paper's released strength loop is not
+reproduced (see ``research/explainable.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from compass_lightning.attacks import run_attack
+from compass_lightning.neurons._layers import Layer, record, select_layers
+from compass_lightning.rng import draw
+
+SUMMARY = ("adversarial", "gaussian", "gap", "compromise_probability")
+
+
+def conv_neuron_layers(model: nn.Module, names: Sequence[str] | None = None, *, argument: str = "layers") -> dict[str, Layer]:
+    """The selected layers whose outputs are feature maps (by default: every ``Conv2d``; of named
+    layers, those that are not ``Linear``)."""
+    chosen = {n: layer for n, layer in select_layers(model, names, argument=argument).items() if layer.channels_first}
+    if not chosen:
+        raise ValueError(f"{argument}: layer deviation needs Conv2d layers, and the model has none")
+    return chosen
+
+
+def gradcam_maps(model: nn.Module, x: Tensor, target: Tensor, layers: dict[str, Layer], *, relu: bool = True) -> dict[str, Tensor]:
+    """``{layer: (N, H_l, W_l)}`` Grad-CAM maps at every layer's own resolution, from one forward
+    and one backward pass: ``ReLU(Σ_k α_k A^k)`` with ``α_k`` the spatial mean of ``∂y_target/∂A^k``.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+        >>> maps = gradcam_maps(net, torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), conv_neuron_layers(net))
+        >>> {name: tuple(m.shape) for name, m in maps.items()}
+        {'0': (4, 6, 6), '2': (4, 4, 4)}
+    """
+    with torch.enable_grad(), record(layers) as seen:
+        logits = model(x.detach().requires_grad_(True))
+        outputs = [seen.outputs[name] for name in layers]
+        gradients = torch.autograd.grad(logits.gather(1, target.view(-1, 1)).sum(), outputs, allow_unused=True)
+    maps = {}
+    for name, a, g in zip(layers, outputs, gradients):
+        if a.ndim != 4:
+            raise ValueError(f"Grad-CAM needs feature maps (N, C, H, W), but layer {name!r} returned shape {tuple(a.shape)}")
+        g = torch.zeros_like(a) if g is None else g
+        weights = g.flatten(2).mean(dim=2)[:, :, None, None]
+        cam = (weights * a).sum(dim=1).detach()
+        maps[name] = cam.clamp_min(0) if relu else cam
+    return maps
+
+
+def cosine(a: Tensor, b: Tensor) -> Tensor:
+    """Per-sample cosine similarity of two batches of maps: 1 when both are all zero (the same map),
+    0 when only one is (no shared attention), never NaN."""
+    a, b = a.flatten(1).double(), b.flatten(1).double()
+    norms = a.norm(dim=1) * b.norm(dim=1)
+    both_zero = (a.norm(dim=1) == 0) & (b.norm(dim=1) == 0)
+    value = (a * b).sum(dim=1) / norms.clamp_min(1e-300)
+    return torch.where(both_zero, torch.ones_like(value), value).float()
+
+
+def matched_gaussian(x: Tensor, x_adv: Tensor, *, bounds: tuple[float, float], generator: torch.Generator | None) -> Tensor:
+    """``x`` plus Gaussian noise with each sample's adversarial perturbation mean and standard
+    deviation, clipped to ``bounds``."""
+    delta = (x_adv - x).flatten(1)
+    mean, std = delta.mean(dim=1), delta.std(dim=1, unbiased=False)
+    noise = draw(torch.randn, tuple(x.shape), generator, x) * std.view(-1, *[1] * (x.ndim - 1)) + mean.view(-1, *[1] * (x.ndim - 1))
+    return (x + noise).clamp(*bounds)
+
+
+def deviation_similarities(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    attack: str = "fgsm",
+    eps: float = 8 / 255,
+    layers: dict[str, Layer] | None = None,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    generator: torch.Generator | None = None,
+    attack_params: dict[str, Any] | None = None,
+) -> tuple[dict[str, tuple[Tensor, Tensor]], dict[str, Tensor]]:
+    """Per layer ``(adversarial, gaussian)`` similarities of every input ``(N,)``, and the inputs
+    and maps (``x_adv``, ``x_gauss``, predictions, and the maps of each) for pictures."""
+    layers = layers if layers is not None else conv_neuron_layers(model)
+    x_adv = run_attack(attack, model, x, y, eps=eps, bounds=bounds, generator=generator, **(attack_params or {})).detach()
+    x_gauss = matched_gaussian(x, x_adv, bounds=bounds, generator=generator)
+    batch = torch.cat([x, x_adv, x_gauss])
+    with torch.no_grad():
+        predicted = model(batch).argmax(dim=1)
+    maps = gradcam_maps(model, batch, predicted, layers)  # one backward for all three and every layer
+    n = len(x)
+    similarities = {
+        name: (cosine(m[:n], m[n : 2 * n]), cosine(m[:n], m[2 * n :])) for name, m in maps.items()
+    }
+    return similarities, {"x_adv": x_adv, "x_gauss": x_gauss, "predicted": predicted, "maps": maps}
+
+
+def summarise_deviation(similarities: dict[str, tuple[Tensor, Tensor]]) -> dict[str, dict[str, Tensor]]:
+    """``{layer: {adversarial, gaussian, gap, compromise_probability}}`` from per-input similarities.
+
+    Example:
+        >>> adv, gauss = torch.tensor([0.1, 0.5, 0.9, 0.95]), torch.tensor([0.6, 0.7, 0.8, 0.9])
+        >>> s = summarise_deviation({"conv": (adv, gauss)})["conv"]
+        >>> round(s["gap"].item(), 3), s["compromise_probability"].item()  # median gaussian 0.7: 2 of 4 below
+        (0.137, 0.5)
+    """
+    out = {}
+    for name, (adversarial, gaussian) in similarities.items():
+        threshold = gaussian.quantile(0.5)
+        out[name] = {
+            "adversarial": adversarial.mean(),
+            "gaussian": gaussian.mean(),
+            "gap": gaussian.mean() - adversarial.mean(),
+            "compromise_probability": (adversarial < threshold).float().mean(),
+        }
+    return out
+
+
+def most_vulnerable(summary: dict[str, dict[str, Tensor]], count: int = 3) -> list[str]:
+    """The ``count`` layers with the largest gap (the attack moves their attention most beyond noise)."""
+    return sorted(summary, key=lambda name: -float(summary[name]["gap"]))[:count]
+
+
+def layer_deviation(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    attack: str = "fgsm",
+    eps: float = 8 / 255,
+    layers: Sequence[str] | None = None,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    generator: torch.Generator | None = None,
+    **attack_params: Any,
+) -> dict[str, Any]:
+    """Layer deviation of ``model`` (pixel inputs ``x`` in ``bounds``) under ``attack`` at ``eps``:
+    ``{"layers": {layer: summary}, "most_vulnerable": [...]}`` (see the module docstring).
+
+    Example:
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
+        >>> result = layer_deviation(net, torch.rand(8, 1, 8, 8), torch.zeros(8, dtype=torch.long))
+        >>> sorted(result["layers"]["0"]), len(result["most_vulnerable"])
+        (['adversarial', 'compromise_probability', 'gap', 'gaussian'], 2)
+    """
+    chosen = conv_neuron_layers(model, layers)
+    similarities, _ = deviation_similarities(
+        model, x, y, attack=attack, eps=eps, layers=chosen, bounds=bounds, generator=generator, attack_params=attack_params
+    )
+    summary = summarise_deviation(similarities)
+    return {"layers": summary, "most_vulnerable": most_vulnerable(summary)}

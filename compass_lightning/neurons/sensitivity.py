@@ -1,0 +1,150 @@
+"""DeepSensor neuron sensitivity, and a first-order proxy of its Shapley "excitable neurons".
+
+Sensitivity (DESIGN.md, DeepSensor Eq. 1 with absolute values): for Gaussian noise ``Δ``,
+``NS_n = |φ_n(x + Δ) − φ_n(x)| / ‖Δ‖₂``, averaged over ``draws`` noise draws and over the inputs;
+per layer the scores are min-max scaled and a neuron is *sensitive* above ``threshold`` (0.5).
+The noise is not clipped to the pixel range: the ratio is a property of the model around ``x``.
+
+Excitability: the papers' Shapley value of a neuron for the loss change ``ΔL = L(x+Δ) − L(x)``
+when the neuron is zeroed is approximated to first order by
+``a_n(x+Δ)·∂L(x+Δ)/∂a_n − a_n(x)·∂L(x)/∂a_n`` (activation × gradient, summed over a channel's
+positions) — an approximation, not the papers' exact (exponential) Shapley value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from compass_lightning.neurons._layers import neuron_values, record, select_layers
+from compass_lightning.rng import draw
+
+
+def _noise(x: Tensor, sigma: float, draws: int, generator: torch.Generator | None) -> Tensor:
+    return draw(torch.randn, (draws, *x.shape), generator, x) * sigma
+
+
+def neuron_sensitivity(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    sigma: float = 0.05,
+    draws: int = 4,
+    layers: Sequence[str] | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """``{layer: (N, neurons)}`` sensitivity of every neuron for every input, averaged over the
+    noise draws; all draws go through the model in one forward pass.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2))
+        >>> with torch.no_grad():
+        ...     _ = net[0].weight.copy_(torch.tensor([[3.0, 4.0], [0.0, 0.0]]))
+        >>> scores = neuron_sensitivity(net, torch.zeros(5, 2), draws=8)["0"]
+        >>> bool((scores[:, 0] <= 5.0 + 1e-5).all()), scores[:, 1].abs().max().item()
+        (True, 0.0)
+    """
+    chosen = select_layers(model, layers)
+    noise = _noise(x, sigma, draws, generator)
+    batch = torch.cat([x, (x.unsqueeze(0) + noise).flatten(0, 1)])
+    values, _ = neuron_values(model, batch, chosen)
+    norms = noise.flatten(2).norm(dim=2).clamp_min(1e-12)  # (draws, N)
+    out = {}
+    for name, v in values.items():
+        clean, noisy = v[: len(x)], v[len(x) :].view(draws, len(x), -1)
+        out[name] = ((noisy - clean).abs() / norms.unsqueeze(2)).mean(dim=0)
+    return out
+
+
+def neuron_excitability(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    sigma: float = 0.05,
+    draws: int = 1,
+    layers: Sequence[str] | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """``{layer: (N, neurons)}`` first-order excitability (see the module docstring), averaged over
+    the noise draws: two forward and two backward passes' worth of work per draw, batched."""
+    chosen = select_layers(model, layers)
+    noise = _noise(x, sigma, draws, generator)
+    # the input requires grad so that a graph exists even when every parameter is frozen (the guard)
+    batch = torch.cat([x, (x.unsqueeze(0) + noise).flatten(0, 1)]).detach().requires_grad_(True)
+    targets = y.repeat(draws + 1)
+    with torch.enable_grad(), record(chosen) as seen:
+        loss = F.cross_entropy(model(batch), targets, reduction="sum")  # per-sample gradients stay apart
+        outputs = [seen.outputs[name] for name in chosen]
+        gradients = torch.autograd.grad(loss, outputs)
+    out = {}
+    for (name, layer), a, g in zip(chosen.items(), outputs, gradients):
+        # a neuron's contribution sums over its positions: the channel mean times their number
+        product = (a * g).detach()
+        neurons = layer.neurons(product)
+        contribution = neurons * (product[0].numel() // neurons.shape[1])
+        clean, noisy = contribution[: len(x)], contribution[len(x) :].view(draws, len(x), -1)
+        out[name] = (noisy - clean).mean(dim=0)
+    return out
+
+
+def scale_per_layer(scores: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Each layer's scores min-max scaled to [0, 1] (a constant layer: all 0)."""
+    out = {}
+    for name, s in scores.items():
+        low, high = s.min(), s.max()
+        out[name] = (s - low) / (high - low) if high > low else torch.zeros_like(s)
+    return out
+
+
+def sensitive_fraction(scores: dict[str, Tensor], threshold: float = 0.5) -> dict[str, Tensor]:
+    """``{"total": fraction, layer: fraction}`` of neurons whose per-layer scaled score (one score
+    per neuron, e.g. the probe mean) exceeds ``threshold``."""
+    flags = {name: s > threshold for name, s in scale_per_layer(scores).items()}
+    total = sum(f.sum() for f in flags.values()) / max(sum(f.numel() for f in flags.values()), 1)
+    return {"total": torch.as_tensor(total, dtype=torch.float32), **{n: f.float().mean() for n, f in flags.items()}}
+
+
+def top_neurons(scores: dict[str, Tensor], k: int = 10) -> list[str]:
+    """The ``k`` neurons with the highest per-layer scaled score, as ``"layer:index"`` (ties: the
+    higher raw score first)."""
+    scaled = scale_per_layer(scores)
+    names = [f"{layer}:{i}" for layer, s in scores.items() for i in range(len(s))]
+    key = torch.cat([scaled[layer] for layer in scores]) * 1e6 + torch.cat(list(scores.values())).clamp(-1e5, 1e5)
+    return [names[i] for i in key.argsort(descending=True, stable=True)[:k].tolist()]
+
+
+def jaccard(a: Sequence[str], b: Sequence[str]) -> float:
+    """``|a ∩ b| / |a ∪ b|`` of two sets of neuron names (1.0 for two empty sets)."""
+    union = set(a) | set(b)
+    return len(set(a) & set(b)) / len(union) if union else 1.0
+
+
+def sensitivity(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    sigma: float = 0.05,
+    draws: int = 4,
+    threshold: float = 0.5,
+    layers: Sequence[str] | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, object]:
+    """DeepSensor sensitivity of the model on the inputs ``x``: ``{"scores": {layer: (neurons,)}
+    mean sensitivity, "fraction": {"total": .., layer: ..} sensitive fractions, "top": the 10 most
+    sensitive neurons}``.
+
+    Example:
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> result = sensitivity(net, torch.randn(16, 4))
+        >>> sorted(result["fraction"]), len(result["top"])
+        (['0', '2', 'total'], 10)
+    """
+    per_input = neuron_sensitivity(model, x, sigma=sigma, draws=draws, layers=layers, generator=generator)
+    scores = {name: s.mean(dim=0) for name, s in per_input.items()}
+    return {"scores": scores, "fraction": sensitive_fraction(scores, threshold), "top": top_neurons(scores)}
