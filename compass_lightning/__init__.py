@@ -8,7 +8,16 @@ Example:
 
 __version__ = "0.1.0"
 
-from compass_lightning.callbacks import AttackSuccessRate, AttributionScores, CompassCallback, Evaluation, MutationMetrics, NeuronAnalysis, PruningAnalysis
+from compass_lightning.callbacks import (
+    AttackSuccessRate,
+    AttributionScores,
+    Compass,
+    CompassCallback,
+    Evaluation,
+    MutationMetrics,
+    NeuronAnalysis,
+    PruningAnalysis,
+)
 from compass_lightning.guard import analysis_mode
 from compass_lightning.probe import ProbeSet
 from compass_lightning.report import CompassWarning
@@ -18,6 +27,7 @@ __all__ = [
     "AttackSuccessRate",
     "AttributionScores",
     "Classification",
+    "Compass",
     "CompassCallback",
     "CompassWarning",
     "Evaluation",

@@ -275,8 +275,6 @@ def _finish(  # noqa: ANN001 - matplotlib objects
     grid: bool = True,
 ) -> Tensor:
     """Label the axes and render the figure to a ``(3, H, W)`` tensor in [0, 1] (no pyplot)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     if ylim is not None:
@@ -286,6 +284,13 @@ def _finish(  # noqa: ANN001 - matplotlib objects
     axes.set_title(title, fontsize=10)
     if legend:
         axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    return render(figure)
+
+
+def render(figure) -> Tensor:  # noqa: ANN001 - a matplotlib Figure
+    """A matplotlib figure as a ``(3, H, W)`` tensor in [0, 1] (Agg canvas, no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
     width, height = canvas.get_width_height()

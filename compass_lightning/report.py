@@ -18,6 +18,7 @@ import json
 import math
 import os
 import warnings
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,9 @@ def read_history(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         return [json.loads(line) for line in stream if line.strip()]
 
 
+_LAYOUTS: weakref.WeakSet[Any] = weakref.WeakSet()  # TensorBoard writers that have the layout
+
+
 def _is_tensorboard(logger: Any) -> bool:
     return type(logger).__name__ == "TensorBoardLogger" and hasattr(logger.experiment, "add_image")
 
@@ -84,6 +88,17 @@ class Reporter:
         self.is_global_zero = trainer.is_global_zero
         self._warned_no_logger = False
         self._history_keys: set[str] = set()
+
+    def register_layout(self, trainer: pl.Trainer) -> None:
+        """Group the compass charts per module in TensorBoard's Custom Scalars tab (once per run)."""
+        from compass_lightning.summary import tensorboard_layout
+
+        if not self.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            if _is_tensorboard(logger) and logger.experiment not in _LAYOUTS:
+                _LAYOUTS.add(logger.experiment)
+                logger.experiment.add_custom_scalars(tensorboard_layout())
 
     # -- scalars -------------------------------------------------------------------------------
 

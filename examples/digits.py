@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import compass_lightning as cl
 from compass_lightning.callbacks.pruning import DEFAULT_SWEEP
+from compass_lightning.summary import run_report
 
 # Pixel statistics of load_digits scaled to [0, 1] (computed once over the whole set).
 DIGITS_MEAN = 0.3053
@@ -119,34 +120,31 @@ class DigitsClassifier(pl.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 
 
-def monitors(fast: bool = False) -> list[pl.Callback]:
-    """The compass callbacks this example trains with (smaller probes with ``fast``)."""
-    task = digits_task()
-    return [
-        cl.MutationMetrics(task=task, every_n_epochs=1),
-        cl.AttackSuccessRate(
-            attacks=["fgsm", "pgd", "deepfool"],
-            eps=[8 / 255, 2 / 255, 4 / 255, 16 / 255, 32 / 255],  # the first is the reference; all form a sweep
-            transfer_from=["snapshot"],  # transfer from a frozen copy of this model, refreshed every 3 epochs
-            snapshot_every=3,
-            task=task,
-            probe_size=64 if fast else 256,
-        ),
-        cl.AttributionScores(
-            methods=["saliency", "integrated_gradients", "smoothgrad", "gradcam", "guided_ig"],
-            every_n_epochs=1 if fast else 2,
-            task=task,
-            probe_size=16 if fast else 32,
-        ),
-        cl.NeuronAnalysis(task=task, probe_size=64 if fast else 256, profile_size=200 if fast else 1000),
+def compass(fast: bool = False) -> cl.Compass:
+    """Every compass module in one callback (smaller probes and sweeps with ``fast``)."""
+    return cl.Compass(
+        task=digits_task(),
+        probe_size=64 if fast else 256,
+        robustness={
+            "attacks": ["fgsm", "pgd", "deepfool"],
+            "eps": [8 / 255, 2 / 255, 4 / 255, 16 / 255, 32 / 255],  # the first is the reference; all form a sweep
+            "transfer_from": ["snapshot"],  # transfer from a frozen copy of this model, refreshed every 3 epochs
+            "snapshot_every": 3,
+        },
+        interpretability={
+            "methods": ["saliency", "integrated_gradients", "smoothgrad", "gradcam", "guided_ig"],
+            "every_n_epochs": 1 if fast else 2,
+            "probe_size": 16 if fast else 32,
+        },
+        neurons={"profile_size": 200 if fast else 1000},
         # after training: how much of the model is redundant, and what pruning does to robustness
-        cl.PruningAnalysis(
-            methods=["magnitude", "taylor", "obd"],
-            sweep=[0.1, 0.2, 0.3] if fast else list(DEFAULT_SWEEP),
-            task=task,
-            probe_size=64 if fast else 256,
-        ),
-    ]
+        pruning={"methods": ["magnitude", "taylor", "obd"], "sweep": [0.1, 0.2, 0.3] if fast else list(DEFAULT_SWEEP)},
+    )
+
+
+def monitors(fast: bool = False) -> list[pl.Callback]:
+    """The callbacks this example trains with (for the benchmarks)."""
+    return [compass(fast)]
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -182,6 +180,9 @@ def main(argv: list[str] | None = None) -> Path:
     print(f"Pruning report:      {(log_dir / 'pruning_report.csv').resolve()}")
     print(f"TensorBoard logs:    {log_dir.resolve()}")
     print(f"Compass history:     {(log_dir / 'compass_history.jsonl').resolve()}")
+    page, _ = run_report(log_dir)
+    (log_dir / "compass_report.html").write_text(page, encoding="utf-8")
+    print(f"HTML report:         {(log_dir / 'compass_report.html').resolve()}   (compass-lightning report {log_dir})")
     print(f"Open the dashboard:  tensorboard --logdir {Path(args.logdir).resolve()}   (then http://localhost:6006)")
     return log_dir
 

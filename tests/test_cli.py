@@ -30,6 +30,16 @@ PRESETS = {
         {"compass/neurons/coverage/kmnc", "compass/neurons/sensitivity/fraction/net.3", "compass/neurons/deviation/net.7/gap"},
         {"compass/neurons/sensitivity/layers_by_epoch", "compass/neurons/deviation/gradcam"},
     ),
+    "full.yaml": (
+        {"compass/basic/accuracy", "compass/robustness/cw/asr", "compass/neurons/coverage/nc",
+         "compass/pruning/obd/max_safe_rate", "compass/score/robustness", "compass/interpretability/gradcam/insertion"},
+        {"compass/score/radar", "compass/robustness/examples", "compass/pruning/accuracy"},
+    ),
+    "quick.yaml": (
+        {"compass/mutation/noise/accuracy", "compass/robustness/fgsm/asr", "compass/interpretability/saliency/deletion",
+         "compass/neurons/sensitivity/fraction", "compass/pruning/magnitude/max_safe_rate", "compass/score/accuracy"},
+        {"compass/score/radar", "compass/pruning/accuracy"},
+    ),
     "pruning.yaml": (
         {"compass/pruning/taylor/rate_0.40/accuracy", "compass/pruning/obd/max_safe_rate", "compass/pruning/unpruned/asr"},
         {"compass/pruning/accuracy", "compass/pruning/insertion_deletion"},
@@ -47,7 +57,7 @@ def test_preset_adds_the_monitor_to_a_lightning_cli_script(tmp_path, preset):
             "fit",
             "--config",
             str(ROOT / "callbacks" / preset),
-            "--trainer.max_epochs=5" if preset == "interpretability.yaml" else "--trainer.max_epochs=1",
+            "--trainer.max_epochs=5" if preset in ("interpretability.yaml", "full.yaml") else "--trainer.max_epochs=1",
             f"--trainer.default_root_dir={tmp_path}",
             "--trainer.enable_progress_bar=false",
             "--trainer.accelerator=cpu",

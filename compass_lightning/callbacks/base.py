@@ -81,6 +81,31 @@ class Evaluation:
         self.epoch = epoch
         self.scalars: dict[str, Tensor | float] = {}
         self.images: dict[str, Tensor] = {}
+        #: Adversarial probe inputs (pixel space, probe order) by :meth:`attack_key`, kept when
+        #: ``share`` is set so that later analyses of the same evaluation reuse them (the Compass).
+        self.adversarial: dict[str, Tensor] = {}
+        self.share = False
+        self._clean_logits: Tensor | None = None
+
+    @staticmethod
+    def attack_key(name: str, eps: float, params: dict[str, Any]) -> str:
+        """The key of an attack's adversarial examples in :attr:`adversarial`."""
+        return f"{name}@{float(eps)!r}:{sorted(params.items())!r}"
+
+    def subset(self, size: int | None) -> Evaluation:
+        """This evaluation on the first ``size`` probe samples (all for ``None``), sharing what it
+        has computed (scalars, images, clean logits, adversarial inputs)."""
+        if size is None or size >= len(self.probe):
+            return self
+        probe = ProbeSet(self.probe.inputs[:size], self.probe.targets[:size], rank=self.probe.rank,
+                         world_size=self.probe.world_size)
+        child = Evaluation(self.model, probe, self.task, batch_size=self.batch_size, all_gather=self.all_gather,
+                           any_rank=self.any_rank, want_images=self.want_images, epoch=self.epoch)
+        child.scalars, child.images, child.share = self.scalars, self.images, self.share
+        if self._clean_logits is not None:
+            child._clean_logits = self._clean_logits[:size]
+        child.adversarial = {key: x[:size] for key, x in self.adversarial.items()}
+        return child
 
     def for_model(self, model: nn.Module) -> Evaluation:
         """A fresh evaluation of ``model`` (e.g. a pruned copy) on the same probe, without images."""
@@ -119,13 +144,19 @@ class Evaluation:
     def logits(self, inputs: Tensor, model: nn.Module | None = None) -> Tensor:
         """Logits of the model (or of ``model``, e.g. a pruned copy) for ``inputs`` aligned with the
         probe (data space), in probe order."""
+        clean = (model is None or model is self.model) and inputs is self.probe.inputs
+        if clean and self._clean_logits is not None:
+            return self._clean_logits  # one clean forward of the probe serves every analysis
         model = self.model if model is None else model
 
         def forward(chunk: Tensor) -> Tensor:
             with torch.no_grad():
                 return self.task.logits(model, chunk)
 
-        return self.per_sample(forward, inputs)
+        logits = self.per_sample(forward, inputs)
+        if clean:
+            self._clean_logits = logits
+        return logits
 
 
 class CompassCallback(Callback):
@@ -315,6 +346,7 @@ class CompassCallback(Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._reporter = Reporter(trainer)  # every rank: finding the log directory is a collective
+        self._reporter.register_layout(trainer)
         self._probe = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -254,11 +254,11 @@ class NeuronAnalysis(CompassCallback):
         shown = min(self.image_count, len(probe.shard(probe.inputs))) if evaluation.want_images else 0
         kept: dict[str, Any] = {}
 
-        def similarities(inputs: Tensor, targets: Tensor) -> Tensor:
+        def similarities(inputs: Tensor, targets: Tensor, *made: Tensor) -> Tensor:
             x = task.to_pixels(inputs)
             per_layer, extras = deviation_similarities(
                 pixel_model, x, targets, attack=self.attack, eps=self.eps, layers=layers, bounds=task.input_range,
-                generator=generator,
+                generator=generator, x_adv=made[0] if made else None,
             )
             if shown and not kept:
                 n = len(x)
@@ -267,7 +267,10 @@ class NeuronAnalysis(CompassCallback):
                                   for k, m in extras["maps"].items()})
             return torch.cat([torch.stack(pair, dim=1) for pair in per_layer.values()], dim=1)
 
-        rows = evaluation.per_sample(similarities, probe.inputs, probe.targets).cpu()
+        # the robustness analysis of the same evaluation may have made these examples already
+        made = evaluation.adversarial.get(evaluation.attack_key(self.attack, self.eps, ATTACKS[self.attack].resolve({})))
+        aligned = (probe.inputs, probe.targets) + ((made,) if made is not None else ())
+        rows = evaluation.per_sample(similarities, *aligned).cpu()
         pairs = {name: (rows[:, 2 * i], rows[:, 2 * i + 1]) for i, name in enumerate(layers)}
         summary = summarise_deviation(pairs)
         for layer, values in summary.items():

@@ -231,6 +231,7 @@ class AttackSuccessRate(CompassCallback):
         attack = ATTACKS[name]
         generator = self.generator(f"{name}@{eps!r}", evaluation.device)
         kept: list[tuple[Tensor, Tensor, Tensor]] = []
+        share = evaluation.share and crafter is target  # white-box examples other analyses may reuse
 
         def run(inputs: Tensor, targets: Tensor) -> Tensor:
             x = task.to_pixels(inputs)
@@ -240,9 +241,12 @@ class AttackSuccessRate(CompassCallback):
             if not kept and keep:
                 kept.append((x[:keep].cpu(), x_adv[:keep].cpu(), predicted[:keep].cpu()))
             delta = (x_adv - x).flatten(1)
-            return torch.stack([predicted.to(delta.dtype), delta.abs().amax(dim=1), delta.norm(dim=1)], dim=1)
+            rows = [predicted.to(delta.dtype)[:, None], delta.abs().amax(dim=1, keepdim=True), delta.norm(dim=1, keepdim=True)]
+            return torch.cat(rows + ([x_adv.detach().flatten(1).to(delta.dtype)] if share else []), dim=1)
 
         rows = evaluation.per_sample(run, probe.inputs, probe.targets).cpu()
+        if share:
+            evaluation.adversarial[evaluation.attack_key(name, eps, params)] = rows[:, 3:].view_as(probe.inputs).to(probe.inputs.dtype)
         after = rows[:, 0].long() == probe.targets
         fooled = correct & ~after
         metrics = {

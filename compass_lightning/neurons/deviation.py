@@ -92,11 +92,15 @@ def deviation_similarities(
     bounds: tuple[float, float] = (0.0, 1.0),
     generator: torch.Generator | None = None,
     attack_params: dict[str, Any] | None = None,
+    x_adv: Tensor | None = None,
 ) -> tuple[dict[str, tuple[Tensor, Tensor]], dict[str, Tensor]]:
     """Per layer ``(adversarial, gaussian)`` similarities of every input ``(N,)``, and the inputs
-    and maps (``x_adv``, ``x_gauss``, predictions, and the maps of each) for pictures."""
+    and maps (``x_adv``, ``x_gauss``, predictions, and the maps of each) for pictures. ``x_adv``:
+    adversarial inputs already made by ``attack`` (then the attack is not run again)."""
     layers = layers if layers is not None else conv_neuron_layers(model)
-    x_adv = run_attack(attack, model, x, y, eps=eps, bounds=bounds, generator=generator, **(attack_params or {})).detach()
+    if x_adv is None:
+        x_adv = run_attack(attack, model, x, y, eps=eps, bounds=bounds, generator=generator, **(attack_params or {}))
+    x_adv = x_adv.detach()
     x_gauss = matched_gaussian(x, x_adv, bounds=bounds, generator=generator)
     batch = torch.cat([x, x_adv, x_gauss])
     with torch.no_grad():

@@ -1,0 +1,245 @@
+"""``Compass``: every AI-Compass module on one probe set and one schedule, sharing their work, with the radar."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Optional, Union
+
+import lightning.pytorch as pl
+
+from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData
+from compass_lightning.callbacks.interpretability import AttributionScores
+from compass_lightning.callbacks.mutation import MutationMetrics
+from compass_lightning.callbacks.neurons import NeuronAnalysis
+from compass_lightning.callbacks.pruning import PruningAnalysis
+from compass_lightning.callbacks.robustness import AttackSuccessRate
+from compass_lightning.checks import check_bool, check_int
+from compass_lightning.passes import PassCounter
+from compass_lightning.radar import AXES, axis_values, radar_chart, radar_scores
+from compass_lightning.report import history_record
+from compass_lightning.task import Classification
+
+#: The modules in the order they run: robustness before neurons, whose layer deviation reuses its
+#: adversarial examples; pruning last.
+MODULES: dict[str, type[CompassCallback]] = {
+    "mutation": MutationMetrics,
+    "robustness": AttackSuccessRate,
+    "interpretability": AttributionScores,
+    "neurons": NeuronAnalysis,
+    "pruning": PruningAnalysis,
+}
+SHARED = ("task", "seed", "batch_size", "probe_data", "fail_fast")
+PASSES = ("compass/passes/forward", "compass/passes/backward")
+
+ModuleConfig = Union[bool, Mapping[str, Any], None]
+
+
+class Compass(CompassCallback):
+    """Every compass module in one callback: one probe set, one clean forward pass, shared adversarial
+    examples, per-module schedules, and the AI-Compass radar.
+
+    Each module is configured by a mapping of its callback's arguments (``True``: its defaults,
+    ``False``: off) — :class:`~compass_lightning.MutationMetrics` (basic metrics and mutants),
+    :class:`~compass_lightning.AttackSuccessRate`, :class:`~compass_lightning.AttributionScores`,
+    :class:`~compass_lightning.NeuronAnalysis` and :class:`~compass_lightning.PruningAnalysis` (at the
+    end of fit) — and logs the same tags as that callback. A module's ``every_n_epochs`` is its
+    schedule, and its ``probe_size`` the number of samples it analyses from the start of the shared
+    probe (by default its own default, capped at the probe). ``task``, ``seed``, ``batch_size``,
+    ``probe_data`` and ``fail_fast`` are shared and set on the Compass.
+
+    Shared work per evaluation: one clean forward of the probe feeds every module, and the white-box
+    adversarial examples of the robustness module feed the layer deviation of the neuron module when
+    it uses the same attack and ε. ``compass/passes/{forward,backward}`` count the sample-passes of
+    the model in the evaluation. The radar (see :mod:`compass_lightning.radar`): its five axis values
+    are logged as ``compass/score/<axis>``, and the image ``compass/score/radar`` compares the current
+    epoch with the first and the best evaluated ones (axes of modules that did not run this epoch
+    carry their latest value).
+
+    Args:
+        mutation, robustness, interpretability, neurons, pruning: each module's configuration.
+        radar: log the radar axes and figure.
+        probe_size, batch_size, seed, task, probe_data, fail_fast: see
+            :class:`~compass_lightning.callbacks.base.CompassCallback`; the probe holds up to 256
+            validation samples by default.
+
+    Example:
+        >>> compass = Compass(robustness={"attacks": ["fgsm", "pgd"], "every_n_epochs": 2}, interpretability=False)
+        >>> list(compass.modules), compass.modules["robustness"].every_n_epochs
+        (['mutation', 'robustness', 'neurons', 'pruning'], 2)
+    """
+
+    default_probe_size = 256
+
+    def __init__(
+        self,
+        *,
+        mutation: ModuleConfig = True,
+        robustness: ModuleConfig = True,
+        interpretability: ModuleConfig = True,
+        neurons: ModuleConfig = True,
+        pruning: ModuleConfig = True,
+        radar: bool = True,
+        probe_size: Optional[int] = None,
+        batch_size: int = 128,
+        seed: int = 0,
+        task: Optional[Classification] = None,
+        probe_data: Optional[ProbeData] = None,
+        fail_fast: bool = False,
+    ) -> None:
+        super().__init__(every_n_epochs=1, probe_size=probe_size, batch_size=batch_size, seed=seed, task=task,
+                         probe_data=probe_data, fail_fast=fail_fast)
+        self.radar = check_bool("radar", radar)
+        shared = {"task": self.task, "seed": self.seed, "batch_size": self.batch_size, "fail_fast": self.fail_fast}
+        configs = {"mutation": mutation, "robustness": robustness, "interpretability": interpretability,
+                   "neurons": neurons, "pruning": pruning}
+        self.modules: dict[str, CompassCallback] = {}
+        self.module_probe_sizes: dict[str, Optional[int]] = {}
+        for name, config in configs.items():
+            if config is False or config is None:
+                continue
+            if config is True:
+                config = {}
+            if not isinstance(config, Mapping):
+                raise TypeError(f"{name} must be True, False or a mapping of {MODULES[name].__name__} arguments, got {config!r}")
+            clash = sorted(set(config) & set(SHARED))
+            if clash:
+                raise ValueError(f"{name}: {clash[0]} is shared by every module; set Compass({clash[0]}=...) instead")
+            config = dict(config)
+            size = config.pop("probe_size", None)
+            self.module_probe_sizes[name] = None if size is None else check_int(f"{name}.probe_size", size, minimum=1)
+            try:
+                self.modules[name] = MODULES[name](**config, **shared)
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"{name}: {error}") from error
+        if not self.modules:
+            raise ValueError("Compass needs at least one module; every one is switched off")
+        self._running: list[str] = []
+
+    # -- the modules' errors count as the Compass' ----------------------------------------------
+
+    @property
+    def error_count(self) -> int:
+        return self._own_errors + sum(m.error_count for m in getattr(self, "modules", {}).values())
+
+    @error_count.setter
+    def error_count(self, value: int) -> None:
+        self._own_errors = value - sum(m.error_count for m in getattr(self, "modules", {}).values())
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def _state_key_fields(self) -> dict[str, Any]:
+        return {**super()._state_key_fields(), "modules": sorted(self.modules)}
+
+    def expected_tags(self) -> list[str]:
+        return [tag for name in self._running for tag in self.modules[name].expected_tags()]
+
+    def check_model(self, pl_module: pl.LightningModule) -> None:
+        for name, module in self.modules.items():
+            try:
+                module.check_model(pl_module)
+            except ValueError as error:
+                raise ValueError(f"{name}: {error}") from error
+
+    def _check_watchers(self, trainer: pl.Trainer) -> None:
+        for module in self.modules.values():
+            module._check_watchers(trainer)
+
+    def _probe_size_for(self, name: str) -> int:
+        size = self.module_probe_sizes[name]
+        return size if size is not None else type(self.modules[name]).default_probe_size
+
+    # -- Lightning hooks -----------------------------------------------------------------------
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        for module in self.modules.values():
+            module._reporter = self._reporter  # the modules write their files through the Compass
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        pruning = self.modules.get("pruning")
+        if isinstance(pruning, PruningAnalysis):
+            pruning._calibration = pruning._build_calibration(trainer)
+
+    def _scheduled(self, trainer: pl.Trainer, *, end_of_fit: bool = False) -> list[str]:
+        if trainer.state.fn != "fit":
+            return list(self.modules)
+        if end_of_fit:
+            pruning = self.modules.get("pruning")
+            return ["pruning"] if pruning is not None and pruning.every_n_epochs is None else []
+        epoch = trainer.current_epoch + 1
+        return [n for n, m in self.modules.items() if m.every_n_epochs is not None and epoch % m.every_n_epochs == 0]
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self._running = self._scheduled(trainer)
+        if self._running:
+            self._run(trainer, pl_module)
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._running = self._scheduled(trainer)
+        self._run(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._running = self._scheduled(trainer, end_of_fit=True)
+        if self._running:
+            self._run(trainer, pl_module, in_epoch_end=False)  # self.log is not allowed in on_train_end
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "modules": {name: m.state_dict() for name, m in self.modules.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        for name, state in state_dict.get("modules", {}).items():
+            if name in self.modules:
+                self.modules[name].load_state_dict(state)
+        self.error_count = int(state_dict.get("error_count", 0))  # the total, now that the modules hold theirs
+
+    # -- evaluation ----------------------------------------------------------------------------
+
+    def evaluate(self, trainer: pl.Trainer, evaluation: Evaluation) -> None:
+        evaluation.share = True
+        with PassCounter(evaluation.model) as passes:
+            evaluation.logits(evaluation.probe.inputs)  # the clean forward every module reuses
+            for name in self._running:
+                with self.isolate(f"the {name} module"):
+                    self.modules[name].evaluate(trainer, evaluation.subset(self._probe_size_for(name)))
+        evaluation.scalars[PASSES[0]] = float(passes.forward)
+        evaluation.scalars[PASSES[1]] = float(passes.backward)
+        for name in self._running:  # the modules' own histories drive their epoch-over-epoch figures
+            module = self.modules[name]
+            module.history.append(history_record(
+                epoch=evaluation.epoch, global_step=trainer.global_step, callback=type(module).__name__,
+                key=module.state_key, stage=trainer.state.fn.value,
+                metrics={k: float(v) for k, v in evaluation.scalars.items() if not hasattr(v, "ndim") or v.ndim == 0},
+            ))
+        if self.radar:
+            self._radar(trainer, evaluation)
+
+    def _radar(self, trainer: pl.Trainer, evaluation: Evaluation) -> None:
+        current = axis_values({k: float(v) for k, v in evaluation.scalars.items()})
+        evaluation.scalars.update({f"compass/score/{axis}": v for axis, v in current.items() if v is not None})
+        if not evaluation.want_images:
+            return
+        stage = trainer.state.fn.value
+        rows: dict[str, dict[str, float | None]] = {}
+        latest: dict[str, float | None] = {axis: None for axis in AXES}
+        for record in [r for r in self.history if r["stage"] == stage]:
+            values = axis_values({k: v for k, v in record["metrics"].items() if v is not None})
+            latest = {axis: values[axis] if values[axis] is not None else latest[axis] for axis in AXES}
+            rows[f"epoch {record['epoch']}"] = dict(latest)
+        latest = {axis: current[axis] if current[axis] is not None else latest[axis] for axis in AXES}
+        label = f"epoch {evaluation.epoch}" + (" (end of fit)" if "pruning" in self._running and stage == "fit" else "")
+        rows[label] = latest
+        scores = radar_scores(rows)
+        first = next(iter(scores))
+        best = max(scores, key=lambda k: sum(v or 0.0 for v in scores[k].values()))
+        shown = {f"{label} (current)": scores[label]}
+        if best != label:
+            shown[f"{best} (best)"] = scores[best]
+        if first not in (label, best):
+            shown[f"{first} (first)"] = scores[first]
+        evaluation.images["compass/score/radar"] = radar_chart(
+            shown, title=f"AI-Compass radar, {len(rows)} evaluations: best = 5 per axis, others proportional"
+        )

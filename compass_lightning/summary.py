@@ -1,0 +1,221 @@
+"""Reports from ``compass_history.jsonl``: per-module tables and charts over epochs, the radar across
+epochs or runs, as self-contained HTML and as a text summary; and the TensorBoard custom-scalars
+layout that groups the same charts per module.
+
+The history is plain JSON (read with :func:`~compass_lightning.report.read_history`), so nothing is
+unpickled.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from compass_lightning.figures import line_chart
+from compass_lightning.radar import AXES, axis_values, radar_chart, radar_scores
+from compass_lightning.report import HISTORY_FILE, read_history
+
+#: The modules' charts: ``{module: {chart title: tag regex}}`` (report figures and TensorBoard layout).
+CHARTS: dict[str, dict[str, str]] = {
+    "basic": {"accuracy, F1, ROC AUC": r"^compass/basic/(accuracy|f1|roc_auc)$", "loss": r"^compass/basic/loss$"},
+    "mutation": {"accuracy under mutants": r"^compass/mutation/([^/]+/accuracy|mean_accuracy)$"},
+    "robustness": {
+        "attack success rate": r"^compass/robustness/([^/]+/asr|mean_asr)$",
+        "robust accuracy": r"^compass/robustness/[^/]+/robust_accuracy$",
+        "transfer attack success rate": r"^compass/robustness/transfer/.+/asr$",
+    },
+    "interpretability": {
+        "insertion - deletion": r"^compass/interpretability/[^/]+/insertion_minus_deletion$",
+        "insertion": r"^compass/interpretability/[^/]+/insertion$",
+        "deletion": r"^compass/interpretability/[^/]+/deletion$",
+    },
+    "neurons": {
+        "coverage": r"^compass/neurons/coverage/[^/]+$",
+        "sensitive and excitable fractions": r"^compass/neurons/(sensitivity|excitability)/fraction$",
+        "deviation gap per layer": r"^compass/neurons/deviation/.+/gap$",
+    },
+    "pruning": {
+        "max safe pruning rate": r"^compass/pruning/[^/]+/max_safe_rate$",
+        "accuracy after pruning": r"^compass/pruning/[^/]+/rate_[0-9.]+/accuracy$",
+    },
+    "score": {"radar axes": r"^compass/score/[^/]+$"},
+}
+
+
+def tensorboard_layout() -> dict[str, dict[str, list[Any]]]:
+    """The custom-scalars layout: one category per module, one multi-line chart per entry of :data:`CHARTS`."""
+    return {f"compass {module}": {title: ["Multiline", [regex]] for title, regex in charts.items()}
+            for module, charts in CHARTS.items()}
+
+
+def module_of(tag: str) -> str | None:
+    """``"robustness"`` for ``compass/robustness/pgd/asr`` (``None`` for other tags)."""
+    parts = tag.split("/")
+    return parts[1] if len(parts) > 2 and parts[0] == "compass" else None
+
+
+class HistoryError(ValueError):
+    """A log directory without a readable compass history."""
+
+
+def load_run(log_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of ``log_dir/compass_history.jsonl``; :class:`HistoryError` with the reason if there are none."""
+    directory = Path(log_dir)
+    path = directory / HISTORY_FILE
+    if not directory.is_dir():
+        raise HistoryError(f"{directory} is not a directory")
+    if not path.is_file():
+        found = sorted(p.parent for p in directory.rglob(HISTORY_FILE))[:5]
+        hint = f"; runs below it: {', '.join(map(str, found))}" if found else ""
+        raise HistoryError(f"no {HISTORY_FILE} in {directory} (is it a run's log directory?){hint}")
+    try:
+        records = read_history(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise HistoryError(f"{path} is not a compass history ({error})") from error
+    if not records or not all(isinstance(r, dict) and isinstance(r.get("metrics"), dict) for r in records):
+        raise HistoryError(f"{path} holds no compass evaluations")
+    return records
+
+
+def merged(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, dict[str, float]]]:
+    """One row per evaluated epoch and stage (the records of several callbacks at the same step
+    merged), in order: ``(label, {tag: value})``."""
+    rows: dict[tuple[Any, ...], dict[str, float]] = {}
+    for record in records:
+        key = (record.get("stage"), record.get("epoch"), record.get("global_step"))
+        values = rows.setdefault(key, {})
+        values.update({k: float(v) for k, v in record["metrics"].items() if v is not None})
+    labels = []
+    for (stage, epoch, _), values in rows.items():
+        label = f"epoch {epoch}" if stage == "fit" else f"{stage} (epoch {epoch})"
+        while label in dict(labels):
+            label += "'"
+        labels.append((label, values))
+    return labels
+
+
+def carried_axes(rows: Sequence[tuple[str, Mapping[str, float]]]) -> dict[str, dict[str, float | None]]:
+    """The radar axes of every row, each axis carrying its latest value forward (modules that run
+    less often, pruning at the end of fit)."""
+    latest: dict[str, float | None] = {axis: None for axis in AXES}
+    out = {}
+    for label, values in rows:
+        current = axis_values(values)
+        latest = {axis: current[axis] if current[axis] is not None else latest[axis] for axis in AXES}
+        out[label] = dict(latest)
+    return out
+
+
+def _png(image: Tensor) -> str:
+    from PIL import Image
+
+    array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return f'<img alt="chart" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+def _table(columns: Sequence[str], rows: Sequence[tuple[str, Mapping[str, float]]], prefix: str = "") -> str:
+    head = "".join(f"<th>{html.escape(c[len(prefix):] if c.startswith(prefix) else c)}</th>" for c in columns)
+    body = "".join(
+        f"<tr><th>{html.escape(label)}</th>"
+        + "".join(f"<td>{'' if values.get(c) is None else f'{values[c]:.4g}'}</td>" for c in columns)
+        + "</tr>"
+        for label, values in rows
+    )
+    return f"<div class=scroll><table><tr><th></th>{head}</tr>{body}</table></div>"
+
+
+def _charts(module: str, rows: Sequence[tuple[str, Mapping[str, float]]]) -> list[Tensor]:
+    epochs = [i for i, (label, _) in enumerate(rows)]
+    images = []
+    for title, regex in CHARTS.get(module, {}).items():
+        tags = sorted({t for _, values in rows for t in values if re.match(regex, t)})
+        if not tags or len(rows) < 1:
+            continue
+        series = {t.split("/", 2)[-1]: [values.get(t, math.nan) for _, values in rows] for t in tags[:12]}
+        finite = [v for s in series.values() for v in s if math.isfinite(v)]
+        bounded = finite and min(finite) >= 0 and max(finite) <= 1
+        images.append(line_chart(epochs, series, xlabel="evaluation (see the table)", ylabel=title, title=title,
+                                 ylim=(0.0, 1.0) if bounded else None))
+    return images
+
+
+STYLE = """body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;font-size:12px}
+td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#f3f3f3}
+.scroll{overflow-x:auto;max-width:100%;margin-bottom:1em}img{max-width:48%;margin:4px}"""
+
+
+def _page(title: str, sections: Sequence[str]) -> str:
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{''.join(sections)}</body></html>")
+
+
+def run_report(log_dir: str | Path) -> tuple[str, str]:
+    """``(html, text)``: the report of one run (tables and charts per module, the radar across epochs)
+    and its terminal summary."""
+    rows = merged(load_run(log_dir))
+    modules = [m for m in CHARTS if any(module_of(t) == m for _, values in rows for t in values)]
+    sections = [f"<p>Log directory: <code>{html.escape(str(Path(log_dir).resolve()))}</code>; "
+                f"{len(rows)} evaluations.</p>"]
+    axes = carried_axes(rows)
+    if any(v is not None for row in axes.values() for v in row.values()):
+        labels = list(axes)
+        pick = list(dict.fromkeys([labels[0], *labels[-6:]]))  # first and latest evaluations
+        scores = radar_scores(axes)
+        sections.append("<h2>Radar</h2>" + _png(radar_chart({k: scores[k] for k in pick}, title="best = 5 per axis"))
+                        + _table(list(AXES), [(k, {a: v for a, v in axes[k].items() if v is not None}) for k in labels]))
+    text = [f"compass report: {Path(log_dir)} ({len(rows)} evaluations)"]
+    for module in modules:
+        tags = sorted({t for _, values in rows for t in values if module_of(t) == module})
+        prefix = f"compass/{module}/"
+        sections.append(f"<h2>{html.escape(module)}</h2>" + _table(tags, rows, prefix) + "".join(map(_png, _charts(module, rows))))
+        for title, regex in CHARTS[module].items():
+            for tag in [t for t in tags if re.match(regex, t)][:6]:
+                values = [v[tag] for _, v in rows if tag in v and math.isfinite(v[tag])]
+                if values:
+                    text.append(f"  {tag:<58} last {values[-1]:.4g}   min {min(values):.4g}   max {max(values):.4g}")
+    return _page("compass_lightning report", sections), "\n".join(text)
+
+
+def compare_runs(log_dirs: Sequence[str | Path]) -> tuple[str, str]:
+    """``(html, text)``: runs side by side — the radar with one polygon per run (each run's latest
+    value of every axis) and each run's best and last value of every charted tag."""
+    runs: dict[str, list[tuple[str, dict[str, float]]]] = {}
+    for directory in log_dirs:
+        label = str(directory)
+        while label in runs:
+            label += "'"
+        runs[label] = merged(load_run(directory))
+    latest = {label: list(carried_axes(rows).values())[-1] for label, rows in runs.items()}
+    scores = radar_scores(latest)
+    sections = ["<h2>Radar (each run's latest values)</h2>", _png(radar_chart(scores, title="best run = 5 per axis")),
+                _table(list(AXES), [(k, {a: v for a, v in row.items() if v is not None}) for k, row in latest.items()])]
+    tags = sorted({t for rows in runs.values() for _, v in rows for t in v
+                   if any(re.match(r, t) for charts in CHARTS.values() for r in charts.values())})
+    table_rows = []
+    for label, rows in runs.items():
+        for kind, pick in (("best", max), ("last", None)):
+            values = {}
+            for tag in tags:
+                series = [v[tag] for _, v in rows if tag in v and math.isfinite(v[tag])]
+                if series:
+                    lower_better = tag.endswith(("/loss", "/asr", "/deletion"))
+                    values[tag] = series[-1] if pick is None else (min(series) if lower_better else max(series))
+            table_rows.append((f"{label} ({kind})", values))
+    sections += ["<h2>Best and last values</h2><p>best: the highest value, the lowest for loss, ASR and deletion.</p>",
+                 _table(tags, table_rows, "compass/")]
+    text = [f"compass compare: {len(runs)} runs"] + [
+        f"  {label:<30} " + "  ".join(f"{a} {v:.3g}" for a, v in row.items() if v is not None)
+        for label, row in latest.items()
+    ]
+    return _page("compass_lightning comparison", sections), "\n".join(text)
