@@ -37,17 +37,20 @@ def synthetic_cifar(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     labels = torch.arange(count) % 10
     labels = labels[torch.randperm(count, generator=generator)]
-    angle = labels * (math.pi / 10) + 0.15 * torch.randn(count, generator=generator)
-    frequency = 0.25 + 0.06 * (labels % 5) + 0.02 * torch.randn(count, generator=generator)
+    # orientation tells classes apart only in pairs, frequency and colour only in halves: the model
+    # must combine the cues, each of them blurred by per-image jitter
+    angle = (labels % 5) * (math.pi / 5) + 0.2 * torch.randn(count, generator=generator)
+    frequency = 0.3 + 0.25 * (labels // 5) + 0.05 * torch.randn(count, generator=generator)
     phase = 2 * math.pi * torch.rand(count, generator=generator)
     ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
     along = xs * torch.cos(angle)[:, None, None] + ys * torch.sin(angle)[:, None, None]
     grating = torch.sin(frequency[:, None, None] * along + phase[:, None, None])  # (N, 32, 32)
-    hue = torch.stack([(labels * 0.37) % 1, (labels * 0.61 + 0.3) % 1, (labels * 0.83 + 0.6) % 1], dim=1)
+    tint = (labels % 2).float()[:, None] + 0.3 * torch.randn(count, 1, generator=generator)
+    hue = torch.cat([tint, 1 - tint, 0.5 * torch.ones_like(tint)], dim=1).clamp(0, 1)
     images = 0.5 + 0.35 * grating[:, None] * (0.4 + hue[:, :, None, None])
-    blobs = torch.rand(count, 1, 4, 4, generator=generator) < 0.15  # occluders the model must look past
+    blobs = torch.rand(count, 1, 4, 4, generator=generator) < 0.2  # occluders the model must look past
     images = torch.where(nn.functional.interpolate(blobs.float(), size=32) > 0, torch.rand(count, 3, 1, 1, generator=generator), images)
-    images = images + 0.08 * torch.randn(images.shape, generator=generator)
+    images = images + 0.15 * torch.randn(images.shape, generator=generator)
     return images.clamp(0, 1), labels
 
 

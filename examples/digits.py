@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> Path:
             *monitors(args.fast),
             most_accurate := ModelCheckpoint(monitor="compass/basic/accuracy", mode="max", filename="accurate-{epoch}"),
             most_robust := ModelCheckpoint(monitor="compass/robustness/pgd/asr", mode="min", filename="robust-{epoch}"),
+            ModelCheckpoint(filename="latest-{epoch}"),  # the end of training, to compare with the two above
         ],
         deterministic=True,
         log_every_n_steps=5,
