@@ -57,10 +57,10 @@ def test_logged_values_equal_the_functions_on_the_probe(tmp_path):
         assert logged[f"compass/neurons/coverage/{criterion}"] == pytest.approx(expected[criterion]["total"].item())
         for layer in LAYERS:
             assert logged[f"compass/neurons/coverage/{criterion}/{layer}"] == pytest.approx(expected[criterion][layer].item())
-    # sensitivity chunk by chunk with the callback's noise stream: the same fractions
-    generator = monitor.generator("sensitivity")
-    chunks = [neuron_sensitivity(task.pixel_model(model), task.to_pixels(c), draws=2, generator=generator) for c in x.split(16)]
-    scores = {layer: torch.cat([c[layer] for c in chunks]).mean(dim=0) for layer in LAYERS}
+    # sensitivity of the whole probe at once with the callback's noise draws: the same fractions
+    normal = torch.randn((len(x), 2, *x.shape[1:]), generator=monitor.generator("sensitivity"))
+    per_input = neuron_sensitivity(task.pixel_model(model), task.to_pixels(x), draws=2, normal=normal)
+    scores = {layer: per_input[layer].mean(dim=0) for layer in LAYERS}
     fractions = sensitive_fraction(scores)
     assert logged["compass/neurons/sensitivity/fraction"] == pytest.approx(fractions["total"].item())
     for layer in LAYERS:

@@ -155,6 +155,11 @@ class Evaluation:
 
         logits = self.per_sample(forward, inputs)
         if clean:
+            bad = int((~torch.isfinite(logits)).any(dim=1).sum())
+            if bad:  # every analysis of such a model would be meaningless: one clear failure instead
+                raise FloatingPointError(
+                    f"the model returned NaN or infinite logits for {bad} of {len(logits)} probe samples"
+                )
             self._clean_logits = logits
         return logits
 
@@ -436,6 +441,9 @@ class CompassCallback(Callback):
             epoch=trainer.current_epoch if in_epoch_end else max(trainer.current_epoch - 1, 0),
         )
         with analysis_mode(pl_module, seed=self.seed), self.isolate("the analysis"):
+            # The clean forward first (kept for the analyses that need it): a model that fails on the
+            # probe or returns non-finite logits is then reported once, not once per analysis.
+            evaluation.logits(self._probe.inputs)
             self.evaluate(trainer, evaluation)
         scalars = to_floats(evaluation.scalars)
         # A tag that failed is logged as NaN rather than left out: ModelCheckpoint treats NaN as the

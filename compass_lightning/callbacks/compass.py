@@ -200,12 +200,11 @@ class Compass(CompassCallback):
 
     def evaluate(self, trainer: pl.Trainer, evaluation: Evaluation) -> None:
         evaluation.share = True
-        with PassCounter(evaluation.model) as passes:
-            evaluation.logits(evaluation.probe.inputs)  # the clean forward every module reuses
+        with PassCounter(evaluation.model) as passes:  # the clean forward (made before) is counted as one pass
             for name in self._running:
                 with self.isolate(f"the {name} module"):
                     self.modules[name].evaluate(trainer, evaluation.subset(self._probe_size_for(name)))
-        evaluation.scalars[PASSES[0]] = float(passes.forward)
+        evaluation.scalars[PASSES[0]] = float(passes.forward + len(evaluation.probe.shard(evaluation.probe.inputs)))
         evaluation.scalars[PASSES[1]] = float(passes.backward)
         for name in self._running:  # the modules' own histories drive their epoch-over-epoch figures
             module = self.modules[name]

@@ -186,14 +186,15 @@ class NeuronAnalysis(CompassCallback):
             self._coverage(trainer, evaluation, layers)
         sizes: dict[str, int] = {}
 
-        def sensitive(inputs: Tensor, generator: torch.Generator = self.generator("sensitivity", evaluation.device)) -> Tensor:
+        def sensitive(inputs: Tensor, normal: Tensor) -> Tensor:
             scores = neuron_sensitivity(pixel_model, task.to_pixels(inputs), sigma=self.sigma, draws=self.draws,
-                                        layers=self.layers, generator=generator)
+                                        layers=self.layers, normal=normal)
             sizes.update({name: s.shape[1] for name, s in scores.items()})
             return _flat(scores)
 
         with self.isolate("neuron sensitivity"):
-            scores = _split(evaluation.per_sample(sensitive, probe.inputs).mean(dim=0).cpu(), sizes)
+            normal = self._normal("sensitivity", self.draws, probe.inputs)
+            scores = _split(evaluation.per_sample(sensitive, probe.inputs, normal).mean(dim=0).cpu(), sizes)
             self._log_fraction(evaluation, "sensitivity", scores)
             top = top_neurons(scores)
             if self._previous_top is not None:
@@ -201,18 +202,24 @@ class NeuronAnalysis(CompassCallback):
             self._previous_top = top
         if self.excitability:
 
-            def excitable(inputs: Tensor, targets: Tensor, generator=self.generator("excitability", evaluation.device)) -> Tensor:  # noqa: ANN001
+            def excitable(inputs: Tensor, targets: Tensor, normal: Tensor) -> Tensor:
                 return _flat(neuron_excitability(pixel_model, task.to_pixels(inputs), targets, sigma=self.sigma,
-                                                 draws=1, layers=self.layers, generator=generator))
+                                                 draws=1, layers=self.layers, normal=normal))
 
             with self.isolate("neuron excitability"):
-                scores = _split(evaluation.per_sample(excitable, probe.inputs, probe.targets).mean(dim=0).cpu(), sizes)
+                normal = self._normal("excitability", 1, probe.inputs)
+                scores = _split(evaluation.per_sample(excitable, probe.inputs, probe.targets, normal).mean(dim=0).cpu(), sizes)
                 self._log_fraction(evaluation, "excitability", scores)
         if self.deviation:
             with self.isolate(f"layer deviation under {self.attack}"):
                 self._deviation(trainer, evaluation, pixel_model)
         if evaluation.want_images:
             self._sensitivity_map(evaluation)
+
+    def _normal(self, key: str, draws: int, inputs: Tensor) -> Tensor:
+        """``(N, draws, ...)`` standard normal draws for the whole probe, made on the CPU from the
+        key's generator: the same numbers whatever the device, ``batch_size`` or number of processes."""
+        return torch.randn((len(inputs), draws, *inputs.shape[1:]), generator=self.generator(key))
 
     def _coverage(self, trainer: pl.Trainer, evaluation: Evaluation, layers: dict) -> None:
         model, probe, task = evaluation.model, evaluation.probe, evaluation.task
@@ -250,15 +257,16 @@ class NeuronAnalysis(CompassCallback):
     def _deviation(self, trainer: pl.Trainer, evaluation: Evaluation, pixel_model: PixelModel) -> None:
         probe, task = evaluation.probe, evaluation.task
         layers = conv_neuron_layers(evaluation.model, self.layers)
-        generator = self.generator(f"deviation/{self.attack}", evaluation.device)
+        generator = self.generator(f"deviation/{self.attack}", evaluation.device)  # for random attacks
+        normal = self._normal(f"deviation/{self.attack}/gaussian", 1, probe.inputs)[:, 0]
         shown = min(self.image_count, len(probe.shard(probe.inputs))) if evaluation.want_images else 0
         kept: dict[str, Any] = {}
 
-        def similarities(inputs: Tensor, targets: Tensor, *made: Tensor) -> Tensor:
+        def similarities(inputs: Tensor, targets: Tensor, z: Tensor, *made: Tensor) -> Tensor:
             x = task.to_pixels(inputs)
             per_layer, extras = deviation_similarities(
                 pixel_model, x, targets, attack=self.attack, eps=self.eps, layers=layers, bounds=task.input_range,
-                generator=generator, x_adv=made[0] if made else None,
+                generator=generator, x_adv=made[0] if made else None, normal=z,
             )
             if shown and not kept:
                 n = len(x)
@@ -269,7 +277,7 @@ class NeuronAnalysis(CompassCallback):
 
         # the robustness analysis of the same evaluation may have made these examples already
         made = evaluation.adversarial.get(evaluation.attack_key(self.attack, self.eps, ATTACKS[self.attack].resolve({})))
-        aligned = (probe.inputs, probe.targets) + ((made,) if made is not None else ())
+        aligned = (probe.inputs, probe.targets, normal) + ((made,) if made is not None else ())
         rows = evaluation.per_sample(similarities, *aligned).cpu()
         pairs = {name: (rows[:, 2 * i], rows[:, 2 * i + 1]) for i, name in enumerate(layers)}
         summary = summarise_deviation(pairs)

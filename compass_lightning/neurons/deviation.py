@@ -72,12 +72,15 @@ def cosine(a: Tensor, b: Tensor) -> Tensor:
     return torch.where(both_zero, torch.ones_like(value), value).float()
 
 
-def matched_gaussian(x: Tensor, x_adv: Tensor, *, bounds: tuple[float, float], generator: torch.Generator | None) -> Tensor:
+def matched_gaussian(
+    x: Tensor, x_adv: Tensor, *, bounds: tuple[float, float], generator: torch.Generator | None, normal: Tensor | None = None
+) -> Tensor:
     """``x`` plus Gaussian noise with each sample's adversarial perturbation mean and standard
-    deviation, clipped to ``bounds``."""
+    deviation, clipped to ``bounds`` (``normal``: the standard normal draws to use, shaped as ``x``)."""
     delta = (x_adv - x).flatten(1)
     mean, std = delta.mean(dim=1), delta.std(dim=1, unbiased=False)
-    noise = draw(torch.randn, tuple(x.shape), generator, x) * std.view(-1, *[1] * (x.ndim - 1)) + mean.view(-1, *[1] * (x.ndim - 1))
+    z = normal.to(x.device, x.dtype) if normal is not None else draw(torch.randn, tuple(x.shape), generator, x)
+    noise = z * std.view(-1, *[1] * (x.ndim - 1)) + mean.view(-1, *[1] * (x.ndim - 1))
     return (x + noise).clamp(*bounds)
 
 
@@ -93,15 +96,17 @@ def deviation_similarities(
     generator: torch.Generator | None = None,
     attack_params: dict[str, Any] | None = None,
     x_adv: Tensor | None = None,
+    normal: Tensor | None = None,
 ) -> tuple[dict[str, tuple[Tensor, Tensor]], dict[str, Tensor]]:
     """Per layer ``(adversarial, gaussian)`` similarities of every input ``(N,)``, and the inputs
     and maps (``x_adv``, ``x_gauss``, predictions, and the maps of each) for pictures. ``x_adv``:
-    adversarial inputs already made by ``attack`` (then the attack is not run again)."""
+    adversarial inputs already made by ``attack`` (then the attack is not run again); ``normal``:
+    the standard normal draws of the Gaussian noise, shaped as ``x``."""
     layers = layers if layers is not None else conv_neuron_layers(model)
     if x_adv is None:
         x_adv = run_attack(attack, model, x, y, eps=eps, bounds=bounds, generator=generator, **(attack_params or {}))
     x_adv = x_adv.detach()
-    x_gauss = matched_gaussian(x, x_adv, bounds=bounds, generator=generator)
+    x_gauss = matched_gaussian(x, x_adv, bounds=bounds, generator=generator, normal=normal)
     batch = torch.cat([x, x_adv, x_gauss])
     with torch.no_grad():
         predicted = model(batch).argmax(dim=1)

@@ -23,7 +23,12 @@ from compass_lightning.neurons._layers import neuron_values, record, select_laye
 from compass_lightning.rng import draw
 
 
-def _noise(x: Tensor, sigma: float, draws: int, generator: torch.Generator | None) -> Tensor:
+def _noise(x: Tensor, sigma: float, draws: int, generator: torch.Generator | None, normal: Tensor | None) -> Tensor:
+    """``(draws, N, ...)`` Gaussian noise of std ``sigma``: from ``normal`` (``(N, draws, ...)``
+    standard normal draws, e.g. made once for a whole probe so that results do not depend on how it
+    is chunked or sharded) or drawn from ``generator``."""
+    if normal is not None:
+        return normal.to(x.device, x.dtype).transpose(0, 1) * sigma
     return draw(torch.randn, (draws, *x.shape), generator, x) * sigma
 
 
@@ -35,9 +40,11 @@ def neuron_sensitivity(
     draws: int = 4,
     layers: Sequence[str] | None = None,
     generator: torch.Generator | None = None,
+    normal: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """``{layer: (N, neurons)}`` sensitivity of every neuron for every input, averaged over the
-    noise draws; all draws go through the model in one forward pass.
+    noise draws; all draws go through the model in one forward pass. ``normal``: the standard
+    normal draws to use, ``(N, draws, ...)``, instead of drawing from ``generator``.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(2, 2))
@@ -48,7 +55,7 @@ def neuron_sensitivity(
         (True, 0.0)
     """
     chosen = select_layers(model, layers)
-    noise = _noise(x, sigma, draws, generator)
+    noise = _noise(x, sigma, draws, generator, normal)
     batch = torch.cat([x, (x.unsqueeze(0) + noise).flatten(0, 1)])
     values, _ = neuron_values(model, batch, chosen)
     norms = noise.flatten(2).norm(dim=2).clamp_min(1e-12)  # (draws, N)
@@ -68,11 +75,13 @@ def neuron_excitability(
     draws: int = 1,
     layers: Sequence[str] | None = None,
     generator: torch.Generator | None = None,
+    normal: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """``{layer: (N, neurons)}`` first-order excitability (see the module docstring), averaged over
-    the noise draws: two forward and two backward passes' worth of work per draw, batched."""
+    the noise draws: two forward and two backward passes' worth of work per draw, batched.
+    ``normal`` as in :func:`neuron_sensitivity`."""
     chosen = select_layers(model, layers)
-    noise = _noise(x, sigma, draws, generator)
+    noise = _noise(x, sigma, draws, generator, normal)
     # the input requires grad so that a graph exists even when every parameter is frozen (the guard)
     batch = torch.cat([x, (x.unsqueeze(0) + noise).flatten(0, 1)]).detach().requires_grad_(True)
     targets = y.repeat(draws + 1)

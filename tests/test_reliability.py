@@ -1,0 +1,308 @@
+"""What the monitors promise, one test (family) per promise, for every callback.
+
+1. Non-interference: training with the Compass is bit-identical to training without it (fp32, bf16-mixed).
+2. State: every flag, buffer, parameter, ``.grad`` and ``requires_grad`` is as before each evaluation.
+3. DDP: see ``test_ddp.py`` (two processes log what one process logs, for every module).
+4. Resume: a run resumed from a checkpoint has the history of an uninterrupted run.
+5. Fault isolation: a failing analysis, NaN logits, a device mismatch, a dict output: training
+   completes, checkpoints are saved, one warning per cause, ``compass/errors`` counts; ``fail_fast`` raises.
+6. Bad input: 30+ invalid configurations raise ``ValueError``/``TypeError`` before training, naming the argument.
+7. Safe loading: histories and checkpoints are read without unpickling.
+"""
+
+import pickle
+import warnings
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from conftest import DigitsClassifier, DigitsDataModule, StateBracket, digits_task, make_trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+
+from compass_lightning import (
+    AttackSuccessRate,
+    AttributionScores,
+    Compass,
+    CompassWarning,
+    MutationMetrics,
+    NeuronAnalysis,
+    PruningAnalysis,
+)
+from compass_lightning.callbacks.base import Evaluation
+from compass_lightning.report import read_history
+
+SMALL_MODULES = {
+    "mutation": {"mutations": ["noise", "contrast"]},
+    "robustness": {"attacks": ["fgsm", "pgd"], "image_count": 2},
+    "interpretability": {"methods": ["saliency", "gradcam"], "steps": 8, "every_n_epochs": 1, "probe_size": 8},
+    "neurons": {"profile_size": 64, "image_count": 2},
+    "pruning": {"methods": ["magnitude", "taylor"], "rates": [0.4], "sweep": [0.2], "joint_rates": [0.4],
+                "attribution_steps": 8, "calibration_size": 32},
+}
+CALLBACKS = {  # each with small settings, so that the whole promise list runs in CI
+    "MutationMetrics": lambda **kw: MutationMetrics(**SMALL_MODULES["mutation"], **{"probe_size": 48, **kw}),
+    "AttackSuccessRate": lambda **kw: AttackSuccessRate(**SMALL_MODULES["robustness"], **{"probe_size": 48, **kw}),
+    "AttributionScores": lambda **kw: AttributionScores(
+        **{k: v for k, v in SMALL_MODULES["interpretability"].items() if k != "probe_size"}, **{"probe_size": 8, **kw}
+    ),
+    "NeuronAnalysis": lambda **kw: NeuronAnalysis(**SMALL_MODULES["neurons"], **{"probe_size": 32, **kw}),
+    "PruningAnalysis": lambda **kw: PruningAnalysis(**SMALL_MODULES["pruning"], **{"probe_size": 32, **kw}),
+    "Compass": lambda **kw: Compass(**SMALL_MODULES, **{"probe_size": 32, **kw}),
+}
+#: Evaluations in a 2-epoch fit: every epoch, pruning at the end, the Compass both.
+EVALUATIONS = {name: 2 for name in CALLBACKS} | {"PruningAnalysis": 1, "Compass": 3}
+
+
+def _monitor(name, **kwargs):
+    return CALLBACKS[name](task=digits_task(), **kwargs)
+
+
+def _fit(tmp_path, callbacks, model=None, epochs=2, **kwargs):
+    pl.seed_everything(0)
+    trainer = make_trainer(tmp_path, callbacks, epochs=epochs, **kwargs)
+    trainer.fit(model or DigitsClassifier(), datamodule=DigitsDataModule())
+    return trainer
+
+
+# -- 1. non-interference -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_training_with_the_compass_is_bit_identical_to_training_without(tmp_path, precision):
+    def train(callbacks):
+        trainer = _fit(tmp_path, callbacks, epochs=3, logger=False, precision=precision)
+        return trainer.lightning_module.state_dict(), trainer.optimizers[0].state_dict()
+
+    weights, optimiser = train([])
+    watched_weights, watched_optimiser = train([_monitor("Compass")])
+    assert weights.keys() == watched_weights.keys()
+    for name, value in weights.items():
+        assert torch.equal(value, watched_weights[name]), name
+    for index, state in optimiser["state"].items():
+        for key, value in state.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(watched_optimiser["state"][index][key])), (index, key)
+
+
+# -- 2. state ------------------------------------------------------------------------------------
+
+
+class AwkwardDigits(DigitsClassifier):
+    """The digits model with Dropout, an in-place ReLU and a frozen submodule (StateBracket adds a
+    BatchNorm left in train mode inside the eval model, pre-populated gradients and a frozen layer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net[2] = nn.ReLU(inplace=True)
+        self.net.insert(4, nn.Dropout(0.3))
+        self.net[3].requires_grad_(False)  # the second convolution, frozen
+
+
+@pytest.mark.parametrize("name", sorted(CALLBACKS))
+def test_every_callback_leaves_the_model_as_found(tmp_path, name):
+    bracket = StateBracket(hooks=("on_validation_epoch_end", "on_train_end"))
+    monitor = _monitor(name)
+    _fit(tmp_path, bracket.around(monitor), model=AwkwardDigits())
+    assert bracket.checked == 4 and monitor.error_count == 0  # sanity check, two validation epochs, end of fit
+
+
+# -- 4. resume -----------------------------------------------------------------------------------
+
+
+def _stages(history):
+    return [(r["epoch"], r["global_step"], r["stage"]) for r in history]
+
+
+@pytest.mark.parametrize("name", sorted(CALLBACKS))
+def test_a_resumed_run_has_the_history_of_an_uninterrupted_run(tmp_path, name):
+    extra = {"every_n_epochs": 1} if name == "PruningAnalysis" else {}
+    whole = _monitor(name, **extra)
+    _fit(tmp_path / "whole", [whole], epochs=4)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    _fit(tmp_path / "first", [_monitor(name, **extra), checkpoint], epochs=2)
+    resumed = _monitor(name, **extra)
+    pl.seed_everything(0)
+    trainer = make_trainer(tmp_path / "second", [resumed], epochs=4)
+    trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert _stages(resumed.history) == _stages(whole.history)
+    assert _stages(read_history(trainer.logger.log_dir)) == _stages(whole.history)  # the file too, once each
+
+
+# -- 5. fault isolation --------------------------------------------------------------------------
+
+
+class NaNDigits(DigitsClassifier):
+    def forward(self, x):
+        return super().forward(x) * float("nan") if not self.training else super().forward(x)
+
+
+class DeviceMismatchDigits(DigitsClassifier):
+    """Puts the batch on another device whenever its weights are frozen, as in the analyses (a model
+    split across devices fails the same way when a probe batch lands on the wrong one)."""
+
+    def forward(self, x):
+        return super().forward(x if self.net[0].weight.requires_grad else x.to("meta"))
+
+
+class DictDigits(DigitsClassifier):
+    def forward(self, x):
+        return {"logits": super().forward(x)}
+
+    def training_step(self, batch, batch_idx):
+        return nn.functional.cross_entropy(self(batch[0])["logits"], batch[1])
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+
+CAUSES = {
+    "injected": (DigitsClassifier, RuntimeError, "injected failure"),
+    "nan_logits": (NaNDigits, FloatingPointError, "NaN or infinite logits"),
+    "device": (DeviceMismatchDigits, (RuntimeError, NotImplementedError), "meta"),
+    "dict_output": (DictDigits, TypeError, "returned a dict with keys"),
+}
+
+
+@pytest.fixture
+def injected(monkeypatch):
+    original = Evaluation.per_sample
+
+    def failing(self, function, *aligned):
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(Evaluation, "per_sample", failing)
+    yield
+    monkeypatch.setattr(Evaluation, "per_sample", original)
+
+
+@pytest.mark.parametrize("cause", sorted(CAUSES))
+@pytest.mark.parametrize("name", sorted(CALLBACKS))
+def test_a_fault_warns_once_counts_and_training_and_checkpoints_go_on(tmp_path, name, cause, request):
+    model_cls, _, message = CAUSES[cause]
+    if cause == "injected":
+        request.getfixturevalue("injected")
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    monitor = _monitor(name)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = _fit(tmp_path, [monitor, checkpoint], model=model_cls(), logger=False)
+    failures = [str(w.message) for w in caught if issubclass(w.category, CompassWarning) and "failed and was skipped" in str(w.message)]
+    assert len(failures) == 1 and message in failures[0], failures
+    assert trainer.current_epoch == 2 and (tmp_path / "ckpt" / "last.ckpt").exists()
+    assert monitor.error_count == EVALUATIONS[name]
+    if name != "PruningAnalysis":  # logged at validation epochs (pruning logs at the end, through loggers)
+        assert trainer.callback_metrics["compass/errors"].item() >= 1
+
+
+@pytest.mark.parametrize("cause", sorted(CAUSES))
+def test_fail_fast_raises_the_original_exception(tmp_path, cause, request):
+    model_cls, error, message = CAUSES[cause]
+    if cause == "injected":
+        request.getfixturevalue("injected")
+    with pytest.raises(error, match=message):
+        _fit(tmp_path, [_monitor("Compass", fail_fast=True)], model=model_cls(), logger=False)
+
+
+# -- 6. bad input --------------------------------------------------------------------------------
+
+BAD = [
+    (MutationMetrics, {"mutations": ["noise", "snow"]}, ValueError, "mutations: unknown mutation 'snow'; choose from"),
+    (MutationMetrics, {"mutations": []}, ValueError, "mutations must name at least one"),
+    (MutationMetrics, {"mutations": "noise"}, TypeError, "mutations must be a list of names"),
+    (MutationMetrics, {"mutations": {"noise": {"sigma": -1}}}, ValueError, "noise.sigma must be"),
+    (MutationMetrics, {"every_n_epochs": 0}, ValueError, "every_n_epochs must be an integer >= 1"),
+    (MutationMetrics, {"probe_size": 0}, ValueError, "probe_size must be an integer >= 1"),
+    (MutationMetrics, {"batch_size": 2.5}, TypeError, "batch_size must be an integer"),
+    (MutationMetrics, {"seed": -1}, ValueError, "seed must be an integer >= 0"),
+    (MutationMetrics, {"task": "classification"}, TypeError, "task must be a compass_lightning.task.Classification"),
+    (MutationMetrics, {"fail_fast": "no"}, TypeError, "fail_fast must be True or False"),
+    (MutationMetrics, {"probe_data": [1, 2, 3]}, TypeError, "probe_data must be a Dataset or a pair"),
+    (AttackSuccessRate, {"attacks": ["fgsm", "jsma"]}, ValueError, "attacks: unknown attack 'jsma'; choose from"),
+    (AttackSuccessRate, {"eps": -0.1}, ValueError, "eps must be a number"),
+    (AttackSuccessRate, {"eps": []}, ValueError, "eps must be a number or a non-empty list"),
+    (AttackSuccessRate, {"attacks": {"pgd": {"steps": 0}}}, ValueError, "pgd.steps must be an integer >= 1"),
+    (AttackSuccessRate, {"transfer_from": ["resnet"]}, ValueError, "transfer_from: .* is neither an nn.Module nor 'snapshot'"),
+    (AttackSuccessRate, {"snapshot_every": 0}, ValueError, "snapshot_every must be an integer >= 1"),
+    (AttributionScores, {"methods": ["lime"]}, ValueError, "methods: unknown attribution method 'lime'; choose from"),
+    (AttributionScores, {"steps": 1}, ValueError, "steps must be an integer >= 2"),
+    (AttributionScores, {"baseline": "grey"}, ValueError, "baseline must be one of zeros, blur"),
+    (NeuronAnalysis, {"threshold": 1.5}, ValueError, r"threshold must be a number in \[0.0, 1.0\]"),
+    (NeuronAnalysis, {"sections": 0}, ValueError, "sections must be an integer >= 1"),
+    (NeuronAnalysis, {"top_k": 0}, ValueError, "top_k must be an integer >= 1"),
+    (NeuronAnalysis, {"criteria": ["nc", "dsc"]}, ValueError, "criteria: unknown criterion 'dsc'; choose from"),
+    (NeuronAnalysis, {"sigma": 0}, ValueError, "sigma must be a number"),
+    (NeuronAnalysis, {"layers": "net.0"}, TypeError, "layers must be None or a non-empty list"),
+    (PruningAnalysis, {"rates": [1.0]}, ValueError, r"rates must be a number in \[0.0, 1.0\)"),
+    (PruningAnalysis, {"methods": ["snip"]}, ValueError, "methods: unknown importance 'snip'; choose from"),
+    (PruningAnalysis, {"tolerance": -0.01}, ValueError, "tolerance must be a number"),
+    (PruningAnalysis, {"calibration_size": 0}, ValueError, "calibration_size must be an integer >= 1"),
+    (PruningAnalysis, {"sweep": 0.5}, TypeError, "sweep must be a list of rates"),
+    (Compass, {"robustness": {"attacks": ["nope"]}}, ValueError, "robustness: attacks: unknown attack 'nope'"),
+    (Compass, {"neurons": {"seed": 3}}, ValueError, r"neurons: seed is shared by every module; set Compass\(seed=...\)"),
+    (Compass, {"pruning": "yes"}, TypeError, "pruning must be True, False or a mapping"),
+    (Compass, {"radar": 1}, TypeError, "radar must be True or False"),
+]
+
+
+def test_the_bad_input_table_is_long_enough():
+    assert len(BAD) >= 30 and {cls for cls, *_ in BAD} == {type(_monitor(n)) for n in CALLBACKS}
+
+
+@pytest.mark.parametrize(("cls", "kwargs", "error", "message"), BAD, ids=[f"{c.__name__}-{sorted(k)[0]}-{i}" for i, (c, k, *_) in enumerate(BAD)])
+def test_bad_configuration_raises_at_construction_naming_the_argument(cls, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        cls(**kwargs)
+
+
+class NoValidationStep(DigitsClassifier):
+    validation_step = pl.LightningModule.validation_step
+
+
+@pytest.mark.parametrize("name", sorted(CALLBACKS))
+@pytest.mark.parametrize(("problem", "message"), [
+    ("probe_larger_than_data", "is larger than"),
+    ("no_validation_step", "has no validation_step"),
+    ("unknown_layer", "has no layer 'head'"),
+])
+def test_data_and_model_problems_raise_before_the_first_training_step(tmp_path, name, problem, message):
+    if problem == "unknown_layer":
+        layered = {"NeuronAnalysis": NeuronAnalysis(layers=["head"]),
+                   "AttributionScores": AttributionScores(methods={"gradcam": {"layer": "head"}}),
+                   "Compass": Compass(neurons={"layers": ["head"]})}
+        if name not in layered:
+            pytest.skip("this callback takes no layer names")
+        monitor = layered[name]
+    else:
+        monitor = _monitor(name, probe_size=100_000) if problem == "probe_larger_than_data" else _monitor(name)
+    model = NoValidationStep() if problem == "no_validation_step" else DigitsClassifier()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=message):
+        make_trainer(tmp_path, [monitor], logger=False).fit(model, datamodule=DigitsDataModule())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # not one training step
+
+
+# -- 7. safe loading -----------------------------------------------------------------------------
+
+
+class Payload:
+    ran = False
+
+    def __reduce__(self):
+        return (setattr, (Payload, "ran", True))
+
+
+def test_a_history_file_holding_a_pickle_is_refused_without_running_it(tmp_path):
+    (tmp_path / "compass_history.jsonl").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(ValueError):
+        read_history(tmp_path)
+    assert Payload.ran is False
+
+
+def test_a_crafted_checkpoint_is_refused_without_running_it(tmp_path):
+    from compass_lightning.checkpoints import compare_checkpoints
+
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": Payload()}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        compare_checkpoints(DigitsClassifier, [path], datamodule=DigitsDataModule(), compass=Compass(pruning=False))
+    assert Payload.ran is False
