@@ -1,6 +1,7 @@
-"""Helper for test_ddp.py: validate the digits model with MutationMetrics on 1 or 2 CPU processes.
+"""Helper for test_ddp.py: validate the digits model with MutationMetrics or the Compass (every module,
+deterministic settings) on 1 or 2 CPU processes.
 
-    python tests/ddp_run.py DEVICES LOGDIR
+    python tests/ddp_run.py DEVICES LOGDIR [mutation|compass]
 """
 
 import logging
@@ -16,18 +17,33 @@ from digits import DigitsClassifier, DigitsDataModule, digits_task  # noqa: E402
 
 import compass_lightning as cl  # noqa: E402
 
+
 if __name__ == "__main__":
     devices, logdir = int(sys.argv[1]), sys.argv[2]
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    which = sys.argv[3] if len(sys.argv) > 3 else "mutation"
     pl.seed_everything(0)
     model = DigitsClassifier()
+    if which == "mutation":
+        monitor = cl.MutationMetrics(task=digits_task(), probe_size=101, batch_size=16)  # 101: uneven shards
+    else:  # every module, with its attacks and attributions deterministic so that runs compare exactly
+        monitor = cl.Compass(
+            task=digits_task(), probe_size=61, batch_size=16,
+            robustness={"attacks": ["fgsm", "ifgsm"], "image_count": 2},
+            interpretability={"methods": ["saliency", "integrated_gradients"], "random_baseline": False, "steps": 8,
+                              "probe_size": 24, "image_count": 2},
+            neurons={"profile_size": 64, "image_count": 2},
+            pruning={"methods": ["magnitude", "taylor"], "rates": [0.4], "sweep": [0.2], "joint_rates": [0.4],
+                     "attacks": ["fgsm"], "attribution_methods": ["saliency"], "calibration_size": 48},
+        )
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=devices,
-        strategy="ddp_spawn" if devices > 1 else "auto",
+        # the Compass logs hundreds of scalars, which ddp_spawn cannot send back (see test_ddp.py)
+        strategy=("ddp" if which == "compass" else "ddp_spawn") if devices > 1 else "auto",
         logger=pl.loggers.CSVLogger(logdir, name="run"),
-        callbacks=[cl.MutationMetrics(task=digits_task(), probe_size=101, batch_size=16)],  # 101: uneven shards
+        callbacks=[monitor],
         enable_progress_bar=False,
         enable_model_summary=False,
     )

@@ -11,9 +11,9 @@ from compass_lightning.report import read_history
 HELPER = Path(__file__).with_name("ddp_run.py")
 
 
-def _validate(devices: int, logdir: Path) -> list[dict]:
+def _validate(devices: int, logdir: Path, which: str = "mutation") -> list[dict]:
     result = subprocess.run(
-        [sys.executable, str(HELPER), str(devices), str(logdir)], capture_output=True, text=True, timeout=240
+        [sys.executable, str(HELPER), str(devices), str(logdir), which], capture_output=True, text=True, timeout=240
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return read_history(logdir / "run" / "version_0")
@@ -30,3 +30,39 @@ def test_two_processes_log_what_one_process_logs_and_write_files_once(tmp_path):
         "run/version_0/compass_images/compass/basic/confusion_matrix/step_0000000.png",
         "run/version_0/compass_images/compass/mutation/examples/step_0000000.png",
     ]
+
+
+def test_every_module_under_two_processes_logs_what_one_process_logs(tmp_path):
+    (single,) = _validate(1, tmp_path / "single", "compass")
+    (ddp,) = _validate(2, tmp_path / "ddp", "compass")
+    assert single["metrics"].keys() == ddp["metrics"].keys()
+    modules = {tag.split("/")[1] for tag in single["metrics"]}
+    assert {"basic", "mutation", "robustness", "interpretability", "neurons", "pruning", "score"} <= modules
+    for tag, value in single["metrics"].items():
+        if tag.startswith("compass/passes/"):
+            continue  # each process counts its own passes
+        assert ddp["metrics"][tag] == pytest.approx(value, abs=1e-6, nan_ok=True), tag
+    for name in ("pruning_report.csv", "compass_history.jsonl"):
+        assert len(list((tmp_path / "ddp").rglob(name))) == 1, name
+    reports = [(p / "pruning_report.csv").read_text().splitlines() for p in (tmp_path / "single" / "run" / "version_0", tmp_path / "ddp" / "run" / "version_0")]
+    assert reports[0] == reports[1] and len(reports[0]) == 1 + 1 + 2 * 2  # header, unpruned, 2 methods x (0.2, 0.4)
+    single_images = sorted(p.relative_to(tmp_path / "single").as_posix() for p in (tmp_path / "single").rglob("*.png"))
+    ddp_images = sorted(p.relative_to(tmp_path / "ddp").as_posix() for p in (tmp_path / "ddp").rglob("*.png"))
+    assert ddp_images == single_images and ddp_images
+
+
+def test_ddp_spawn_with_hundreds_of_scalars_is_warned_about_before_training(tmp_path):
+    import lightning.pytorch as pl
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from digits import DigitsClassifier, digits_task
+
+    from compass_lightning import Compass, CompassWarning
+    from compass_lightning.callbacks import base
+
+    trainer = pl.Trainer(strategy="ddp_spawn", devices=2, accelerator="cpu", callbacks=[Compass(task=digits_task())],
+                         logger=False, default_root_dir=tmp_path)
+    trainer.callbacks[0].check_model(DigitsClassifier())
+    base._spawn_warned = False
+    with pytest.warns(CompassWarning, match=r"log \d+ scalars, and strategy='ddp_spawn' .* Use strategy='ddp'"):
+        base._warn_about_spawn(trainer)

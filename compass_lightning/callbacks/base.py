@@ -32,6 +32,29 @@ ERRORS_TAG = "compass/errors"
 ProbeData = Union[Dataset, tuple[Tensor, Tensor]]
 
 
+#: Scalars beyond which ``ddp_spawn`` cannot hand ``callback_metrics`` back (about 64 KB pickled).
+SPAWN_SAFE_SCALARS = 200
+_spawn_warned = False
+
+
+def _warn_about_spawn(trainer: pl.Trainer) -> None:
+    """Warn once when ``ddp_spawn`` would hang on the number of scalars the compass monitors log."""
+    global _spawn_warned
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if _spawn_warned or type(launcher).__name__ != "_MultiProcessingLauncher" or not trainer.is_global_zero:
+        return
+    tags = {t for cb in trainer.callbacks if isinstance(cb, CompassCallback) for t in cb.expected_tags()}
+    if len(tags) > SPAWN_SAFE_SCALARS:
+        _spawn_warned = True
+        warnings.warn(
+            f"compass_lightning: the compass monitors log {len(tags)} scalars, and strategy='ddp_spawn' sends "
+            "every logged metric back to the main process through a pipe that Lightning reads only after the "
+            "workers exit: above about 64 KB the run hangs when it ends. Use strategy='ddp' (or fewer modules).",
+            CompassWarning,
+            stacklevel=2,
+        )
+
+
 def _any_rank(strategy: Any, flag: bool, device: torch.device) -> bool:
     """Whether ``flag`` is set on any process (a collective: every process must call it)."""
     return bool(strategy.reduce(torch.tensor(float(flag), device=device), reduce_op="sum") > 0)
@@ -366,6 +389,7 @@ class CompassCallback(Callback):
             )
         self.check_model(pl_module)
         self._check_watchers(trainer)
+        _warn_about_spawn(trainer)
         self._probe = self._build_probe(trainer)
 
     def _check_watchers(self, trainer: pl.Trainer) -> None:

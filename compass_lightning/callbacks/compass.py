@@ -131,7 +131,8 @@ class Compass(CompassCallback):
         return {**super()._state_key_fields(), "modules": sorted(self.modules)}
 
     def expected_tags(self) -> list[str]:
-        return [tag for name in self._running for tag in self.modules[name].expected_tags()]
+        """The tags of the modules of the current evaluation (of every module outside one)."""
+        return [tag for name in (self._running or self.modules) for tag in self.modules[name].expected_tags()]
 
     def check_model(self, pl_module: pl.LightningModule) -> None:
         for name, module in self.modules.items():
