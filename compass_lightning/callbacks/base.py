@@ -276,6 +276,10 @@ class CompassCallback(Callback):
         """Raise a ``ValueError`` at fit start if the settings do not fit the model (e.g. a layer
         name it does not have)."""
 
+    def prepare(self, trainer: pl.Trainer) -> None:
+        """Fit-start work that needs the trainer, such as sampling training data, so that bad sizes
+        fail before the first training step."""
+
     def expected_tags(self) -> list[str]:
         """The scalar tags a successful evaluation logs (a failed one logs them as NaN)."""
         return []
@@ -391,6 +395,7 @@ class CompassCallback(Callback):
         self._check_watchers(trainer)
         _warn_about_spawn(trainer)
         self._probe = self._build_probe(trainer)
+        self.prepare(trainer)
 
     def _check_watchers(self, trainer: pl.Trainer) -> None:
         """Fail now if a checkpoint or early-stopping callback would look for our tags on epochs

@@ -156,11 +156,9 @@ class Compass(CompassCallback):
         for module in self.modules.values():
             module._reporter = self._reporter  # the modules write their files through the Compass
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_fit_start(trainer, pl_module)
-        pruning = self.modules.get("pruning")
-        if isinstance(pruning, PruningAnalysis):
-            pruning._calibration = pruning._build_calibration(trainer)
+    def prepare(self, trainer: pl.Trainer) -> None:
+        for module in self.modules.values():
+            module.prepare(trainer)
 
     def _scheduled(self, trainer: pl.Trainer, *, end_of_fit: bool = False) -> list[str]:
         if trainer.state.fn != "fit":

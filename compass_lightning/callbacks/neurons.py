@@ -22,6 +22,7 @@ from compass_lightning.neurons import (
     neuron_excitability,
     neuron_sensitivity,
     neuron_values,
+    profile_ranges,
     select_layers,
     sensitive_fraction,
     summarise_deviation,
@@ -227,14 +228,8 @@ class NeuronAnalysis(CompassCallback):
         ranges = None
         needs_ranges = {"kmnc", "nbc", "snac"} & set(self.criteria)
         if needs_ranges:  # every process profiles all samples: the same ranges everywhere
-            low: dict[str, Tensor] = {}
-            high: dict[str, Tensor] = {}
-            for chunk in ProbeSet.chunks(profile.inputs, self.batch_size, evaluation.device):
-                values, _ = neuron_values(lambda x: task.logits(model, x), chunk, layers)
-                for name, v in values.items():
-                    low[name] = torch.minimum(low[name], v.amin(0)) if name in low else v.amin(0)
-                    high[name] = torch.maximum(high[name], v.amax(0)) if name in high else v.amax(0)
-            ranges = {name: (low[name], high[name]) for name in layers}
+            chunks = ProbeSet.chunks(profile.inputs, self.batch_size, evaluation.device)
+            ranges = profile_ranges(model, chunks, layers=self.layers)
         sizes: dict[str, int] = {}
 
         def values(inputs: Tensor) -> Tensor:

@@ -171,8 +171,7 @@ class PruningAnalysis(CompassCallback):
 
     # -- calibration data ----------------------------------------------------------------------
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_fit_start(trainer, pl_module)
+    def prepare(self, trainer: pl.Trainer) -> None:
         self._calibration = self._build_calibration(trainer)  # bad sizes fail before training starts
 
     def _build_calibration(self, trainer: pl.Trainer) -> ProbeSet:
