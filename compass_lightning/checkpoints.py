@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -70,6 +71,24 @@ def compare_checkpoints(
     compass = compass if compass is not None else Compass()
     options = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False,
                "enable_checkpointing": False, "accelerator": "auto", "devices": 1, **(trainer_kwargs or {})}
+    # Without a logger the monitors write their history and pruning report into the trainer's root
+    # directory, which Lightning defaults to the working directory: keep such files out of it.
+    with tempfile.TemporaryDirectory(prefix="compass-compare-") as scratch:
+        options.setdefault("default_root_dir", scratch)
+        metrics = _validate_each(model_cls, ckpt_paths, datamodule, compass, options)
+    axes = {label: axis_values(values) for label, values in metrics.items()}
+    scores = radar_scores(axes)
+    return CheckpointComparison(metrics, axes, scores, radar_chart(scores, title="checkpoints: best = 5 per axis"))
+
+
+def _validate_each(
+    model_cls: type[pl.LightningModule],
+    ckpt_paths: Sequence[str | Path],
+    datamodule: pl.LightningDataModule,
+    compass: Compass,
+    options: Mapping[str, Any],
+) -> dict[str, dict[str, float]]:
+    """Every compass scalar of each checkpoint, from one ``trainer.validate`` per checkpoint."""
     metrics: dict[str, dict[str, float]] = {}
     for path in ckpt_paths:
         model = model_cls.load_from_checkpoint(path, weights_only=True, map_location="cpu")
@@ -81,6 +100,4 @@ def compare_checkpoints(
             warnings.filterwarnings("ignore", message=".*has no logger.*", category=CompassWarning)
             (results,) = pl.Trainer(callbacks=[monitor], **options).validate(model, datamodule=datamodule, verbose=False)
         metrics[label] = {k: float(v) for k, v in results.items() if k.startswith("compass/")}
-    axes = {label: axis_values(values) for label, values in metrics.items()}
-    scores = radar_scores(axes)
-    return CheckpointComparison(metrics, axes, scores, radar_chart(scores, title="checkpoints: best = 5 per axis"))
+    return metrics

@@ -160,8 +160,9 @@ def test_compare_command_puts_runs_side_by_side(compass_run, tmp_path, capsys):
     assert "compass compare: 2 runs" in capsys.readouterr().out
 
 
-def test_compare_checkpoints_scores_two_checkpoints(compass_run):
+def test_compare_checkpoints_scores_two_checkpoints(compass_run, tmp_path, monkeypatch):
     _, _, _, root = compass_run
+    monkeypatch.chdir(tmp_path)  # without a logger, nothing may land in the working directory
     paths = [root / "ckpt" / "epoch=0.ckpt", root / "ckpt" / "epoch=3.ckpt"]
     small = Compass(task=digits_task(), probe_size=48, interpretability=False,
                     **{k: v for k, v in SMALL.items() if k not in ("interpretability",)})
@@ -171,6 +172,7 @@ def test_compare_checkpoints_scores_two_checkpoints(compass_run):
     assert result.scores["epoch=3.ckpt"]["accuracy"] == 5.0 and result.radar.shape[0] == 3
     assert all(math.isfinite(result.axes[k]["pruning"]) for k in result.axes)
     assert "| epoch=3.ckpt |" in result.table()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_compare_checkpoints_refuses_a_crafted_pickle(tmp_path):

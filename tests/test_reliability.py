@@ -258,20 +258,23 @@ class NoValidationStep(DigitsClassifier):
     validation_step = pl.LightningModule.validation_step
 
 
-@pytest.mark.parametrize("name", sorted(CALLBACKS))
-@pytest.mark.parametrize(("problem", "message"), [
-    ("probe_larger_than_data", "is larger than"),
-    ("no_validation_step", "has no validation_step"),
-    ("unknown_layer", "has no layer 'head'"),
-])
+# The callbacks that take layer names, each naming one the model lacks.
+UNKNOWN_LAYER = {
+    "NeuronAnalysis": lambda: NeuronAnalysis(layers=["head"]),
+    "AttributionScores": lambda: AttributionScores(methods={"gradcam": {"layer": "head"}}),
+    "Compass": lambda: Compass(neurons={"layers": ["head"]}),
+}
+PROBLEMS = [
+    *[(name, "probe_larger_than_data", "is larger than") for name in sorted(CALLBACKS)],
+    *[(name, "no_validation_step", "has no validation_step") for name in sorted(CALLBACKS)],
+    *[(name, "unknown_layer", "has no layer 'head'") for name in sorted(UNKNOWN_LAYER)],
+]
+
+
+@pytest.mark.parametrize(("name", "problem", "message"), PROBLEMS)
 def test_data_and_model_problems_raise_before_the_first_training_step(tmp_path, name, problem, message):
     if problem == "unknown_layer":
-        layered = {"NeuronAnalysis": NeuronAnalysis(layers=["head"]),
-                   "AttributionScores": AttributionScores(methods={"gradcam": {"layer": "head"}}),
-                   "Compass": Compass(neurons={"layers": ["head"]})}
-        if name not in layered:
-            pytest.skip("this callback takes no layer names")
-        monitor = layered[name]
+        monitor = UNKNOWN_LAYER[name]()
     else:
         monitor = _monitor(name, probe_size=100_000) if problem == "probe_larger_than_data" else _monitor(name)
     model = NoValidationStep() if problem == "no_validation_step" else DigitsClassifier()
