@@ -1,4 +1,4 @@
-"""Our attacks against torchattacks on the same model and batch, and against the pass-count floor.
+"""Our attacks against torchattacks (and PGD against ART) on the same model and batch, and against the pass floor.
 
     python benchmarks/attacks.py                  # CPU, 7 interleaved repeats
     python benchmarks/attacks.py --repeats 3 --device cuda
@@ -7,23 +7,27 @@ For every attack torchattacks also has, one run measures, interleaved after a wa
 (inside the guard, as the callback runs it), torchattacks' attack (as its users run it) and one
 forward+backward of the same batch with respect to the input. It prints the median ratio ours /
 torchattacks with its range, and ours / floor, where the floor is the attack's number of
-forward+backward passes times the measured single pass. Targets: ours / torchattacks <= 1.0 and
-ours / floor <= 1.10.
+forward+backward passes times the measured single pass; PGD is also timed against ART's
+``ProjectedGradientDescentPyTorch`` with the same settings. Targets: ours / torchattacks <= 1.0,
+ours / ART's PGD <= 0.6 and ours / pass floor <= 1.10.
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import torch
 import torchattacks
 from torch import nn
 
-from compass_lightning.attacks import run_attack
-from compass_lightning.guard import analysis_mode
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Row, arguments, machine, model_for_benchmark, ratios_of, seconds_of, table  # noqa: E402
+
+from compass_lightning.attacks import run_attack  # noqa: E402
+from compass_lightning.guard import analysis_mode  # noqa: E402
 
 EPS = 8 / 255
 
@@ -42,39 +46,27 @@ CASES: dict[str, tuple[dict, Callable[[nn.Module], torchattacks.Attack], int | N
 }
 
 
-def model_for_benchmark(width: int = 32, channels: int = 3) -> nn.Module:
-    """A small CIFAR-shaped CNN (``channels``x32x32 inputs, 10 classes), with BatchNorm, in eval mode."""
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-        nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(4 * width, 4 * width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(), nn.Linear(4 * width, 10),
-    ).eval()
+def art_pgd(model: nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], np.ndarray]:
+    """ART's PGD with torchattacks' settings (eps 8/255, step 2/255, 10 steps, one random start), on numpy
+    arrays as ART's users call it."""
+    from art.attacks.evasion import ProjectedGradientDescentPyTorch
+    from art.estimators.classification import PyTorchClassifier
+
+    classifier = PyTorchClassifier(
+        model, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]), nb_classes=10, clip_values=(0.0, 1.0),
+        device_type="gpu" if x.device.type == "cuda" else "cpu",
+    )
+    attack = ProjectedGradientDescentPyTorch(
+        classifier, norm=np.inf, eps=EPS, eps_step=2 / 255, max_iter=10, num_random_init=1, batch_size=len(x), verbose=False,
+    )
+    return lambda inputs, targets: attack.generate(inputs.cpu().numpy(), targets.cpu().numpy())
 
 
-def timed(function: Callable[[], object], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    function()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - started
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--only", nargs="*", default=None, help="attack names to run")
-    args = parser.parse_args(argv)
-    device = torch.device(args.device)
+def rows(device: torch.device, repeats: int, *, quick: bool = False, batch: int = 64, only: list[str] | None = None) -> list[Row]:
+    """Every shared attack against torchattacks and the pass floor, and PGD against ART."""
     model = model_for_benchmark().to(device)
     generator = torch.Generator(device=device).manual_seed(0)
-    x = torch.rand(args.batch, 3, 32, 32, generator=generator, device=device)
+    x = torch.rand(batch, 3, 32, 32, generator=generator, device=device)
     y = model(x).argmax(1).detach()
 
     def one_pass() -> None:
@@ -82,12 +74,9 @@ def main(argv: list[str] | None = None) -> None:
             inputs = x.clone().requires_grad_(True)
             torch.autograd.grad(nn.functional.cross_entropy(model(inputs), y), inputs)
 
-    print(f"device: {device}, batch {args.batch} x 3x32x32, CPU threads {torch.get_num_threads()}, "
-          f"{args.repeats} interleaved repeats, torch {torch.__version__}, torchattacks {torchattacks.__version__}\n")
-    print("| attack | ours (ms) | torchattacks (ms) | ours / torchattacks, median (min-max) | passes | ours / pass floor |")
-    print("|---|---|---|---|---|---|")
+    result = []
     for name, (params, reference, passes) in CASES.items():
-        if args.only and name not in args.only:
+        if only and name not in only:
             continue
         eps = 1.0 if name == "pgd_l2" else (float("inf") if name in ("cw", "deepfool") else EPS)
         attack = reference(model)
@@ -96,25 +85,34 @@ def main(argv: list[str] | None = None) -> None:
             with analysis_mode(model):
                 run_attack(name, model, x, y, eps=eps, generator=generator, **params)
 
-        def theirs() -> None:
-            attack(x, y)
+        cases = {"ours": ours, "torchattacks": lambda: attack(x, y), "pass": one_pass}
+        if name == "deepfool" and quick:  # torchattacks builds a Jacobian per sample in Python: minutes a run on a CPU
+            del cases["torchattacks"]
+        if name == "pgd":
+            cases["art"] = lambda generate=art_pgd(model, x): generate(x, y)
+        times = seconds_of(cases, min(repeats, 2) if name == "deepfool" else repeats, device)
+        if "torchattacks" in times:
+            result.append(Row("attacks", f"{name}: ours / torchattacks", ratios_of(times, "ours", "torchattacks"), 1.0))
+        else:
+            result.append(Row("attacks", f"{name}: ours / torchattacks", [float("nan")], note="(not timed: torchattacks "
+                              "loops over samples in Python, minutes per run; run without --quick)"))
+        if "art" in times:
+            result.append(Row("attacks", "pgd: ours / ART's ProjectedGradientDescentPyTorch", ratios_of(times, "ours", "art"), 0.6))
+        if passes:
+            result.append(Row("attacks", f"{name}: ours / {passes} forward+backward passes (floor)",
+                              ratios_of(times, "ours", "pass", passes), 1.10))
+    return result
 
-        for function in (ours, one_pass) if name == "deepfool" else (ours, theirs, one_pass):  # warm-up
-            function()
-        times: dict[str, list[float]] = {"ours": [], "theirs": [], "pass": []}
-        # torchattacks' DeepFool builds a Jacobian per sample in Python: minutes per run on a CPU
-        for _ in range(min(args.repeats, 2) if name == "deepfool" else args.repeats):
-            times["ours"].append(timed(ours, device))
-            times["theirs"].append(timed(theirs, device))
-            times["pass"].append(timed(one_pass, device))
-        ratios = [o / t for o, t in zip(times["ours"], times["theirs"])]
-        floor = f"{statistics.median(o / (passes * p) for o, p in zip(times['ours'], times['pass'])):.2f}" if passes else "n/a"
-        print(
-            f"| {name} | {1000 * statistics.median(times['ours']):.1f} | {1000 * statistics.median(times['theirs']):.1f} | "
-            f"**{statistics.median(ratios):.2f}** ({min(ratios):.2f}-{max(ratios):.2f}) | {passes or 'varies'} | {floor} |",
-            flush=True,
-        )
-    print("\ntargets: ours / torchattacks <= 1.0; ours / pass floor <= 1.10")
+
+def main(argv: list[str] | None = None) -> None:
+    parser = arguments(__doc__, repeats=7)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--only", nargs="*", default=None, help="attack names to run")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    print(f"{machine(device)}; batch {args.batch} x 3x32x32, {args.repeats} interleaved repeats, "
+          f"torchattacks {torchattacks.__version__}\n")
+    print(table(rows(device, 3 if args.quick else args.repeats, quick=args.quick, batch=args.batch, only=args.only)))
 
 
 if __name__ == "__main__":

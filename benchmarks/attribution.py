@@ -1,4 +1,5 @@
-"""Integrated gradients against Captum, and insertion/deletion against Quantus and its forward floor.
+"""Integrated gradients against Captum, insertion/deletion against Quantus and its forward floor, and
+every gradient attribution method against its pass floor.
 
     python benchmarks/attribution.py              # CPU, 5 interleaved repeats
     python benchmarks/attribution.py --device cuda
@@ -11,15 +12,17 @@ steps over H*W features but perturbs channels separately, so only one channel gi
 * deletion: Quantus' ``PixelFlipping`` (32 steps of 32 pixels, softmax probability), after checking
   that our deletion curve has the same values, against our ``insertion_deletion`` (which computes
   both curves: twice Quantus' work, so one curve is half of it), and both against the floor: one
-  forward pass of every masked image, in forwards of the size ours uses.
+  forward pass of every masked image;
+* saliency, input x gradient, integrated gradients, SmoothGrad and Grad-CAM as the callback runs
+  them, against their pass floor: their number of forward+backward passes times one measured
+  forward+backward of the batch.
 
-Targets: IG <= 1.0x Captum; insertion/deletion >= 2x faster than Quantus and <= 1.10x its floor.
+Targets: IG <= 1.0x Captum; insertion/deletion >= 2x faster than Quantus and <= 1.10x its floor;
+every gradient method <= 1.10x its pass floor.
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
 import warnings
 from pathlib import Path
@@ -29,31 +32,34 @@ import torch
 from captum.attr import IntegratedGradients
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attacks import model_for_benchmark, timed  # noqa: E402
+from common import Row, arguments, machine, model_for_benchmark, ratios_of, seconds_of, table  # noqa: E402
 
 from compass_lightning.attribution import attribute, insertion_deletion  # noqa: E402
 from compass_lightning.guard import analysis_mode  # noqa: E402
 
 STEPS = 32
+# method: (its parameters as the callback runs it at its default batch_size, forward+backward passes per sample)
+GRADIENT_METHODS = {
+    "saliency": ({}, 1),
+    "input_x_gradient": ({}, 1),
+    "integrated_gradients": ({"steps": STEPS, "internal_batch_size": 128}, STEPS),
+    "smoothgrad": ({"samples": 25, "internal_batch_size": 128}, 25),
+    "gradcam": ({}, 1),
+}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args(argv)
+def rows(device: torch.device, repeats: int, *, batch: int = 32) -> list[Row]:
+    """IG against Captum, insertion/deletion against Quantus and its floor, methods against their pass floor."""
     warnings.filterwarnings("ignore")
     import quantus
 
-    device = torch.device(args.device)
     model = model_for_benchmark(channels=1).to(device)
     generator = torch.Generator(device=device).manual_seed(0)
-    x = torch.rand(args.batch, 1, 32, 32, generator=generator, device=device)
+    x = torch.rand(batch, 1, 32, 32, generator=generator, device=device)
     x[:, :, 0, 0] = 0.0  # Quantus' "black" is each image's minimum: make it 0, our black
     with torch.no_grad():
         target = model(x).argmax(1)
-    attributions = torch.rand(args.batch, 1, 32, 32, generator=generator, device=device)
+    attributions = torch.rand(batch, 1, 32, 32, generator=generator, device=device)
 
     # -- equal values first ------------------------------------------------------------------
     pixel_flipping = quantus.PixelFlipping(features_in_step=32, perturb_baseline="black", disable_warnings=True)
@@ -61,71 +67,77 @@ def main(argv: list[str] | None = None) -> None:
     def theirs() -> list:
         return pixel_flipping(
             model=model, x_batch=x.cpu().numpy(), y_batch=target.cpu().numpy(), a_batch=attributions.cpu().numpy(),
-            device=str(device), softmax=True, batch_size=args.batch,
+            device=str(device), softmax=True, batch_size=batch,
         )
 
     with analysis_mode(model):
         _, _, curves = insertion_deletion(model, x, attributions, target=target, steps=STEPS + 1)
-    reference = np.asarray(theirs())
-    difference = np.abs(curves["deletion"][:, 1:].cpu().numpy() - reference).max()
-    print(f"deletion curves, ours vs Quantus PixelFlipping: max |difference| = {difference:.2e}")
+    difference = np.abs(curves["deletion"][:, 1:].cpu().numpy() - np.asarray(theirs())).max()
     if difference > 1e-5:
-        raise SystemExit("the deletion curves differ: the timing comparison would not be on the same work")
+        raise SystemExit(f"the deletion curves differ from Quantus' by {difference:.2e}: the timing would not compare equal work")
 
     # -- timings -------------------------------------------------------------------------------
-    masked = torch.rand(2 * (STEPS + 1) * args.batch, 1, 32, 32, generator=generator, device=device)
+    masked = torch.rand(2 * (STEPS + 1) * batch, 1, 32, 32, generator=generator, device=device)
 
     def ours_ig() -> None:
         with analysis_mode(model):
-            attribute("integrated_gradients", model, x, target, steps=STEPS, internal_batch_size=args.batch * STEPS)
+            attribute("integrated_gradients", model, x, target, steps=STEPS, internal_batch_size=batch * STEPS)
 
     def captum_ig() -> None:
         IntegratedGradients(model).attribute(
-            x.clone().requires_grad_(), baselines=0.0, target=target, n_steps=STEPS, internal_batch_size=args.batch * STEPS
+            x.clone().requires_grad_(), baselines=0.0, target=target, n_steps=STEPS, internal_batch_size=batch * STEPS
         )
-
-    chunk = max(1, 128 // (2 * (STEPS + 1)))  # as AttributionScores chunks at its default batch_size=128
 
     def ours_id() -> None:
         with analysis_mode(model):
-            insertion_deletion(model, x, attributions, target=target, steps=STEPS + 1, chunk_size=chunk)
+            insertion_deletion(model, x, attributions, target=target, steps=STEPS + 1, batch_size=128)
 
-    def floor() -> None:  # every masked image through the model, in forwards of the same size as ours
+    def floor() -> None:  # every masked image through the model once, in forwards of the batch's size
         with torch.no_grad():
-            for part in masked.split(2 * (STEPS + 1) * chunk):
+            for part in masked.split(batch):
                 model(part).softmax(1)
 
-    cases = {"ig_ours": ours_ig, "ig_captum": captum_ig, "id_ours": ours_id, "quantus": theirs, "floor": floor}
-    for function in cases.values():
-        function()
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(args.repeats):
-        for name, function in cases.items():
-            times[name].append(timed(function, device))
+    def one_pass() -> None:
+        with analysis_mode(model):
+            inputs = x.clone().requires_grad_(True)
+            torch.autograd.grad(model(inputs).gather(1, target.view(-1, 1)).sum(), inputs)
 
-    def ratio(a: str, b: str) -> str:
-        values = [x / y for x, y in zip(times[a], times[b])]
-        return f"**{statistics.median(values):.2f}** ({min(values):.2f}-{max(values):.2f})"
+    def method(name: str, params: dict):
+        def run() -> None:
+            with analysis_mode(model):
+                attribute(name, model, x, target, **params)
+        return run
 
-    print(f"\ndevice: {device}, {args.batch} x 1x32x32, {STEPS} steps, CPU threads {torch.get_num_threads()}, "
-          f"{args.repeats} interleaved repeats, captum, quantus {quantus.__version__}\n")
-    print("| comparison | ours (ms) | reference (ms) | ratio ours / reference, median (min-max) |")
-    print("|---|---|---|---|")
-    median = lambda name: 1000 * statistics.median(times[name])  # noqa: E731
-    print(f"| integrated gradients vs Captum | {median('ig_ours'):.1f} | {median('ig_captum'):.1f} | {ratio('ig_ours', 'ig_captum')} |")
-    print(f"| insertion + deletion vs its forward floor | {median('id_ours'):.1f} | {median('floor'):.1f} | {ratio('id_ours', 'floor')} |")
-    per_curve = [o / 2 / q for o, q in zip(times["id_ours"], times["quantus"])]
-    print(f"| one curve (half of ours) vs Quantus' deletion curve | {median('id_ours') / 2:.1f} | {median('quantus'):.1f} | "
-          f"**{statistics.median(per_curve):.2f}** ({min(per_curve):.2f}-{max(per_curve):.2f}) |")
-    quantus_floor = [2 * q / f for q, f in zip(times["quantus"], times["floor"])]
-    print(f"| Quantus' deletion curve vs the same floor (half the images) | {median('quantus'):.1f} | {median('floor') / 2:.1f} | "
-          f"{statistics.median(quantus_floor):.2f} ({min(quantus_floor):.2f}-{max(quantus_floor):.2f}) |")
-    print("\ntargets: IG <= 1.0x Captum; insertion/deletion >= 2x faster than Quantus, <= 1.10x its floor")
-    memory_flatness(model, device)
+    cases = {"ig_ours": ours_ig, "ig_captum": captum_ig, "id_ours": ours_id, "quantus": theirs, "floor": floor,
+             "pass": one_pass, **{name: method(name, params) for name, (params, _) in GRADIENT_METHODS.items()}}
+    times = seconds_of(cases, repeats, device)
+    result = [
+        Row("attribution", "integrated gradients: ours / Captum", ratios_of(times, "ig_ours", "ig_captum"), 1.0),
+        Row("attribution", "insertion + deletion: ours / one forward of every masked image (floor)",
+            ratios_of(times, "id_ours", "floor"), 1.10),
+        Row("attribution", "one curve (half of ours) / Quantus' deletion curve, equal values",
+            ratios_of(times, "id_ours", "quantus", 2.0), 0.5),
+        Row("attribution", "Quantus' deletion curve / its floor (half the masked images)",
+            ratios_of(times, "quantus", "floor", 0.5)),
+    ]
+    for name, (_, passes) in GRADIENT_METHODS.items():
+        result.append(Row("attribution", f"{name}: ours / {passes} forward+backward passes (floor)",
+                          ratios_of(times, name, "pass", passes), 1.10))
+    return result
 
 
-def memory_flatness(model: torch.nn.Module, device: torch.device, chunk_size: int = 2) -> None:
-    """With ``chunk_size`` set, the largest batch that reaches the model (what bounds activation
+def main(argv: list[str] | None = None) -> None:
+    parser = arguments(__doc__, repeats=5)
+    parser.add_argument("--batch", type=int, default=32)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    print(f"{machine(device)}; {args.batch} x 1x32x32, {STEPS} steps, {args.repeats} interleaved repeats\n")
+    print(table(rows(device, 3 if args.quick else args.repeats, batch=args.batch)))
+    memory_flatness(model_for_benchmark(channels=1).to(device), device)
+
+
+def memory_flatness(model: torch.nn.Module, device: torch.device, batch_size: int = 128) -> None:
+    """With ``batch_size`` set, the largest batch that reaches the model (what bounds activation
     memory) does not grow with the number of samples; on CUDA the peak allocation is shown too."""
     largest = [0]
 
@@ -133,7 +145,7 @@ def memory_flatness(model: torch.nn.Module, device: torch.device, chunk_size: in
         largest[0] = max(largest[0], len(inputs[0]))
 
     handle = model.register_forward_pre_hook(record)
-    print(f"\n| samples | largest forward batch (images), chunk_size={chunk_size} | CUDA peak (MiB) |")
+    print(f"\n| samples | largest forward batch (images), batch_size={batch_size} | CUDA peak (MiB) |")
     print("|---|---|---|")
     try:
         for samples in (32, 128, 512):
@@ -142,7 +154,7 @@ def memory_flatness(model: torch.nn.Module, device: torch.device, chunk_size: in
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             with analysis_mode(model):
-                insertion_deletion(model, x, torch.rand_like(x), steps=STEPS + 1, chunk_size=chunk_size)
+                insertion_deletion(model, x, torch.rand_like(x), steps=STEPS + 1, batch_size=batch_size)
             peak = f"{torch.cuda.max_memory_allocated(device) / 2**20:.1f}" if device.type == "cuda" else "n/a (CPU)"
             print(f"| {samples} | {largest[0]} | {peak} |")
     finally:

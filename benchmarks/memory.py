@@ -1,14 +1,18 @@
-"""Peak memory of one Compass evaluation against the probe size, at a fixed ``batch_size``.
+"""Time and peak memory of one Compass evaluation against the probe size and the model width.
 
-    python benchmarks/memory.py                 # probe sizes 64, 256, 1024 (CPU: peak RSS)
-    python benchmarks/memory.py --device cuda   # the same with the CUDA allocator's peak
+    python benchmarks/memory.py                 # CPU: peak RSS
+    python benchmarks/memory.py --device cuda   # the CUDA allocator's peak
+    python benchmarks/memory.py --quick         # widths at a probe of 64 only
 
-Each size runs in a fresh process: it builds a CIFAR-shaped CNN and a random probe, warms up with
-one evaluation of 32 samples, then records the peak memory (``ru_maxrss`` on the CPU,
-``torch.cuda.max_memory_allocated`` on a GPU) of one evaluation of ``Compass()`` (every module but
-pruning) on the whole probe. The promise: beyond the probe tensors themselves (and the per-sample
-results, a few numbers per sample), the peak does not grow with the probe size, because every
-analysis works in chunks of ``batch_size``.
+Each case runs in a fresh process: it builds a CIFAR-shaped CNN of the given width and a random
+probe, warms up with one evaluation of 32 samples, then records the seconds and the peak memory
+(``ru_maxrss`` on the CPU, ``torch.cuda.max_memory_allocated`` on a GPU) of one evaluation of
+``Compass()`` (every module but pruning) on the whole probe. Probe sizes 64, 256 and 1024 run at
+width x1, widths x1, x2 and x4 at a probe of 256 (64 with ``--quick``).
+
+The promises: at a fixed ``batch_size`` the time grows linearly with the probe (the time per sample
+stays flat) and the peak memory does not grow beyond the probe tensors themselves (and a few numbers
+per sample), because every analysis works in chunks of ``batch_size``.
 """
 
 from __future__ import annotations
@@ -18,26 +22,29 @@ import json
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import arguments, machine  # noqa: E402
+
+BASE_WIDTH = 16
 
 
-def child(size: int, device: str, batch_size: int) -> dict[str, float]:
+def child(size: int, width: int, device: str, batch_size: int) -> dict[str, float]:
     import lightning.pytorch as pl
+    from lightning.pytorch.trainer.states import TrainerFn
 
-    from attacks import model_for_benchmark
+    from common import model_for_benchmark
     from compass_lightning import Classification, Compass, Evaluation, ProbeSet
     from compass_lightning.guard import analysis_mode
 
-    model = model_for_benchmark().to(device)
+    model = model_for_benchmark(width=BASE_WIDTH * width).to(device)
     generator = torch.Generator().manual_seed(0)
     inputs = torch.rand(size, 3, 32, 32, generator=generator)
     targets = torch.randint(0, 10, (size,), generator=generator)
-    from lightning.pytorch.trainer.states import TrainerFn
-
     trainer = pl.Trainer(logger=False, enable_progress_bar=False, accelerator="cpu")
     trainer.state.fn = TrainerFn.VALIDATING  # as under trainer.validate
     compass = Compass(
@@ -59,32 +66,54 @@ def child(size: int, device: str, batch_size: int) -> dict[str, float]:
         before = torch.cuda.max_memory_allocated()
     else:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    started = time.perf_counter()
     evaluate(ProbeSet(inputs, targets))
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
     after = torch.cuda.max_memory_allocated() if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"size": size, "probe_mb": inputs.numel() * 4 / 2**20, "growth_mb": max(after - before, 0) / 2**20,
-            "peak_mb": after / 2**20}
+    return {"size": size, "width": width, "seconds": seconds, "probe_mb": inputs.numel() * 4 / 2**20,
+            "growth_mb": max(after - before, 0) / 2**20, "peak_mb": after / 2**20}
+
+
+def measure(size: int, width: int, device: str, batch_size: int) -> dict[str, float]:
+    """One case in a fresh process (so that the peak memory is its own)."""
+    result = subprocess.run(
+        [sys.executable, __file__, "--child", str(size), str(width), "--device", device, "--batch-size", str(batch_size)],
+        capture_output=True, text=True, check=True,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def scaling_table(device: str, *, quick: bool = False, batch_size: int = 64) -> str:
+    """The cases as a Markdown table: seconds per sample relative to the first case of the sweep, and memory."""
+    sweeps = {"probe size": [(size, 1) for size in (64, 256, 1024)],
+              "width": [(64 if quick else 256, width) for width in (1, 2, 4)]}
+    lines = [f"Compass() evaluation (pruning off), CIFAR-shaped CNN, batch_size {batch_size}, {device}",
+             "", "| sweep | probe size | width | seconds | seconds per sample / first of the sweep | probe tensors (MB) "
+             "| peak growth over a 32-sample evaluation (MB) |", "|---|---|---|---|---|---|---|"]
+    for sweep, cases in sweeps.items():
+        first = None
+        for size, width in cases:
+            row = measure(size, width, device, batch_size)
+            per_sample = row["seconds"] / size
+            first = first or per_sample
+            lines.append(f"| {sweep} | {size} | x{width} | {row['seconds']:.1f} | {per_sample / first:.2f} | "
+                         f"{row['probe_mb']:.1f} | {row['growth_mb']:.0f} |")
+            print(lines[-1], file=sys.stderr, flush=True)
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024])
+    parser = arguments(__doc__)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child", type=int, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child, args.device, args.batch_size)))
+        print(json.dumps(child(*args.child, args.device, args.batch_size)))
         return
-    rows = []
-    for size in args.sizes:
-        result = subprocess.run([sys.executable, __file__, "--child", str(size), "--device", args.device,
-                                 "--batch-size", str(args.batch_size)], capture_output=True, text=True, check=True)
-        rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
-    print(f"\nCompass() evaluation (no pruning), batch_size {args.batch_size}, {args.device}")
-    print("| probe size | probe tensors (MB) | peak growth over a 32-sample evaluation (MB) | peak (MB) |")
-    print("|---|---|---|---|")
-    for row in rows:
-        print(f"| {row['size']} | {row['probe_mb']:.1f} | {row['growth_mb']:.1f} | {row['peak_mb']:.0f} |")
+    print(machine(torch.device(args.device)))
+    print(scaling_table(args.device, quick=args.quick, batch_size=args.batch_size))
 
 
 if __name__ == "__main__":

@@ -19,85 +19,67 @@ plain forward.
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attacks import timed  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import cifar_like  # noqa: E402
+from common import Row, arguments, interleaved, machine, table  # noqa: E402
 
 from compass_lightning.neurons import conv_neuron_layers, coverage, gradcam_maps, profile_ranges  # noqa: E402
 
 
 def resnet18_32() -> nn.Module:
-    """ResNet-18 for 32×32 inputs (the usual CIFAR adaptation), random weights, eval mode."""
-    from torchvision.models import resnet18
-
+    """The ResNet-18 of the cifar_like example (3x3 stem, no max-pool), random weights, eval mode."""
     torch.manual_seed(0)
-    model = resnet18(num_classes=10)
-    model.conv1 = nn.Conv2d(3, 64, 3, padding=1, bias=False)
-    model.maxpool = nn.Identity()
-    return model.eval()
+    return cifar_like.resnet18_32().eval()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args(argv)
-    device = torch.device(args.device)
+def rows(device: torch.device, repeats: int, *, batch: int = 16) -> list[Row]:
+    """Grad-CAM of every layer in one backward against per-layer and single-layer passes; coverage against a forward."""
     model = resnet18_32().to(device).requires_grad_(False)
-    x = torch.rand(args.batch, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
+    x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
         target = model(x).argmax(1)
     layers = conv_neuron_layers(model)
     first = {name: layers[name] for name in list(layers)[:1]}  # its backward runs the whole depth
     last = {name: layers[name] for name in list(layers)[-1:]}  # its backward stops at the head
-    ranges = profile_ranges(model, [torch.rand(args.batch, 3, 32, 32).to(device)])
+    ranges = profile_ranges(model, [torch.rand(batch, 3, 32, 32).to(device)])
 
-    def all_layers() -> None:
-        gradcam_maps(model, x, target, layers)
+    def maps(which: dict) -> Callable[[], object]:
+        return lambda: gradcam_maps(model, x, target, which)
 
     def per_layer() -> None:
         for name, layer in layers.items():
             gradcam_maps(model, x, target, {name: layer})
 
-    def first_layer() -> None:
-        gradcam_maps(model, x, target, first)
-
-    def last_layer() -> None:
-        gradcam_maps(model, x, target, last)
-
-    def covered() -> None:
-        coverage(model, [x], ranges=ranges)
-
     def forward() -> None:
         with torch.no_grad():
             model(x)
 
+    count = len(layers)
     pairs = {
-        f"Grad-CAM at all {len(layers)} convs: one backward / one backward per layer": (all_layers, per_layer),
-        f"Grad-CAM at all {len(layers)} convs / Grad-CAM at the first conv (target <= 1.5)": (all_layers, first_layer),
-        f"Grad-CAM at all {len(layers)} convs / Grad-CAM at the last conv (a shallow backward)": (all_layers, last_layer),
-        "coverage (5 criteria) / a plain forward (target <= 1.3)": (covered, forward),
+        f"Grad-CAM at all {count} convs in one backward / one backward per layer": (maps(layers), per_layer, None),
+        f"Grad-CAM at all {count} convs / Grad-CAM at the first conv (a full-depth backward)": (maps(layers), maps(first), 1.5),
+        f"Grad-CAM at all {count} convs / Grad-CAM at the last conv (a shallow backward)": (maps(layers), maps(last), None),
+        "coverage (5 criteria) / a plain forward": (lambda: coverage(model, [x], ranges=ranges), forward, 1.3),
     }
-    for a, b in pairs.values():  # warm-up
-        a(), b()
-    ratios: dict[str, list[float]] = {name: [] for name in pairs}
-    for _ in range(args.repeats):
-        for name, (a, b) in pairs.items():  # interleaved A B A B
-            ratios[name].append(timed(a, device) / timed(b, device))
-    print(f"\nneuron analyses: ResNet-18 (32x32), batch {args.batch}, {device.type}, "
-          f"{torch.get_num_threads()} threads, {args.repeats} interleaved repeats")
-    print("| comparison | median ratio | min-max |")
-    print("|---|---|---|")
-    for name, values in ratios.items():
-        print(f"| {name} | {statistics.median(values):.2f}x | {min(values):.2f}-{max(values):.2f} |")
+    ratios = interleaved({name: (a, b) for name, (a, b, _) in pairs.items()}, repeats, device)
+    return [Row("neurons", name, ratios[name], target) for name, (_, _, target) in pairs.items()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = arguments(__doc__, repeats=3)
+    parser.add_argument("--batch", type=int, default=16)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    print(f"{machine(device)}; ResNet-18 (32x32), batch {args.batch}, {args.repeats} interleaved repeats\n")
+    print(table(rows(device, 2 if args.quick else args.repeats, batch=args.batch)))
 
 
 if __name__ == "__main__":

@@ -22,9 +22,7 @@ Target: the sweep within 1.2x of its floor.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import statistics
 import sys
 import warnings
 from pathlib import Path
@@ -35,7 +33,7 @@ import torch.nn.functional as F
 from torch.nn.utils import prune as torch_prune
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attacks import model_for_benchmark, timed  # noqa: E402
+from common import Row, arguments, interleaved, machine, model_for_benchmark, table  # noqa: E402
 
 from compass_lightning import Classification, Evaluation, ProbeSet, PruningAnalysis  # noqa: E402
 from compass_lightning.guard import analysis_mode  # noqa: E402
@@ -44,34 +42,27 @@ from compass_lightning.pruning import PruningSweep, importance, prunable  # noqa
 METHODS = ("magnitude", "taylor", "obd")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--probe", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--width", type=int, default=16, help="channels of the first conv layer")
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args(argv)
+def rows(device: torch.device, repeats: int, *, probe_size: int = 256, batch_size: int = 128, width: int = 16) -> list[Row]:
+    """The sweep against its floor and ModelPruning-style masking; Taylor and OBD against a forward+backward."""
     warnings.filterwarnings("ignore")
-    device = torch.device(args.device)
-    model = model_for_benchmark(width=args.width).to(device)
+    model = model_for_benchmark(width=width).to(device)
     generator = torch.Generator().manual_seed(0)
-    x = torch.rand(args.probe, 3, 32, 32, generator=generator)
+    x = torch.rand(probe_size, 3, 32, 32, generator=generator)
     with torch.no_grad():
         y = model(x.to(device)).argmax(1).cpu()  # labels the model gets right, so pruning has something to lose
     probe = ProbeSet(x, y)
     calibration = ProbeSet(torch.rand(256, 3, 32, 32, generator=generator), y.roll(1))
 
-    monitor = PruningAnalysis(list(METHODS), joint=False, batch_size=args.batch_size, task=Classification())
+    monitor = PruningAnalysis(list(METHODS), joint=False, batch_size=batch_size, task=Classification())
     monitor._calibration = calibration
     trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False, accelerator="cpu")
     rates = len(monitor._grid())
-    chunks = lambda t: list(ProbeSet.chunks(t, args.batch_size, device))  # noqa: E731
+    chunks = lambda t: list(ProbeSet.chunks(t, batch_size, device))  # noqa: E731
     probe_chunks, calibration_batches = chunks(x), list(zip(chunks(calibration.inputs), chunks(calibration.targets)))
 
     def sweep() -> None:
         with analysis_mode(model):
-            monitor.evaluate(trainer, Evaluation(model, probe, Classification(), batch_size=args.batch_size))
+            monitor.evaluate(trainer, Evaluation(model, probe, Classification(), batch_size=batch_size))
 
     working = copy.deepcopy(model).requires_grad_(True)
 
@@ -100,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
                 [(m, "weight") for m in prunable(copy_).values()], torch_prune.L1Unstructured, amount=rate
             )
             with torch.no_grad():
-                accuracies.append(float(sum((copy_(c).argmax(1).cpu() == t).sum() for c, t in zip(probe_chunks, y.split(args.batch_size)))))
+                accuracies.append(float(sum((copy_(c).argmax(1).cpu() == t).sum() for c, t in zip(probe_chunks, y.split(batch_size)))))
         return accuracies
 
     def ours() -> list[float]:
@@ -109,35 +100,30 @@ def main(argv: list[str] | None = None) -> None:
         for rate in grid:
             pruned = working.at(rate)
             with torch.no_grad():
-                accuracies.append(float(sum((pruned(c).argmax(1).cpu() == t).sum() for c, t in zip(probe_chunks, y.split(args.batch_size)))))
+                accuracies.append(float(sum((pruned(c).argmax(1).cpu() == t).sum() for c, t in zip(probe_chunks, y.split(batch_size)))))
         return accuracies
 
     assert masking() == ours(), "ModelPruning-style masking and our sweep disagree"
     pairs = {
-        "sweep / floor": (sweep, floor),
-        "ours / ModelPruning-style masking": (ours, masking),
-        "taylor importance / forward+backward": (importances("taylor"), forward_backward),
-        "obd importance (per-sample gradients) / forward+backward": (importances("obd"), forward_backward),
+        f"sweep ({len(METHODS)} methods x {rates} rates) / its floor": (sweep, floor, 1.2),
+        "magnitude sweep: ours / ModelPruning-style masking": (ours, masking, None),
+        "taylor importance / one forward+backward of the calibration set": (importances("taylor"), forward_backward, 1.10),
+        "obd importance (empirical Fisher) / one forward+backward of the calibration set": (importances("obd"), forward_backward, 1.10),
     }
-    ratios: dict[str, list[float]] = {name: [] for name in pairs}
-    seconds: dict[str, list[tuple[float, float]]] = {name: [] for name in pairs}
-    for a, b in pairs.values():  # warm-up
-        a(), b()
-    for _ in range(args.repeats):
-        for name, (a, b) in pairs.items():  # interleaved A B A B
-            ta, tb = timed(a, device), timed(b, device)
-            ratios[name].append(ta / tb)
-            seconds[name].append((ta, tb))
+    ratios = interleaved({name: (a, b) for name, (a, b, _) in pairs.items()}, repeats, device)
+    return [Row("pruning", name, ratios[name], target) for name, (_, _, target) in pairs.items()]
 
-    print(f"\npruning sweep: {len(METHODS)} methods x {rates} rates, probe {args.probe}, calibration 256, "
-          f"{device.type}, {torch.get_num_threads()} threads, {args.repeats} interleaved repeats")
-    print("| comparison | median ratio | min-max | median seconds (A, B) |")
-    print("|---|---|---|---|")
-    for name in pairs:
-        a = statistics.median(t for t, _ in seconds[name])
-        b = statistics.median(t for _, t in seconds[name])
-        values = ratios[name]
-        print(f"| {name} | {statistics.median(values):.2f}x | {min(values):.2f}-{max(values):.2f} | {a:.3f}, {b:.3f} |")
+
+def main(argv: list[str] | None = None) -> None:
+    parser = arguments(__doc__, repeats=5)
+    parser.add_argument("--probe", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--width", type=int, default=16, help="channels of the first conv layer")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    print(f"{machine(device)}; probe {args.probe}, calibration 256, {args.repeats} interleaved repeats\n")
+    print(table(rows(device, 3 if args.quick else args.repeats, probe_size=args.probe, batch_size=args.batch_size,
+                     width=args.width)))
 
 
 if __name__ == "__main__":

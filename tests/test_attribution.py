@@ -189,7 +189,7 @@ def test_batched_insertion_deletion_equals_a_per_sample_loop(digits):
     attributions = torch.rand_like(x)
     with analysis_mode(model):
         together = insertion_deletion(net, x, attributions, insertion_start="blur")
-        chunked = insertion_deletion(net, x, attributions, insertion_start="blur", chunk_size=3)
+        chunked = insertion_deletion(net, x, attributions, insertion_start="blur", batch_size=7)  # pieces cut across samples
         alone = [insertion_deletion(net, x[i : i + 1], attributions[i : i + 1], insertion_start="blur") for i in range(10)]
     for index in (0, 1):
         looped = torch.cat([result[index] for result in alone])

@@ -66,9 +66,12 @@ def integrated_gradients(
     model: Model, x: Tensor, target: Tensor, *, steps: int = 50, method: str = "gausslegendre",
     internal_batch_size: int | None = None, baseline: float = 0.0,
 ) -> Tensor:
-    """Integrated gradients (Sundararajan et al. 2017) from a constant ``baseline`` (black by default)."""
+    """Integrated gradients (Sundararajan et al. 2017) from a constant ``baseline`` (black by default);
+    ``internal_batch_size`` images per forward pass (at least one per sample: Captum batches whole steps)."""
     from captum.attr import IntegratedGradients
 
+    if internal_batch_size is not None:
+        internal_batch_size = max(internal_batch_size, len(x))  # below that Captum warns at every call
     return IntegratedGradients(model).attribute(
         _leaf(x), baselines=baseline, target=target, n_steps=steps, method=method, internal_batch_size=internal_batch_size
     ).detach()
@@ -80,12 +83,14 @@ def smoothgrad(
     internal_batch_size: int | None = None,
 ) -> Tensor:
     """SmoothGrad (Smilkov et al. 2017): saliency averaged over Gaussian noise of ``stdev`` pixel units
-    (15 % of the unit range, within the paper's 10-20 %); Captum's ``NoiseTunnel`` over ``Saliency``."""
+    (15 % of the unit range, within the paper's 10-20 %); Captum's ``NoiseTunnel`` over ``Saliency``.
+    ``internal_batch_size`` is the number of noisy images per forward pass, as for integrated gradients."""
     from captum.attr import NoiseTunnel, Saliency
 
+    # Captum batches whole draws: a draw brings one noisy copy of every sample
+    draws = None if internal_batch_size is None else max(1, internal_batch_size // len(x))
     return NoiseTunnel(Saliency(model)).attribute(
-        _leaf(x), target=target, nt_type="smoothgrad", nt_samples=samples, stdevs=stdev,
-        nt_samples_batch_size=internal_batch_size,
+        _leaf(x), target=target, nt_type="smoothgrad", nt_samples=samples, stdevs=stdev, nt_samples_batch_size=draws,
     ).detach()
 
 

@@ -5,7 +5,9 @@ replaces them, most important first, with the baseline (black by default); inser
 the baseline (or a blurred copy of the input) and puts them back. Each curve is the softmax
 probability of the target class (default: the class predicted on the clean input) at ``steps``
 evenly spaced fractions of the pixels, from none to all, and its area is the trapezoid rule
-normalised to [0, 1]. All steps of a chunk of samples go through the model in one forward pass.
+normalised to [0, 1]. The ``2 * steps`` masked images of every sample are made a forward batch at a
+time, so the model always sees ``batch_size`` images (the size that suits the device) whatever the
+number of steps, and memory is bounded by one batch.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def insertion_deletion(
     steps: int = 32,
     baseline: str = "zeros",
     insertion_start: str = "zeros",
-    chunk_size: int | None = None,
+    batch_size: int | None = None,
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """Insertion and deletion AUC of every sample, and the curves.
 
@@ -55,7 +57,7 @@ def insertion_deletion(
         steps: points per curve (>= 2), from 0 to all pixels.
         baseline: what deleted pixels become: ``"zeros"`` (black) or ``"blur"``.
         insertion_start: what insertion starts from: ``"zeros"`` or ``"blur"``.
-        chunk_size: samples per forward pass (each brings ``2 * steps`` images); ``None``: all.
+        batch_size: masked images per forward pass (``N * 2 * steps`` are scored in all); ``None``: all at once.
 
     Returns:
         ``(insertion_auc, deletion_auc, {"insertion": (N, steps), "deletion": (N, steps)})``.
@@ -64,7 +66,7 @@ def insertion_deletion(
         >>> import torch
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
         >>> x = torch.rand(3, 1, 4, 4)
-        >>> insertion, deletion, curves = insertion_deletion(model, x, torch.rand(3, 1, 4, 4), steps=5)
+        >>> insertion, deletion, curves = insertion_deletion(model, x, torch.rand(3, 1, 4, 4), steps=5, batch_size=4)
         >>> curves["deletion"].shape, bool(((insertion >= 0) & (insertion <= 1)).all())
         (torch.Size([3, 5]), True)
     """
@@ -72,6 +74,8 @@ def insertion_deletion(
     x = x.detach()
     n, height, width = len(x), x.shape[-2], x.shape[-1]
     pixels = height * width
+    total = n * 2 * steps
+    batch_size = total if batch_size is None else check_int("batch_size", batch_size, minimum=1)
     scores = (attributions.sum(dim=1) if attributions.ndim == 4 else attributions).reshape(n, pixels)
     order = scores.argsort(dim=1, descending=True, stable=True)
     rank = torch.empty_like(order)
@@ -79,21 +83,20 @@ def insertion_deletion(
     counts = torch.round(torch.arange(steps, device=x.device, dtype=torch.float64) * pixels / (steps - 1)).long()
     removed = _substrate("baseline", baseline, x)
     inserted_from = _substrate("insertion_start", insertion_start, x)
-    chunk = chunk_size or n
-    curves = {"insertion": [], "deletion": []}
+    probabilities = []
     with torch.no_grad():
         if target is None:
-            target = torch.cat([model(part).argmax(dim=1) for part in x.split(chunk)])
-        for start in range(0, n, chunk):
-            part = slice(start, start + chunk)
-            b = len(x[part])
-            mask = (rank[part, None, :] < counts[None, :, None]).view(b, steps, 1, height, width)
-            image, gone, origin = x[part, None], removed[part, None], inserted_from[part, None]
-            batch = torch.cat([torch.where(mask, gone, image), torch.where(mask, image, origin)]).flatten(0, 1)
-            probabilities = model(batch).softmax(dim=1).view(2, b, steps, -1)
-            chosen = target[part].view(1, b, 1, 1).expand(2, b, steps, 1)
-            deletion, insertion = probabilities.gather(3, chosen).squeeze(3)
-            curves["deletion"].append(deletion)
-            curves["insertion"].append(insertion)
-    curves = {key: torch.cat(value) for key, value in curves.items()}
-    return area_under_curve(curves["insertion"]), area_under_curve(curves["deletion"]), curves
+            target = torch.cat([model(part).argmax(dim=1) for part in x.split(batch_size)])
+        # Image j of the flat sequence is sample j // (2 steps), deletion (first half) or insertion, step j % steps.
+        for index in torch.arange(total, device=x.device).split(batch_size):
+            sample, deleting, step = index // (2 * steps), (index // steps) % 2 == 0, index % steps
+            mask = (rank[sample] < counts[step, None]).view(-1, 1, height, width)
+            deleting = deleting.view(-1, 1, 1, 1)
+            # deletion: the first pixels become the baseline; insertion: the first pixels are the input's
+            chosen = torch.where(deleting, removed[sample], x[sample])
+            other = torch.where(deleting, x[sample], inserted_from[sample])
+            logits = model(torch.where(mask, chosen, other))
+            probabilities.append(logits.softmax(dim=1).gather(1, target[sample, None]).squeeze(1))
+    deletion, insertion = torch.cat(probabilities).view(n, 2, steps).unbind(1)
+    curves = {"insertion": insertion, "deletion": deletion}
+    return area_under_curve(insertion), area_under_curve(deletion), curves

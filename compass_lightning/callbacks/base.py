@@ -20,6 +20,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from compass_lightning.batching import auto_batch_size
 from compass_lightning.checks import check_bool, check_int
 from compass_lightning.guard import analysis_mode
 from compass_lightning.metrics import to_floats
@@ -28,6 +29,8 @@ from compass_lightning.report import CompassWarning, Reporter, history_record
 from compass_lightning.task import Classification
 
 ERRORS_TAG = "compass/errors"
+#: The batch size of an evaluation whose model fails the forward that chooses one (the evaluation then reports the failure).
+FALLBACK_BATCH_SIZE = 128
 
 ProbeData = Union[Dataset, tuple[Tensor, Tensor]]
 
@@ -202,7 +205,9 @@ class CompassCallback(Callback):
         probe_size: number of validation samples analysed (test samples under ``trainer.test()``);
             ``None`` uses the callback's default, or all the data if it is smaller. Larger than the
             data is a ``ValueError`` before training starts.
-        batch_size: how many probe samples go through the model at once.
+        batch_size: how many probe samples go through the model at once; ``None`` (the default):
+            chosen from the model's activations and the device at the first evaluation (see
+            :mod:`compass_lightning.batching`: a few dozen for a CNN on a CPU, more on a GPU).
         seed: seed of the probe selection and of every random number the analysis draws.
         task: how to read batches and where perturbations live (default: :class:`Classification`
             with pixel data in ``[0, 1]``).
@@ -227,7 +232,7 @@ class CompassCallback(Callback):
         *,
         every_n_epochs: int = 1,
         probe_size: Optional[int] = None,
-        batch_size: int = 128,
+        batch_size: Optional[int] = None,
         seed: int = 0,
         task: Optional[Classification] = None,
         probe_data: Optional[ProbeData] = None,
@@ -235,7 +240,7 @@ class CompassCallback(Callback):
     ) -> None:
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, minimum=1)
         self.probe_size = None if probe_size is None else check_int("probe_size", probe_size, minimum=1)
-        self.batch_size = check_int("batch_size", batch_size, minimum=1)
+        self.batch_size = None if batch_size is None else check_int("batch_size", batch_size, minimum=1)
         self.seed = check_int("seed", seed, minimum=0)
         if task is not None and not isinstance(task, Classification):
             raise TypeError(f"task must be a compass_lightning.task.Classification, got {task!r}")
@@ -245,6 +250,7 @@ class CompassCallback(Callback):
         self.history: list[dict[str, Any]] = []
         self.error_count = 0
         self._probe: ProbeSet | None = None
+        self._auto_batch_size: int | None = None
         self._reporter: Reporter | None = None
         self._warned: set[tuple[str, str]] = set()
 
@@ -380,6 +386,20 @@ class CompassCallback(Callback):
         self._reporter = Reporter(trainer)  # every rank: finding the log directory is a collective
         self._reporter.register_layout(trainer)
         self._probe = None
+        self._auto_batch_size = None
+
+    def _batch_size_for(self, pl_module: pl.LightningModule) -> int:
+        """``batch_size``, or the size chosen for this model and device once per run."""
+        if self.batch_size is not None:
+            return self.batch_size
+        if self._auto_batch_size is None:
+            try:
+                with analysis_mode(pl_module, seed=self.seed):
+                    example = self._probe.inputs[:1].to(pl_module.device)
+                    self._auto_batch_size = auto_batch_size(pl_module, lambda x: self.task.logits(pl_module, x), example)
+            except Exception:  # noqa: BLE001 - the evaluation's clean forward reports what is wrong with the model
+                return FALLBACK_BATCH_SIZE
+        return self._auto_batch_size
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not is_overridden("validation_step", pl_module):
@@ -462,7 +482,7 @@ class CompassCallback(Callback):
             pl_module,
             self._probe,
             self.task,
-            batch_size=self.batch_size,
+            batch_size=self._batch_size_for(pl_module),
             all_gather=strategy.all_gather,
             any_rank=lambda flag: _any_rank(strategy, flag, pl_module.device),
             want_images=self._reporter.wants_images(trainer),

@@ -80,7 +80,7 @@ class Compass(CompassCallback):
         pruning: ModuleConfig = True,
         radar: bool = True,
         probe_size: Optional[int] = None,
-        batch_size: int = 128,
+        batch_size: Optional[int] = None,
         seed: int = 0,
         task: Optional[Classification] = None,
         probe_data: Optional[ProbeData] = None,

@@ -48,8 +48,9 @@ class AttributionScores(CompassCallback):
             chance level a method must beat.
         every_n_epochs, probe_size, batch_size, seed, task, probe_data, fail_fast: see
             :class:`~compass_lightning.callbacks.base.CompassCallback`; by default every 5 epochs, on
-            up to 32 samples. ``batch_size`` also bounds the images of one insertion/deletion
-            forward pass.
+            up to 32 samples. ``batch_size`` is also the number of images in one forward
+            pass of insertion/deletion, integrated gradients and SmoothGrad (unless a method's
+            ``internal_batch_size`` says otherwise).
 
     Example:
         >>> monitor = AttributionScores(methods=["saliency", "integrated_gradients"], probe_size=16, every_n_epochs=2)
@@ -70,7 +71,7 @@ class AttributionScores(CompassCallback):
         random_baseline: bool = True,
         every_n_epochs: int = 5,
         probe_size: Optional[int] = None,
-        batch_size: int = 128,
+        batch_size: Optional[int] = None,
         seed: int = 0,
         task: Optional[Classification] = None,
         probe_data: Optional[ProbeData] = None,
@@ -110,18 +111,22 @@ class AttributionScores(CompassCallback):
             if default is not None:
                 find_layer(pl_module, params["layer"], default=default, argument=f"methods: {name}.layer")
 
-    def _attributions(self, name: str, model: PixelModel, x: Tensor, target: Tensor, generator: torch.Generator) -> Tensor:
+    def _attributions(self, name: str, model: PixelModel, x: Tensor, target: Tensor, generator: torch.Generator,
+                      batch_size: int) -> Tensor:
         if name == RANDOM:
             return torch.rand(x.shape, generator=generator, device=generator.device).to(x.device)
-        return METHODS[name].function(model, x, target, **self.methods[name])
+        params = dict(self.methods[name])
+        if "internal_batch_size" in params and params["internal_batch_size"] is None:
+            # Captum would otherwise put every sample x step (or noise draw) through one forward:
+            # steps times the memory of a batch, and slower per image on a CPU
+            params["internal_batch_size"] = batch_size
+        return METHODS[name].function(model, x, target, **params)
 
     def evaluate(self, trainer: pl.Trainer, evaluation: Evaluation) -> None:
         probe, task = evaluation.probe, evaluation.task
         model = PixelModel(evaluation.model, task)
         predicted = evaluation.logits(probe.inputs).argmax(dim=1).cpu()
         shown = min(self.image_count, len(probe)) if evaluation.want_images else 0
-        # an insertion/deletion forward carries 2 * steps images per sample
-        chunk = max(1, self.batch_size // (2 * self.steps))
         kept: dict[str, Tensor] = {}
         curves: dict[str, tuple[Tensor, Tensor]] = {}
         for name in self._scored():
@@ -130,12 +135,12 @@ class AttributionScores(CompassCallback):
 
                 def run(inputs: Tensor, target: Tensor, name: str = name, generator: torch.Generator = generator) -> Tensor:
                     x = task.to_pixels(inputs)
-                    attributions = self._attributions(name, model, x, target, generator)
+                    attributions = self._attributions(name, model, x, target, generator, evaluation.batch_size)
                     if shown and name not in kept:
                         kept[name] = attributions[:shown].detach().cpu()
                     insertion, deletion, curve = insertion_deletion(
                         model, x, attributions, target=target, steps=self.steps, baseline=self.baseline,
-                        insertion_start=self.insertion_start, chunk_size=chunk,
+                        insertion_start=self.insertion_start, batch_size=evaluation.batch_size,
                     )
                     return torch.cat([insertion[:, None], deletion[:, None], curve["insertion"], curve["deletion"]], dim=1)
 

@@ -69,7 +69,7 @@ class MutationMetrics(CompassCallback):
         shuffle_tolerance: float = 1e-4,
         every_n_epochs: int = 1,
         probe_size: Optional[int] = None,
-        batch_size: int = 128,
+        batch_size: Optional[int] = None,
         seed: int = 0,
         task: Optional[Classification] = None,
         probe_data: Optional[ProbeData] = None,

@@ -114,7 +114,7 @@ class NeuronAnalysis(CompassCallback):
         image_count: int = 4,
         every_n_epochs: int = 1,
         probe_size: Optional[int] = None,
-        batch_size: int = 128,
+        batch_size: Optional[int] = None,
         seed: int = 0,
         task: Optional[Classification] = None,
         probe_data: Optional[ProbeData] = None,
@@ -228,7 +228,7 @@ class NeuronAnalysis(CompassCallback):
         ranges = None
         needs_ranges = {"kmnc", "nbc", "snac"} & set(self.criteria)
         if needs_ranges:  # every process profiles all samples: the same ranges everywhere
-            chunks = ProbeSet.chunks(profile.inputs, self.batch_size, evaluation.device)
+            chunks = ProbeSet.chunks(profile.inputs, evaluation.batch_size, evaluation.device)
             ranges = profile_ranges(model, chunks, layers=self.layers)
         sizes: dict[str, int] = {}
 

@@ -112,7 +112,7 @@ class PruningAnalysis(CompassCallback):
         save_pruned: bool = False,
         every_n_epochs: Optional[int] = None,
         probe_size: Optional[int] = None,
-        batch_size: int = 128,
+        batch_size: Optional[int] = None,
         seed: int = 0,
         task: Optional[Classification] = None,
         probe_data: Optional[ProbeData] = None,
@@ -209,7 +209,7 @@ class PruningAnalysis(CompassCallback):
                 progress.update()
             evaluation.scalars.update({f"compass/pruning/{UNPRUNED}/{m}": v for m, v in reference.items()})
             rows = [{"method": UNPRUNED, "rate": 0.0, "sparsity": sparsity(model), **reference}]
-            chunks = (ProbeSet.chunks(t, self.batch_size, evaluation.device) for t in (self._calibration.inputs, self._calibration.targets))
+            chunks = (ProbeSet.chunks(t, evaluation.batch_size, evaluation.device) for t in (self._calibration.inputs, self._calibration.targets))
             calibration = list(zip(*chunks))
             for method, params in self.methods.items():
                 with self.isolate(f"pruning with {method!r}"):

@@ -1,0 +1,65 @@
+"""The batch size chosen when the user gives none: from the model's activations and the device."""
+
+import pytest
+import torch
+from conftest import DigitsClassifier, DigitsDataModule, digits_task, make_trainer
+from torch import nn
+
+from compass_lightning import MutationMetrics
+from compass_lightning.batching import BOUNDS, CPU_ACTIVATION_BUDGET, activation_bytes, auto_batch_size
+
+
+def conv_net(channels: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(channels, 10)).eval()
+
+
+def test_activation_sizes_are_those_of_one_sample():
+    net = conv_net(8)
+    largest, total = activation_bytes(net, net, torch.rand(5, 3, 16, 16))
+    per_map = 8 * 16 * 16 * 4  # conv and ReLU outputs
+    assert largest == per_map and total == 2 * per_map + 2 * 8 * 4 + 10 * 4
+
+
+@pytest.mark.parametrize("channels", [1, 8, 64, 512])
+def test_on_a_cpu_the_largest_activation_of_a_batch_stays_within_the_budget(channels):
+    net = conv_net(channels)
+    x = torch.rand(2, 3, 32, 32)
+    size = auto_batch_size(net, net, x)
+    largest, _ = activation_bytes(net, net, x)
+    low, high = BOUNDS["cpu"]
+    assert low <= size <= high and size & (size - 1) == 0  # a power of two within bounds
+    assert size == low or size * largest <= CPU_ACTIVATION_BUDGET  # within budget unless at the floor
+    assert size == high or 2 * size * largest > CPU_ACTIVATION_BUDGET  # and the largest such power of two
+
+
+def test_wider_models_get_smaller_batches():
+    sizes = [auto_batch_size(net, net, torch.rand(1, 3, 32, 32)) for net in map(conv_net, (1, 16, 64))]
+    assert sizes[0] > sizes[1] > sizes[2]
+
+
+def test_the_hooks_are_removed_even_when_the_forward_fails():
+    net = conv_net(4)
+
+    def broken(x):
+        net(x)
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        activation_bytes(net, broken, torch.rand(1, 3, 8, 8))
+    assert all(not m._forward_hooks for m in net.modules())
+
+
+def test_a_callback_without_batch_size_chooses_one_and_logs_what_a_fixed_size_logs(tmp_path):
+    results = []
+    for batch_size in (None, 7):
+        torch.manual_seed(0)
+        monitor = MutationMetrics(task=digits_task(), mutations=["noise", "contrast"], batch_size=batch_size, probe_size=100)
+        trainer = make_trainer(tmp_path / str(batch_size), [monitor], epochs=1, logger=False)
+        trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule())
+        results.append(monitor.history[-1]["metrics"])
+        if batch_size is None:
+            assert monitor._auto_batch_size == 1024  # the CPU cap: the largest activation is 32 x 8 x 8 floats
+    assert results[0].keys() == results[1].keys()
+    for tag, value in results[0].items():
+        assert value == pytest.approx(results[1][tag], abs=1e-5), tag
