@@ -34,16 +34,17 @@ from captum.attr import IntegratedGradients
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Row, arguments, machine, model_for_benchmark, ratios_of, seconds_of, table  # noqa: E402
 
-from compass_lightning.attribution import attribute, insertion_deletion  # noqa: E402
+from compass_lightning.attribution import METHODS, attribute, insertion_deletion  # noqa: E402
+from compass_lightning.batching import auto_batch_size  # noqa: E402
 from compass_lightning.guard import analysis_mode  # noqa: E402
 
 STEPS = 32
-# method: (its parameters as the callback runs it at its default batch_size, forward+backward passes per sample)
+# method: (its parameters, forward+backward passes per sample); the callback adds internal_batch_size=batch_size
 GRADIENT_METHODS = {
     "saliency": ({}, 1),
     "input_x_gradient": ({}, 1),
-    "integrated_gradients": ({"steps": STEPS, "internal_batch_size": 128}, STEPS),
-    "smoothgrad": ({"samples": 25, "internal_batch_size": 128}, 25),
+    "integrated_gradients": ({"steps": STEPS}, STEPS),
+    "smoothgrad": ({"samples": 25}, 25),
     "gradcam": ({}, 1),
 }
 
@@ -60,6 +61,7 @@ def rows(device: torch.device, repeats: int, *, batch: int = 32) -> list[Row]:
     with torch.no_grad():
         target = model(x).argmax(1)
     attributions = torch.rand(batch, 1, 32, 32, generator=generator, device=device)
+    forward_size = auto_batch_size(model, model, x)  # what the callback chooses at its default batch_size
 
     # -- equal values first ------------------------------------------------------------------
     pixel_flipping = quantus.PixelFlipping(features_in_step=32, perturb_baseline="black", disable_warnings=True)
@@ -90,9 +92,9 @@ def rows(device: torch.device, repeats: int, *, batch: int = 32) -> list[Row]:
 
     def ours_id() -> None:
         with analysis_mode(model):
-            insertion_deletion(model, x, attributions, target=target, steps=STEPS + 1, batch_size=128)
+            insertion_deletion(model, x, attributions, target=target, steps=STEPS + 1, batch_size=forward_size)
 
-    def floor() -> None:  # every masked image through the model once, in forwards of the batch's size
+    def floor() -> None:  # every masked image through the model once, in forwards of the batch's size (Quantus')
         with torch.no_grad():
             for part in masked.split(batch):
                 model(part).softmax(1)
@@ -105,7 +107,8 @@ def rows(device: torch.device, repeats: int, *, batch: int = 32) -> list[Row]:
     def method(name: str, params: dict):
         def run() -> None:
             with analysis_mode(model):
-                attribute(name, model, x, target, **params)
+                extra = {"internal_batch_size": forward_size} if "internal_batch_size" in METHODS[name].defaults else {}
+                attribute(name, model, x, target, **params, **extra)
         return run
 
     cases = {"ig_ours": ours_ig, "ig_captum": captum_ig, "id_ours": ours_id, "quantus": theirs, "floor": floor,

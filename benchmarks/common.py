@@ -1,6 +1,6 @@
 """What every benchmark shares: the model, interleaved timing, and rows of one Markdown table.
 
-A comparison is always measured in one process run, interleaved (A B A B ...) after a warm-up, and
+A comparison is always measured in one process run, interleaved (A B B A A B ...) after a warm-up, and
 reported as the median of the per-round ratios with their min-max, never as one absolute time: the
 development machines are shared and their speed drifts, but a drift hits both sides of a round alike.
 
@@ -80,9 +80,13 @@ def interleaved(
         for a, b in pairs.values():
             a(), b()
     ratios: dict[str, list[float]] = {name: [] for name in pairs}
-    for _ in range(repeats):
+    for round_ in range(repeats):
         for name, (a, b) in pairs.items():
-            ratios[name].append(timed(a, device) / timed(b, device))
+            if round_ % 2:  # B A on odd rounds, so that running first or second favours neither side
+                b_seconds = timed(b, device)
+                ratios[name].append(timed(a, device) / b_seconds)
+            else:
+                ratios[name].append(timed(a, device) / timed(b, device))
     return ratios
 
 
@@ -95,8 +99,9 @@ def seconds_of(
         for function in cases.values():
             function()
     times: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(repeats):
-        for name, function in cases.items():
+    for round_ in range(repeats):
+        order = list(cases.items())
+        for name, function in reversed(order) if round_ % 2 else order:  # alternate the order, as above
             times[name].append(timed(function, device))
     return times
 

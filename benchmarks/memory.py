@@ -8,7 +8,7 @@ Each case runs in a fresh process: it builds a CIFAR-shaped CNN of the given wid
 probe, warms up with one evaluation of 32 samples, then records the seconds and the peak memory
 (``ru_maxrss`` on the CPU, ``torch.cuda.max_memory_allocated`` on a GPU) of one evaluation of
 ``Compass()`` (every module but pruning) on the whole probe. Probe sizes 64, 256 and 1024 run at
-width x1, widths x1, x2 and x4 at a probe of 256 (64 with ``--quick``).
+width x1, widths x1, x2 and x4 at a probe of 256 (``--quick``: a probe of 64, and a base width of 8 instead of 16).
 
 The promises: at a fixed ``batch_size`` the time grows linearly with the probe (the time per sample
 stays flat) and the peak memory does not grow beyond the probe tensors themselves (and a few numbers
@@ -33,7 +33,7 @@ from common import arguments, machine  # noqa: E402
 BASE_WIDTH = 16
 
 
-def child(size: int, width: int, device: str, batch_size: int) -> dict[str, float]:
+def child(size: int, width: int, base_width: int, device: str, batch_size: int) -> dict[str, float]:
     import lightning.pytorch as pl
     from lightning.pytorch.trainer.states import TrainerFn
 
@@ -41,15 +41,16 @@ def child(size: int, width: int, device: str, batch_size: int) -> dict[str, floa
     from compass_lightning import Classification, Compass, Evaluation, ProbeSet
     from compass_lightning.guard import analysis_mode
 
-    model = model_for_benchmark(width=BASE_WIDTH * width).to(device)
+    model = model_for_benchmark(width=base_width * width).to(device)
     generator = torch.Generator().manual_seed(0)
     inputs = torch.rand(size, 3, 32, 32, generator=generator)
     targets = torch.randint(0, 10, (size,), generator=generator)
     trainer = pl.Trainer(logger=False, enable_progress_bar=False, accelerator="cpu")
     trainer.state.fn = TrainerFn.VALIDATING  # as under trainer.validate
-    compass = Compass(
-        pruning=False, batch_size=batch_size, task=Classification(),
-        neurons={"profile_data": (inputs[:64], targets[:64]), "profile_size": 64},  # no training loader here
+    compass = Compass(  # every module on the whole probe (by default each caps its own probe size)
+        pruning=False, batch_size=batch_size, task=Classification(), probe_size=size,
+        mutation={"probe_size": size}, robustness={"probe_size": size}, interpretability={"probe_size": size},
+        neurons={"profile_data": (inputs[:64], targets[:64]), "profile_size": 64, "probe_size": size},  # no training loader here
     )
     compass._running = list(compass.modules)
 
@@ -76,10 +77,11 @@ def child(size: int, width: int, device: str, batch_size: int) -> dict[str, floa
             "growth_mb": max(after - before, 0) / 2**20, "peak_mb": after / 2**20}
 
 
-def measure(size: int, width: int, device: str, batch_size: int) -> dict[str, float]:
+def measure(size: int, width: int, device: str, batch_size: int, base_width: int) -> dict[str, float]:
     """One case in a fresh process (so that the peak memory is its own)."""
     result = subprocess.run(
-        [sys.executable, __file__, "--child", str(size), str(width), "--device", device, "--batch-size", str(batch_size)],
+        [sys.executable, __file__, "--child", str(size), str(width), str(base_width), "--device", device,
+         "--batch-size", str(batch_size)],
         capture_output=True, text=True, check=True,
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -87,19 +89,21 @@ def measure(size: int, width: int, device: str, batch_size: int) -> dict[str, fl
 
 def scaling_table(device: str, *, quick: bool = False, batch_size: int = 64) -> str:
     """The cases as a Markdown table: seconds per sample relative to the first case of the sweep, and memory."""
+    base_width = BASE_WIDTH // 2 if quick else BASE_WIDTH
     sweeps = {"probe size": [(size, 1) for size in (64, 256, 1024)],
               "width": [(64 if quick else 256, width) for width in (1, 2, 4)]}
-    lines = [f"Compass() evaluation (pruning off), CIFAR-shaped CNN, batch_size {batch_size}, {device}",
-             "", "| sweep | probe size | width | seconds | seconds per sample / first of the sweep | probe tensors (MB) "
-             "| peak growth over a 32-sample evaluation (MB) |", "|---|---|---|---|---|---|---|"]
+    lines = [f"Compass() evaluation (pruning off, every module on the whole probe), CIFAR-shaped CNN of width "
+             f"{base_width} (x1), batch_size {batch_size}, {device}", "",
+             "| sweep | probe size | width | seconds | seconds per sample / first of the sweep | probe tensors (MB) "
+             "| peak growth over a 32-sample evaluation (MB) | peak (MB) |", "|---|---|---|---|---|---|---|---|"]
     for sweep, cases in sweeps.items():
         first = None
         for size, width in cases:
-            row = measure(size, width, device, batch_size)
+            row = measure(size, width, device, batch_size, base_width)
             per_sample = row["seconds"] / size
             first = first or per_sample
             lines.append(f"| {sweep} | {size} | x{width} | {row['seconds']:.1f} | {per_sample / first:.2f} | "
-                         f"{row['probe_mb']:.1f} | {row['growth_mb']:.0f} |")
+                         f"{row['probe_mb']:.1f} | {row['growth_mb']:.0f} | {row['peak_mb']:.0f} |")
             print(lines[-1], file=sys.stderr, flush=True)
     return "\n".join(lines)
 
@@ -107,7 +111,7 @@ def scaling_table(device: str, *, quick: bool = False, batch_size: int = 64) -> 
 def main(argv: list[str] | None = None) -> None:
     parser = arguments(__doc__)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--child", type=int, nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child", type=int, nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(child(*args.child, args.device, args.batch_size)))

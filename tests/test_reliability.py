@@ -235,6 +235,8 @@ BAD = [
     (PruningAnalysis, {"rates": [1.0]}, ValueError, r"rates must be a number in \[0.0, 1.0\)"),
     (PruningAnalysis, {"methods": ["snip"]}, ValueError, "methods: unknown importance 'snip'; choose from"),
     (PruningAnalysis, {"tolerance": -0.01}, ValueError, "tolerance must be a number"),
+    (PruningAnalysis, {"attribution_probe_size": 0}, ValueError, "attribution_probe_size must be an integer"),
+    (MutationMetrics, {"batch_size": 0}, ValueError, "batch_size must be an integer"),
     (PruningAnalysis, {"calibration_size": 0}, ValueError, "calibration_size must be an integer >= 1"),
     (PruningAnalysis, {"sweep": 0.5}, TypeError, "sweep must be a list of rates"),
     (Compass, {"robustness": {"attacks": ["nope"]}}, ValueError, "robustness: attacks: unknown attack 'nope'"),

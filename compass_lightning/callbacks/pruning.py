@@ -78,6 +78,9 @@ class PruningAnalysis(CompassCallback):
             :class:`~compass_lightning.AttackSuccessRate`).
         attribution_methods, attribution_steps: the attribution methods and curve points of the joint
             analysis (see :class:`~compass_lightning.AttributionScores`).
+        attribution_probe_size: the probe samples the joint attribution analysis scores (``None``:
+            the whole probe); by default the first 32, as :class:`~compass_lightning.AttributionScores`
+            does, because integrated gradients cost their steps' passes per sample and per pruned copy.
         save_pruned: write the pruned ``state_dict`` of every method at each of ``rates`` next to the
             checkpoints (``pruned_<method>_rate_0.40.pt``).
         every_n_epochs: also run at every ``n``-th validation epoch (``None``: only at the end of fit).
@@ -109,6 +112,7 @@ class PruningAnalysis(CompassCallback):
         eps: float = 8 / 255,
         attribution_methods: Sequence[str] = ("saliency", "integrated_gradients"),
         attribution_steps: int = 16,
+        attribution_probe_size: Optional[int] = AttributionScores.default_probe_size,
         save_pruned: bool = False,
         every_n_epochs: Optional[int] = None,
         probe_size: Optional[int] = None,
@@ -136,6 +140,9 @@ class PruningAnalysis(CompassCallback):
         self.joint = check_bool("joint", joint)
         self.joint_rates = tuple(sorted(set(check_reals("joint_rates", list(joint_rates), **in_range)))) if joint else ()
         self.save_pruned = check_bool("save_pruned", save_pruned)
+        self.attribution_probe_size = (
+            None if attribution_probe_size is None else check_int("attribution_probe_size", attribution_probe_size, minimum=1)
+        )
         # The joint analyses are the module callbacks themselves, run on the pruned copies.
         self._attacks = AttackSuccessRate(attacks, eps=eps, image_count=0, **common)
         self._attribution = AttributionScores(
@@ -246,10 +253,11 @@ class PruningAnalysis(CompassCallback):
             self._figures(trainer, evaluation, rows)
 
     def _joint(self, trainer: pl.Trainer, evaluation: Evaluation, model: nn.Module) -> dict[str, Tensor]:
-        """Mean white-box ASR and mean insertion/deletion of ``model`` on the probe."""
+        """Mean white-box ASR of ``model`` on the probe, and its mean insertion/deletion on the first
+        ``attribution_probe_size`` samples."""
         scores: dict[str, Tensor] = {}
-        for analysis in (self._attacks, self._attribution):
-            inner = evaluation.for_model(model)
+        for analysis, size in ((self._attacks, None), (self._attribution, self.attribution_probe_size)):
+            inner = evaluation.for_model(model).subset(size)
             analysis.evaluate(trainer, inner)
             scores.update({k: torch.as_tensor(v, dtype=torch.float32) for k, v in inner.scalars.items()})
         mean = lambda kind: torch.stack(  # noqa: E731
