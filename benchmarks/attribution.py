@@ -7,8 +7,10 @@ every gradient attribution method against its pass floor.
 One run measures, interleaved after a warm-up, on the same model and inputs (32 x 1x32x32: Quantus
 steps over H*W features but perturbs channels separately, so only one channel gives it whole pixels):
 
-* integrated gradients at 32 steps: ours (the callback's path: Captum inside the guard) against
-  Captum called directly with its ``internal_batch_size`` set to the whole batch times the steps;
+* integrated gradients at 32 steps: ours as the callback runs it (Captum inside the guard, its steps
+  batched into forwards of the size :mod:`compass_lightning.batching` chooses) against Captum called
+  directly as its users call it (no ``internal_batch_size``: every step in one forward), and against
+  Captum with the same forward size (the same work: about 1.0 by construction);
 * deletion: Quantus' ``PixelFlipping`` (32 steps of 32 pixels, softmax probability), after checking
   that our deletion curve has the same values, against our ``insertion_deletion`` (which computes
   both curves: twice Quantus' work, so one curve is half of it), and both against the floor: one
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -81,13 +84,13 @@ def rows(device: torch.device, repeats: int, *, batch: int = 32) -> list[Row]:
     # -- timings -------------------------------------------------------------------------------
     masked = torch.rand(2 * (STEPS + 1) * batch, 1, 32, 32, generator=generator, device=device)
 
-    def ours_ig() -> None:
+    def ours_ig() -> None:  # as the callback runs it: its steps batched into forwards of the chosen size
         with analysis_mode(model):
-            attribute("integrated_gradients", model, x, target, steps=STEPS, internal_batch_size=batch * STEPS)
+            attribute("integrated_gradients", model, x, target, steps=STEPS, internal_batch_size=forward_size)
 
-    def captum_ig() -> None:
-        IntegratedGradients(model).attribute(
-            x.clone().requires_grad_(), baselines=0.0, target=target, n_steps=STEPS, internal_batch_size=batch * STEPS
+    def captum_ig(internal_batch_size: int | None = None) -> Callable[[], None]:
+        return lambda: IntegratedGradients(model).attribute(
+            x.clone().requires_grad_(), baselines=0.0, target=target, n_steps=STEPS, internal_batch_size=internal_batch_size
         )
 
     def ours_id() -> None:
@@ -111,11 +114,15 @@ def rows(device: torch.device, repeats: int, *, batch: int = 32) -> list[Row]:
                 attribute(name, model, x, target, **params, **extra)
         return run
 
-    cases = {"ig_ours": ours_ig, "ig_captum": captum_ig, "id_ours": ours_id, "quantus": theirs, "floor": floor,
+    cases = {"ig_ours": ours_ig, "ig_captum": captum_ig(), "ig_captum_same": captum_ig(forward_size), "id_ours": ours_id,
+             "quantus": theirs, "floor": floor,
              "pass": one_pass, **{name: method(name, params) for name, (params, _) in GRADIENT_METHODS.items()}}
     times = seconds_of(cases, repeats, device)
     result = [
-        Row("attribution", "integrated gradients: ours / Captum", ratios_of(times, "ig_ours", "ig_captum"), 1.0),
+        Row("attribution", "integrated gradients: ours / Captum at its defaults (every step in one forward)",
+            ratios_of(times, "ig_ours", "ig_captum"), 1.0),
+        Row("attribution", f"integrated gradients: ours / Captum with the same {forward_size}-image forwards",
+            ratios_of(times, "ig_ours", "ig_captum_same")),
         Row("attribution", "insertion + deletion: ours / one forward of every masked image (floor)",
             ratios_of(times, "id_ours", "floor"), 1.10),
         Row("attribution", "one curve (half of ours) / Quantus' deletion curve, equal values",

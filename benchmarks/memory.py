@@ -5,8 +5,9 @@
     python benchmarks/memory.py --quick         # widths at a probe of 64 only
 
 Each case runs in a fresh process: it builds a CIFAR-shaped CNN of the given width and a random
-probe, warms up with one evaluation of 32 samples, then records the seconds and the peak memory
-(``ru_maxrss`` on the CPU, ``torch.cuda.max_memory_allocated`` on a GPU) of one evaluation of
+probe, warms up with one evaluation of 32 samples, then records the seconds and the memory growth
+(the resident memory sampled every millisecond on the CPU, ``torch.cuda.max_memory_allocated`` on a
+GPU) of one evaluation of
 ``Compass()`` (every module but pruning) on the whole probe. Probe sizes 64, 256 and 1024 run at
 width x1, widths x1, x2 and x4 at a probe of 256 (``--quick``: a probe of 64, and a base width of 8 instead of 16).
 
@@ -22,6 +23,7 @@ import json
 import resource
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -65,16 +67,47 @@ def child(size: int, width: int, base_width: int, device: str, batch_size: int) 
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.max_memory_allocated()
-    else:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    started = time.perf_counter()
-    evaluate(ProbeSet(inputs, targets))
-    if device == "cuda":
+        started = time.perf_counter()
+        evaluate(ProbeSet(inputs, targets))
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - started
-    after = torch.cuda.max_memory_allocated() if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        seconds, after = time.perf_counter() - started, torch.cuda.max_memory_allocated()
+    else:
+        with ResidentPeak() as peak:
+            started = time.perf_counter()
+            evaluate(ProbeSet(inputs, targets))
+            seconds = time.perf_counter() - started
+        before, after = peak.before, peak.peak
     return {"size": size, "width": width, "seconds": seconds, "probe_mb": inputs.numel() * 4 / 2**20,
             "growth_mb": max(after - before, 0) / 2**20, "peak_mb": after / 2**20}
+
+
+class ResidentPeak:
+    """The largest resident memory of this process while the block runs, sampled every millisecond
+    (``ru_maxrss`` would report the process' high-water mark, which imports can set)."""
+
+    def __init__(self) -> None:
+        self.before = self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    @staticmethod
+    def resident() -> int:
+        with open("/proc/self/statm", encoding="ascii") as stream:
+            return int(stream.read().split()[1]) * resource.getpagesize()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, self.resident())
+
+    def __enter__(self) -> ResidentPeak:
+        self.before = self.peak = self.resident()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.resident())
 
 
 def measure(size: int, width: int, device: str, batch_size: int, base_width: int) -> dict[str, float]:
@@ -95,7 +128,7 @@ def scaling_table(device: str, *, quick: bool = False, batch_size: int = 64) -> 
     lines = [f"Compass() evaluation (pruning off, every module on the whole probe), CIFAR-shaped CNN of width "
              f"{base_width} (x1), batch_size {batch_size}, {device}", "",
              "| sweep | probe size | width | seconds | seconds per sample / first of the sweep | probe tensors (MB) "
-             "| peak growth over a 32-sample evaluation (MB) | peak (MB) |", "|---|---|---|---|---|---|---|---|"]
+             "| resident memory growth during the evaluation (MB) | peak (MB) |", "|---|---|---|---|---|---|---|---|"]
     for sweep, cases in sweeps.items():
         first = None
         for size, width in cases:

@@ -19,7 +19,7 @@ from compass_lightning.attacks._core import (
     check_budget,
     default_step,
     diverse_input,
-    gaussian_kernel,
+    gaussian_blur_matrices,
     input_gradient,
     per_sample_norm,
     random_linf_start,
@@ -155,12 +155,12 @@ def tifgsm(
     if len_kernel is None:
         half = min(x.shape[-2:]) // 2
         len_kernel = max(1, min(15, half if half % 2 else half - 1))
-    kernel = gaussian_kernel(len_kernel, nsig, x.shape[1], x)
+    rows, columns = gaussian_blur_matrices(len_kernel, nsig, x.shape[-2], x.shape[-1], x)
     start = random_linf_start(x, eps, bounds, generator) if random_start else None
 
     def gradient(x_adv: Tensor, momentum: Tensor) -> Tensor:
         raw = input_gradient(model, x_adv, y, lambda t: diverse_input(t, resize_rate, diversity_prob, generator))
-        return torch.nn.functional.conv2d(raw, kernel, padding="same", groups=x.shape[1])
+        return rows @ raw @ columns  # the depthwise Gaussian convolution, as two matrix products
 
     return sign_gradient_attack(
         model, x, y, eps=eps, alpha=alpha, steps=steps, bounds=bounds, gradient=gradient, decay=decay,

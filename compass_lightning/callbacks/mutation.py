@@ -135,7 +135,8 @@ class MutationMetrics(CompassCallback):
                         name, clean_logits, logits
                     )
                 elif shown:
-                    gallery[name], labels[name] = mutated[:shown], targets[:shown]
+                    # copies: a view of the first images would keep every mutant of the whole probe alive
+                    gallery[name], labels[name] = mutated[:shown].clone(), targets[:shown].clone()
                     correct[name] = logits[:shown].argmax(1).cpu() == targets[:shown]
         if accuracies:
             evaluation.scalars["compass/mutation/mean_accuracy"] = torch.stack(accuracies).mean()
