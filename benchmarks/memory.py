@@ -9,7 +9,8 @@ probe, warms up with one evaluation of 32 samples, then records the seconds and 
 (the resident memory sampled every millisecond on the CPU, ``torch.cuda.max_memory_allocated`` on a
 GPU) of one evaluation of
 ``Compass()`` (every module but pruning) on the whole probe. Probe sizes 64, 256 and 1024 run at
-width x1, widths x1, x2 and x4 at a probe of 256 (``--quick``: a probe of 64, and a base width of 8 instead of 16).
+width x1, widths x1, x2 and x4 at a probe of 256 (``--quick``: a probe of 64, a base width of 8 instead of 16,
+and saliency and Grad-CAM as the attribution methods).
 
 The promises: at a fixed ``batch_size`` the time grows linearly with the probe (the time per sample
 stays flat) and the peak memory does not grow beyond the probe tensors themselves (and a few numbers
@@ -35,7 +36,7 @@ from common import arguments, machine  # noqa: E402
 BASE_WIDTH = 16
 
 
-def child(size: int, width: int, base_width: int, device: str, batch_size: int) -> dict[str, float]:
+def child(size: int, width: int, base_width: int, device: str, batch_size: int, quick: bool) -> dict[str, float]:
     import lightning.pytorch as pl
     from lightning.pytorch.trainer.states import TrainerFn
 
@@ -49,9 +50,12 @@ def child(size: int, width: int, base_width: int, device: str, batch_size: int) 
     targets = torch.randint(0, 10, (size,), generator=generator)
     trainer = pl.Trainer(logger=False, enable_progress_bar=False, accelerator="cpu")
     trainer.state.fn = TrainerFn.VALIDATING  # as under trainer.validate
+    # the one-pass attribution methods in a quick run: integrated gradients and SmoothGrad at every sample of
+    # the largest probe would take most of its ten minutes, and scale the same way
+    interpretability = {"probe_size": size, **({"methods": ["saliency", "gradcam"]} if quick else {})}
     compass = Compass(  # every module on the whole probe (by default each caps its own probe size)
         pruning=False, batch_size=batch_size, task=Classification(), probe_size=size,
-        mutation={"probe_size": size}, robustness={"probe_size": size}, interpretability={"probe_size": size},
+        mutation={"probe_size": size}, robustness={"probe_size": size}, interpretability=interpretability,
         neurons={"profile_data": (inputs[:64], targets[:64]), "profile_size": 64, "probe_size": size},  # no training loader here
     )
     compass._running = list(compass.modules)
@@ -110,11 +114,11 @@ class ResidentPeak:
         self.peak = max(self.peak, self.resident())
 
 
-def measure(size: int, width: int, device: str, batch_size: int, base_width: int) -> dict[str, float]:
+def measure(size: int, width: int, device: str, batch_size: int, base_width: int, quick: bool) -> dict[str, float]:
     """One case in a fresh process (so that the peak memory is its own)."""
     result = subprocess.run(
         [sys.executable, __file__, "--child", str(size), str(width), str(base_width), "--device", device,
-         "--batch-size", str(batch_size)],
+         "--batch-size", str(batch_size), *(["--quick"] if quick else [])],
         capture_output=True, text=True, check=True,
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -125,14 +129,15 @@ def scaling_table(device: str, *, quick: bool = False, batch_size: int = 64) -> 
     base_width = BASE_WIDTH // 2 if quick else BASE_WIDTH
     sweeps = {"probe size": [(size, 1) for size in (64, 256, 1024)],
               "width": [(64 if quick else 256, width) for width in (1, 2, 4)]}
-    lines = [f"Compass() evaluation (pruning off, every module on the whole probe), CIFAR-shaped CNN of width "
-             f"{base_width} (x1), batch_size {batch_size}, {device}", "",
+    methods = "saliency and Grad-CAM as attribution methods" if quick else "default attribution methods"
+    lines = [f"Compass() evaluation (pruning off, every module on the whole probe, {methods}), CIFAR-shaped CNN of "
+             f"width {base_width} (x1), batch_size {batch_size}, {device}", "",
              "| sweep | probe size | width | seconds | seconds per sample / first of the sweep | probe tensors (MB) "
              "| resident memory growth during the evaluation (MB) | peak (MB) |", "|---|---|---|---|---|---|---|---|"]
     for sweep, cases in sweeps.items():
         first = None
         for size, width in cases:
-            row = measure(size, width, device, batch_size, base_width)
+            row = measure(size, width, device, batch_size, base_width, quick)
             per_sample = row["seconds"] / size
             first = first or per_sample
             lines.append(f"| {sweep} | {size} | x{width} | {row['seconds']:.1f} | {per_sample / first:.2f} | "
@@ -147,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--child", type=int, nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(*args.child, args.device, args.batch_size)))
+        print(json.dumps(child(*args.child, args.device, args.batch_size, args.quick)))
         return
     print(machine(torch.device(args.device)))
     print(scaling_table(args.device, quick=args.quick, batch_size=args.batch_size))
