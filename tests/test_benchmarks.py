@@ -1,0 +1,36 @@
+"""The benchmark suite's own machinery: interleaving, ratios and the table it prints."""
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from common import Row, interleaved, ratios_of, seconds_of, table  # noqa: E402
+
+CPU = torch.device("cpu")
+
+
+def test_rounds_alternate_the_order_of_the_two_sides_after_the_warm_up():
+    calls = []
+    interleaved({"x": (lambda: calls.append("A"), lambda: calls.append("B"))}, repeats=3, device=CPU, warmup=1)
+    assert calls == ["A", "B", "A", "B", "B", "A", "A", "B"]  # warm-up, then A B, B A, A B
+
+
+def test_every_case_is_timed_once_a_round_in_alternating_order():
+    calls = []
+    cases = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    times = seconds_of(cases, repeats=2, device=CPU, warmup=0)
+    assert calls == ["a", "b", "c", "c", "b", "a"] and all(len(t) == 2 for t in times.values())
+
+
+def test_ratios_are_per_round_and_scaled():
+    assert ratios_of({"a": [2.0, 3.0], "b": [1.0, 2.0]}, "a", "b", scale=2.0) == [1.0, 0.75]
+
+
+def test_a_row_reports_the_median_its_range_and_whether_the_target_is_met():
+    met, missed, untargeted = Row("x", "a / b", [0.8, 1.3, 0.9], 1.0), Row("x", "c / d", [1.2, 1.1, 1.3], 1.0), Row("x", "e", [2.0])
+    assert (met.median, met.met, missed.met, untargeted.met) == (0.9, True, False, None)
+    lines = table([met, missed, untargeted]).splitlines()
+    assert lines[2] == "| x | a / b | **0.90** | 0.80-1.30 | <= 1.00 | met |"
+    assert lines[3].endswith("| **missed** |") and lines[4].endswith("|  |  |")
