@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from compass_lightning.batching import auto_batch_size
-from compass_lightning.checks import check_bool, check_int
+from compass_lightning.checks import at_least_one, check_bool, check_int, optional
 from compass_lightning.guard import analysis_mode
 from compass_lightning.metrics import to_floats
 from compass_lightning.probe import ProbeSet, _first_loader
@@ -239,8 +239,8 @@ class CompassCallback(Callback):
         fail_fast: bool = False,
     ) -> None:
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, minimum=1)
-        self.probe_size = None if probe_size is None else check_int("probe_size", probe_size, minimum=1)
-        self.batch_size = None if batch_size is None else check_int("batch_size", batch_size, minimum=1)
+        self.probe_size = optional(at_least_one)("probe_size", probe_size)
+        self.batch_size = optional(at_least_one)("batch_size", batch_size)
         self.seed = check_int("seed", seed, minimum=0)
         if task is not None and not isinstance(task, Classification):
             raise TypeError(f"task must be a compass_lightning.task.Classification, got {task!r}")

@@ -13,7 +13,7 @@ from compass_lightning.callbacks.mutation import MutationMetrics
 from compass_lightning.callbacks.neurons import NeuronAnalysis
 from compass_lightning.callbacks.pruning import PruningAnalysis
 from compass_lightning.callbacks.robustness import AttackSuccessRate
-from compass_lightning.checks import check_bool, check_int
+from compass_lightning.checks import at_least_one, check_bool, optional
 from compass_lightning.passes import PassCounter
 from compass_lightning.radar import AXES, axis_values, radar_chart, radar_scores
 from compass_lightning.report import history_record
@@ -106,7 +106,7 @@ class Compass(CompassCallback):
                 raise ValueError(f"{name}: {clash[0]} is shared by every module; set Compass({clash[0]}=...) instead")
             config = dict(config)
             size = config.pop("probe_size", None)
-            self.module_probe_sizes[name] = None if size is None else check_int(f"{name}.probe_size", size, minimum=1)
+            self.module_probe_sizes[name] = optional(at_least_one)(f"{name}.probe_size", size)
             try:
                 self.modules[name] = MODULES[name](**config, **shared)
             except (TypeError, ValueError) as error:

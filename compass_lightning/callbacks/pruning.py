@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData
 from compass_lightning.callbacks.interpretability import AttributionScores
 from compass_lightning.callbacks.robustness import AttackSuccessRate
-from compass_lightning.checks import check_bool, check_int, check_real, check_reals
+from compass_lightning.checks import at_least_one, check_bool, check_int, check_real, check_reals, optional
 from compass_lightning.figures import line_chart
 from compass_lightning.metrics import METRIC_NAMES, classification_metrics
 from compass_lightning.probe import ProbeSet
@@ -140,9 +140,7 @@ class PruningAnalysis(CompassCallback):
         self.joint = check_bool("joint", joint)
         self.joint_rates = tuple(sorted(set(check_reals("joint_rates", list(joint_rates), **in_range)))) if joint else ()
         self.save_pruned = check_bool("save_pruned", save_pruned)
-        self.attribution_probe_size = (
-            None if attribution_probe_size is None else check_int("attribution_probe_size", attribution_probe_size, minimum=1)
-        )
+        self.attribution_probe_size = optional(at_least_one)("attribution_probe_size", attribution_probe_size)
         # The joint analyses are the module callbacks themselves, run on the pruned copies.
         self._attacks = AttackSuccessRate(attacks, eps=eps, image_count=0, **common)
         self._attribution = AttributionScores(
