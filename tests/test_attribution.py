@@ -1,5 +1,7 @@
 """Attribution methods and insertion/deletion: axioms, closed forms, Captum and PAIR references, RISE properties."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -210,3 +212,14 @@ def test_bad_arguments(call, message, digits):
     model, net, x, target = digits
     with pytest.raises(ValueError, match=message), analysis_mode(model):
         call(net, x[:2], target[:2])
+
+
+def test_integrated_gradients_batched_by_images_equal_one_forward_without_captums_warning(digits):
+    model, net, x, target = digits
+    x, target = x[:6], target[:6]
+    with analysis_mode(model):
+        whole = attribute("integrated_gradients", net, x, target, steps=8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # below one image per sample Captum would warn at every call
+            pieces = attribute("integrated_gradients", net, x, target, steps=8, internal_batch_size=4)
+    torch.testing.assert_close(pieces, whole, rtol=1e-4, atol=1e-6)
