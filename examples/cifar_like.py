@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     epochs = 1 if args.fast else args.epochs
     pl.seed_everything(0, workers=True)
-    data = SyntheticCifarDataModule(train_size=512, val_size=256) if args.fast else SyntheticCifarDataModule()
+    # fast: batches of 32, so that one epoch of 512 images takes 16 steps and learns something
+    data = SyntheticCifarDataModule(train_size=512, val_size=256, batch_size=32) if args.fast else SyntheticCifarDataModule()
     logger = TensorBoardLogger(args.logdir, name="cifar_like")
     trainer = pl.Trainer(
         max_epochs=epochs,

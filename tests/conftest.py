@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fnmatch
+import math
 import sys
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -16,7 +19,50 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 from digits import DigitsClassifier, DigitsDataModule, digits_task  # noqa: E402
 
-__all__ = ["DigitsClassifier", "DigitsDataModule", "digits_task"]
+__all__ = ["EVERY_MODULE", "DigitsClassifier", "DigitsDataModule", "assert_monitor_ran", "digits_task"]
+
+#: Tags that are undefined by definition at some evaluations, so NaN there says nothing about a
+#: failure: the neuron top-10 stability at the first evaluation (no previous top-10), and transfer
+#: from the snapshot surrogate before a snapshot exists (the first evaluation).
+#: One tag of every module of the Compass that a successful evaluation defines.
+EVERY_MODULE = ("compass/basic/accuracy", "compass/mutation/*/accuracy", "compass/robustness/*/asr",
+                "compass/interpretability/*/insertion", "compass/neurons/coverage/nc", "compass/pruning/*/max_safe_rate",
+                "compass/score/*")
+UNDEFINED_AT_TIMES = ("compass/neurons/sensitivity/top10_stability", "compass/robustness/transfer/snapshot/*")
+
+
+def assert_monitor_ran(source: object, *required: str, undefined: tuple[str, ...] = UNDEFINED_AT_TIMES) -> list[dict]:
+    """Fail unless the monitor really ran, so a test of something else (non-interference, DDP,
+    resume, examples, the CLI) cannot pass because every analysis failed and was logged as NaN.
+
+    ``source`` is a monitor (its ``history``), a log directory (its ``compass_history.jsonl``), a
+    list of history records or of metric dicts, or one metric dict. Every evaluation must have
+    ``compass/errors == 0`` and every ``compass/`` tag finite except the ``undefined`` patterns;
+    each ``required`` pattern (fnmatch) must match a finite tag of some evaluation. Returns the
+    metric dicts checked.
+    """
+    from compass_lightning.callbacks.base import CompassCallback
+    from compass_lightning.report import read_history
+
+    if isinstance(source, CompassCallback):
+        source = source.history
+    elif isinstance(source, (str, Path)):
+        source = read_history(source)
+    records = [source] if isinstance(source, Mapping) else list(source)
+    assert records, "the monitor recorded no evaluation"
+    evaluations = [dict(r["metrics"]) if "metrics" in r else dict(r) for r in records]
+    for index, metrics in enumerate(evaluations):
+        values = {tag: float(v) if v is not None else math.nan for tag, v in metrics.items()}
+        assert values.get("compass/errors") == 0, f"evaluation {index}: compass/errors = {values.get('compass/errors')}"
+        undefined_now = [t for t, v in values.items() if not math.isfinite(v) and t.startswith("compass/")
+                         and not any(fnmatch.fnmatchcase(t, p) for p in undefined)]
+        assert not undefined_now, f"evaluation {index}: {len(undefined_now)} tags are NaN, e.g. {undefined_now[:5]}"
+    for pattern in required:
+        assert any(
+            fnmatch.fnmatchcase(t, pattern) and v is not None and math.isfinite(float(v))
+            for metrics in evaluations for t, v in metrics.items()
+        ), f"no evaluation logged a finite {pattern!r}"
+    return evaluations
 
 
 class AwkwardNet(nn.Module):

@@ -1,7 +1,8 @@
 """Helper for test_ddp.py: validate the digits model with MutationMetrics or the Compass (every module,
-deterministic settings) on 1 or 2 CPU processes.
+deterministic settings) on 1 or 2 CPU processes; ``fail_on_rank_1``: MutationMetrics whose model
+call fails on the second process only. Each process prints ``rank R errors E`` at the end.
 
-    python tests/ddp_run.py DEVICES LOGDIR [mutation|compass]
+    python tests/ddp_run.py DEVICES LOGDIR [mutation|compass|fail_on_rank_1]
 """
 
 import logging
@@ -16,6 +17,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from digits import DigitsClassifier, DigitsDataModule, digits_task  # noqa: E402
 
 import compass_lightning as cl  # noqa: E402
+from digits import DIGITS_MEAN, DIGITS_STD  # noqa: E402
+
+
+class FailsOnRankOne(cl.Classification):
+    """The digits task, except that the monitor's model calls raise on the process of rank 1."""
+
+    def logits(self, model, inputs):
+        if torch.distributed.is_initialized() and torch.distributed.get_rank() == 1:
+            raise RuntimeError("injected failure on rank 1")
+        return super().logits(model, inputs)
 
 
 if __name__ == "__main__":
@@ -27,6 +38,9 @@ if __name__ == "__main__":
     model = DigitsClassifier()
     if which == "mutation":
         monitor = cl.MutationMetrics(task=digits_task(), probe_size=101, batch_size=16)  # 101: uneven shards
+    elif which == "fail_on_rank_1":
+        monitor = cl.MutationMetrics(task=FailsOnRankOne(mean=[DIGITS_MEAN], std=[DIGITS_STD]), probe_size=101,
+                                     batch_size=16, mutations=["noise"])
     else:  # every module, with its attacks and attributions deterministic so that runs compare exactly
         monitor = cl.Compass(
             task=digits_task(), probe_size=61, batch_size=16,
@@ -41,7 +55,7 @@ if __name__ == "__main__":
         accelerator="cpu",
         devices=devices,
         # the Compass logs hundreds of scalars, which ddp_spawn cannot send back (see test_ddp.py)
-        strategy=("ddp" if which == "compass" else "ddp_spawn") if devices > 1 else "auto",
+        strategy=("ddp_spawn" if which == "mutation" else "ddp") if devices > 1 else "auto",
         logger=pl.loggers.CSVLogger(logdir, name="run"),
         callbacks=[monitor],
         enable_progress_bar=False,
@@ -49,3 +63,4 @@ if __name__ == "__main__":
     )
     torch.set_num_threads(1)
     trainer.validate(model, datamodule=DigitsDataModule(), verbose=False)
+    print(f"rank {trainer.global_rank} errors {monitor.error_count}", flush=True)

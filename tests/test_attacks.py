@@ -98,6 +98,7 @@ AGREEMENT = [
     ("fgsm", {}, lambda m: torchattacks.FGSM(m, eps=8 / 255)),
     ("ifgsm", {"alpha": 2 / 255, "steps": 10}, lambda m: torchattacks.BIM(m, eps=8 / 255, alpha=2 / 255, steps=10)),
     ("pgd", {"random_start": False}, lambda m: torchattacks.PGD(m, eps=8 / 255, alpha=2 / 255, steps=10, random_start=False)),
+    ("pgd_l2", {"random_start": False, "alpha": 0.2}, lambda m: torchattacks.PGDL2(m, eps=8 / 255, alpha=0.2, steps=10, random_start=False)),
     ("mifgsm", {}, lambda m: torchattacks.MIFGSM(m, eps=8 / 255, alpha=2 / 255, steps=10, decay=1.0)),
     ("difgsm", {"diversity_prob": 0.0}, lambda m: torchattacks.DIFGSM(m, eps=8 / 255, diversity_prob=0.0)),
     (
@@ -116,6 +117,130 @@ def test_agrees_with_torchattacks(name, params, reference, reference_setup):
     with analysis_mode(model):
         ours = run_attack(name, model, x, y, eps=8 / 255, **params)
     assert (ours - x).abs().max() > 1e-3  # the attack did something
+    assert torch.allclose(ours, expected, atol=1e-5), (ours - expected).abs().max()
+
+
+class _ScriptedRandomness:
+    """Shares the random draws of our attack with torchattacks': our draws are recorded (each a
+    value of our seeded generator), then torch's global samplers that torchattacks calls are
+    replaced by a script that returns those same values in torchattacks' order. Both attacks then
+    make identical random choices, and any difference left is a difference of the algorithms."""
+
+    def __init__(self, monkeypatch):
+        from compass_lightning.attacks import _core, gradient
+
+        self.monkeypatch, self.log = monkeypatch, []
+        for module in (_core, gradient):
+            original = module.draw
+            monkeypatch.setattr(module, "draw", lambda *a, _f=original, **k: self._keep("draw", _f(*a, **k)))
+        original_randint = _core.randint
+        monkeypatch.setattr(_core, "randint", lambda *a, **k: self._keep("randint", original_randint(*a, **k)))
+
+    def _keep(self, kind, value):
+        self.log.append((kind, value.clone() if isinstance(value, torch.Tensor) else value))
+        return value
+
+    def diversity(self, diversity_prob, low):
+        """Per call of DI's input diversity: (applied, size, top, left) from our draws."""
+        calls, log = [], list(self.log)
+        while log:
+            kind, u = log.pop(0)
+            assert kind == "draw" and u.numel() == 1
+            if float(u) < diversity_prob:
+                (_, size), (_, top), (_, left) = log.pop(0), log.pop(0), log.pop(0)
+                calls.append((float(u), size, top, left))
+            else:
+                calls.append((float(u), low, 0, 0))  # not applied: torchattacks still draws, any valid values
+        return calls
+
+    def replay_diversity(self, calls):
+        """torchattacks' input_diversity draws randint (size), randint (top), randint (left), then rand."""
+        queue = [v for u, size, top, left in calls for v in (size, top, left, u)]
+
+        def randint(*args, **kwargs):
+            return torch.tensor([queue.pop(0)], dtype=kwargs.get("dtype", torch.int64))
+
+        def rand(*args, **kwargs):
+            return torch.tensor([queue.pop(0)])
+
+        self.monkeypatch.setattr(torch, "randint", randint)
+        self.monkeypatch.setattr(torch, "rand", rand)
+        return queue
+
+    def replay_start(self, *fills):
+        """torchattacks' random starts fill tensors in place (``uniform_``, ``normal_``): with our values."""
+        queue = list(fills)
+        fill = lambda tensor, *args, **kwargs: tensor.copy_(queue.pop(0).view_as(tensor))  # noqa: E731
+        self.monkeypatch.setattr(torch.Tensor, "uniform_", fill)
+        self.monkeypatch.setattr(torch.Tensor, "normal_", fill)
+        return queue
+
+
+@pytest.mark.parametrize(
+    ("name", "reference"),
+    [
+        ("difgsm", lambda m: torchattacks.DIFGSM(m, eps=8 / 255, alpha=2 / 255, steps=10, diversity_prob=0.5)),
+        ("tifgsm", lambda m: torchattacks.TIFGSM(m, eps=8 / 255, alpha=2 / 255, steps=10, diversity_prob=0.5, len_kernel=5)),
+    ],
+)
+def test_input_diversity_agrees_with_torchattacks_on_shared_random_draws(name, reference, reference_setup, monkeypatch):
+    model, x, y = reference_setup
+    script = _ScriptedRandomness(monkeypatch)
+    params = {"diversity_prob": 0.5, **({"len_kernel": 5} if name == "tifgsm" else {})}
+    with analysis_mode(model):
+        ours = run_attack(name, model, x, y, eps=8 / 255, generator=torch.Generator().manual_seed(4), **params)
+    calls = script.diversity(0.5, low=int(16 * 0.9))
+    applied = [u < 0.5 for u, *_ in calls]
+    assert len(calls) == 10 and any(applied) and not all(applied), applied  # both branches taken
+    left = script.replay_diversity(calls)
+    expected = reference(model)(x, y)
+    monkeypatch.undo()
+    assert left == []  # torchattacks drew exactly as often as we did
+    assert torch.allclose(ours, expected, atol=1e-5), (ours - expected).abs().max()
+
+
+def test_pgd_random_starts_agree_with_torchattacks_on_shared_random_draws(reference_setup, monkeypatch):
+    model, x, y = reference_setup
+    script = _ScriptedRandomness(monkeypatch)
+    with analysis_mode(model):
+        ours = run_attack("pgd", model, x, y, eps=8 / 255, alpha=2 / 255, generator=torch.Generator().manual_seed(5))
+        ours_l2 = run_attack("pgd_l2", model, x, y, eps=1.0, alpha=0.2, generator=torch.Generator().manual_seed(6))
+    (_, uniform), (_, direction), (_, radius) = script.log
+    assert uniform.shape == x.shape and direction.shape == x.shape and radius.shape == (len(x),)
+    left = script.replay_start((2 * uniform - 1) * (8 / 255), direction, radius)  # uniform_(-eps, eps) from our u
+    expected = torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=10, random_start=True)(x, y)
+    expected_l2 = torchattacks.PGDL2(model, eps=1.0, alpha=0.2, steps=10, random_start=True)(x, y)
+    monkeypatch.undo()
+    assert left == []
+    for a, b in ((ours, expected), (ours_l2, expected_l2)):
+        assert (a - x).abs().max() > 1e-3 and torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+    # and without the random start, no randomness at all
+    with analysis_mode(model):
+        plain = run_attack("pgd_l2", model, x, y, eps=1.0, alpha=0.2, random_start=False)
+    assert torch.allclose(plain, torchattacks.PGDL2(model, eps=1.0, alpha=0.2, steps=10, random_start=False)(x, y), atol=1e-5)
+
+
+class _PositiveLogits(torch.nn.Module):
+    """Logits shifted by +50 (C&W's margin does not change): torchattacks' best-other-logit
+    ``max((1 - onehot) * logits)`` is then the true best other logit, as ours is everywhere."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x) + 50
+
+
+def test_cw_agrees_with_torchattacks_where_it_fools_every_sample(reference_setup):
+    model, x, y = reference_setup
+    x = x * 0.8 + 0.1  # inside the box, where the tanh change of variable is the same in both
+    shifted = _PositiveLogits(model).eval()
+    expected = torchattacks.CW(shifted, c=100, kappa=0, steps=30, lr=0.01)(x, y)
+    with analysis_mode(model):
+        ours = run_attack("cw", shifted, x, y, eps=math.inf, c=100, steps=30, lr=0.01)
+        fooled = (shifted(ours).argmax(1) != y).float().mean()
+    assert fooled == 1.0 and (shifted(expected).argmax(1) != y).all()  # equal ASR, and a real search
     assert torch.allclose(ours, expected, atol=1e-5), (ours - expected).abs().max()
 
 

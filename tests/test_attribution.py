@@ -223,3 +223,194 @@ def test_integrated_gradients_batched_by_images_equal_one_forward_without_captum
             warnings.simplefilter("error")  # below one image per sample Captum would warn at every call
             pieces = attribute("integrated_gradients", net, x, target, steps=8, internal_batch_size=4)
     torch.testing.assert_close(pieces, whole, rtol=1e-4, atol=1e-6)
+
+
+def _reference_insertion_deletion(model, x, attributions, target, steps):
+    """RISE written out per sample and step, in NumPy: pixels ranked by the attribution summed over
+    channels (ties: the earlier pixel first), ``round(k * pixels / (steps - 1))`` pixels moved at
+    step k, every channel of a moved pixel replaced, the area by NumPy's trapezoid rule on [0, 1]."""
+    n, channels, height, width = x.shape
+    pixels = height * width
+    scores = attributions.sum(dim=1).reshape(n, pixels).numpy()
+    counts = [int(np.floor(k * pixels / (steps - 1) + 0.5)) for k in range(steps)]
+    areas = {"insertion": [], "deletion": []}
+    for i in range(n):
+        order = np.argsort(-scores[i], kind="stable")
+        curves = {"insertion": [], "deletion": []}
+        for count in counts:
+            chosen = np.zeros(pixels, dtype=bool)
+            chosen[order[:count]] = True
+            chosen = torch.from_numpy(chosen).view(1, 1, height, width).expand(1, channels, height, width)
+            image = x[i : i + 1]
+            deleted = torch.where(chosen, torch.zeros_like(image), image)
+            inserted = torch.where(chosen, image, torch.zeros_like(image))
+            for kind, masked in (("deletion", deleted), ("insertion", inserted)):
+                with torch.no_grad():
+                    curves[kind].append(model(masked).softmax(1)[0, target[i]].item())
+        for kind in areas:
+            areas[kind].append(np.trapezoid(curves[kind], np.linspace(0, 1, steps)))
+    return {kind: torch.tensor(values, dtype=torch.float64) for kind, values in areas.items()}
+
+
+def test_insertion_deletion_on_colour_images_equals_a_reference_written_out():
+    # 3 channels whose attributions disagree between channels (the sum ranks pixels, not channel 0),
+    # 25 pixels and 4 steps (counts 0, 8, 17, 25: 50/3 rounds up), a model that reads every channel.
+    generator = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 5 * 5, 4))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.randn(4, 75, generator=generator))
+    x = torch.rand(5, 3, 5, 5, generator=generator)
+    attributions = torch.randn(5, 3, 5, 5, generator=generator)
+    assert not torch.equal(attributions.sum(1).flatten(1).argsort(1), attributions[:, 0].flatten(1).argsort(1))
+    target = torch.tensor([0, 1, 2, 3, 0])
+    expected = _reference_insertion_deletion(model, x, attributions, target, steps=4)
+    insertion, deletion, curves = insertion_deletion(model, x, attributions, target=target, steps=4, batch_size=3)
+    torch.testing.assert_close(insertion.double(), expected["insertion"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(deletion.double(), expected["deletion"], atol=1e-6, rtol=0)
+    assert curves["insertion"].shape == (5, 4)
+    # the trapezoid rule, not the mean of the points
+    assert not torch.allclose(insertion, curves["insertion"].mean(1), atol=1e-3)
+
+
+# -- independent references: closed forms and properties -------------------------------------------
+
+
+class _TwoLayerReLU(torch.nn.Module):
+    """``v · relu(W x + b)`` for two classes: piecewise linear, with kinks the paths cross."""
+
+    def __init__(self):
+        super().__init__()
+        generator = torch.Generator().manual_seed(3)
+        self.hidden, self.relu, self.out = torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator))
+
+    def forward(self, x):
+        return self.out(self.relu(self.hidden(x)))
+
+
+@pytest.fixture(scope="module")
+def relu_net():
+    net = _TwoLayerReLU().eval()
+    x = torch.rand(8, 6, generator=torch.Generator().manual_seed(4)) * 2 - 0.5
+    return net, x, torch.tensor([0, 1] * 4)
+
+
+def test_saliency_and_input_x_gradient_of_a_linear_model_are_its_weights():
+    linear = torch.nn.Linear(12, 4)
+    x, target = torch.randn(5, 12), torch.tensor([0, 1, 2, 3, 0])
+    weights = linear.weight[target].detach()
+    torch.testing.assert_close(attribute("saliency", linear, x, target), weights.abs())
+    torch.testing.assert_close(attribute("saliency", linear, x, target, abs=False), weights)
+    torch.testing.assert_close(attribute("input_x_gradient", linear, x, target), weights * x)
+
+
+def test_integrated_gradients_of_a_relu_net_is_the_active_fraction_of_the_path(relu_net):
+    # Along the path a x (a in [0, 1]) hidden unit j is active where a z_j + b_j > 0, z = W x: IG_i =
+    # x_i sum_j v_j W_ji |{a : a z_j + b_j > 0}|, an exact integral of a piecewise-constant gradient.
+    net, x, target = relu_net
+    W, b, v = net.hidden.weight.detach(), net.hidden.bias.detach(), net.out.weight.detach()[target]
+    z = x @ W.T
+    crossing = (-b / z).clamp(0, 1)  # where a z_j + b_j changes sign
+    active = torch.where(z > 0, 1 - crossing, crossing) * (z != 0) + (z == 0) * (b > 0)
+    active = torch.where((b > 0) & (z >= 0), torch.ones_like(active), active)  # active along the whole path
+    active = torch.where((b <= 0) & (z <= 0), torch.zeros_like(active), active)  # never active
+    expected = x * ((v * active) @ W)
+    ours = attribute("integrated_gradients", net, x, target, steps=2000, method="riemann_middle")
+    torch.testing.assert_close(ours, expected, atol=5e-3, rtol=0)
+    assert ((active > 0) & (active < 1)).any()  # some unit switches on the path: a kink is crossed
+
+
+def test_deeplift_follows_the_rescale_rule_on_a_two_layer_relu_net(relu_net):
+    # Rescale rule from a zero baseline: each hidden unit's multiplier is (relu(z) - relu(b)) / (z - b),
+    # z = W x + b its input on x and b on the baseline; attribution = x * sum_j v_j m_j W_ji.
+    net, x, target = relu_net
+    W, b, v = net.hidden.weight.detach(), net.hidden.bias.detach(), net.out.weight.detach()[target]
+    z = x @ W.T + b
+    multiplier = (z.relu() - b.relu()) / (z - b)
+    expected = x * ((v * multiplier) @ W)
+    ours = attribute("deeplift", net, x, target)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-4)
+    gradient_times_input = attribute("input_x_gradient", net, x, target)
+    assert (ours - gradient_times_input).abs().max() > 0.1  # not input x gradient on this net
+
+
+def test_gradcam_of_a_conv_pool_linear_net_is_the_weighted_channel_sum():
+    # Grad-CAM's channel weight is the spatial mean of the gradient, W[c, k] / (H W) here, and the
+    # map relu(sum_k weight_k A_k); the conv keeps the input size, so no interpolation changes it.
+    torch.manual_seed(0)
+    conv, linear = torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.Linear(3, 2)
+    model = torch.nn.Sequential(conv, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), linear)
+    x, target = torch.randn(4, 1, 6, 6), torch.tensor([0, 1, 1, 0])
+    with torch.no_grad():
+        activations = conv(x)
+        weights = linear.weight[target] / 36
+    expected = (weights[:, :, None, None] * activations).sum(1, keepdim=True).relu()
+    torch.testing.assert_close(attribute("gradcam", model, x, target, layer="0"), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_smoothgrad_of_a_sum_of_relus_is_the_gaussian_probability_of_being_active():
+    # The gradient of sum_i relu(x_i) is 1[x_i > 0], so SmoothGrad (absolute gradients averaged over
+    # N(0, stdev²) noise) tends to P(x_i + noise > 0) = Phi(x_i / stdev): the mean, not the sum.
+    class SumOfReLUs(torch.nn.Module):
+        def forward(self, x):
+            return torch.stack([x.relu().sum(1), -x.relu().sum(1)], dim=1)
+
+    x = torch.linspace(-0.3, 0.3, 7).view(1, 7)
+    torch.manual_seed(0)
+    ours = attribute("smoothgrad", SumOfReLUs(), x, torch.tensor([0]), samples=4000, stdev=0.15)
+    expected = torch.distributions.Normal(0.0, 1.0).cdf(x / 0.15)
+    torch.testing.assert_close(ours, expected, atol=0.03, rtol=0)  # 4000 draws: standard error <= 0.008
+
+
+def test_fast_ig_of_a_linear_model_is_input_times_the_log_probability_gradient():
+    # d log p_c / dx = W_c - sum_k p_k W_k for logits W x + b
+    linear = torch.nn.Linear(5, 3)
+    x, target = torch.randn(4, 5), torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        p = linear(x).softmax(1)
+        expected = x * (linear.weight[target] - p @ linear.weight)
+    torch.testing.assert_close(attribute("fast_ig", linear, x, target), expected, atol=1e-6, rtol=1e-5)
+
+
+class _Smooth(torch.nn.Module):
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        torch.manual_seed(2)
+        self.body = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Softplus(), torch.nn.Linear(16, 4))
+        with torch.no_grad():
+            self.body[2].weight.mul_(scale)  # larger: more confident predictions
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_big_is_complete_from_its_boundary_baseline():
+    # IG from the baseline b: the attributions sum to f_c(x) - f_c(b), and b is across the boundary.
+    net = _Smooth().eval()
+    x = torch.rand(6, 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        target = net(x).argmax(1)
+    baselines, found = boundary_baselines(net, x, target, eps=(0.1, 0.3, 0.6), bounds=(0.0, 1.0))
+    assert found.all()
+    attributions = attribute("big", net, x, target, eps=(0.1, 0.3, 0.6), steps=128)
+    with torch.no_grad():
+        gap = (net(x) - net(baselines)).gather(1, target[:, None]).squeeze(1)
+    torch.testing.assert_close(attributions.sum(1), gap, atol=1e-3, rtol=1e-3)
+
+
+def test_agi_sums_to_the_probability_lost_along_its_paths():
+    # AGI integrates -grad p_c . dx along each adversarial path, so on a smooth model with small steps
+    # the attributions sum to sum over paths of p_c(x) - p_c(end of the path) (first-order exact).
+    net = _Smooth(scale=3.0).eval()  # confident, so that the paths lose probability (0.01-0.15)
+    x = torch.rand(6, 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        target = net(x).argmax(1)
+    torch.manual_seed(0)
+    attributions, ends, aims = agi_paths(net, x, target, eps=0.002, steps=300, classes=3)
+    with torch.no_grad():
+        p = lambda t: t.softmax(1).gather(1, target[:, None]).squeeze(1)  # noqa: E731
+        lost = sum(p(net(x)) - p(net(end)) for end in ends)
+    assert lost.abs().max() > 0.1 and (ends - x).abs().amax() > 0.1  # the paths went somewhere
+    torch.testing.assert_close(attributions.sum(1), lost, atol=1e-3, rtol=0.01)

@@ -64,6 +64,21 @@ def test_logged_values_are_what_the_attack_functions_give(tmp_path):
     assert logged["compass/robustness/mean_asr"] == logged["compass/robustness/fgsm/asr"]
 
 
+def test_mean_asr_is_the_mean_over_the_white_box_attacks(tmp_path):
+    # Two attacks of clearly different strength (about 0.09 and 0.43), so neither one's ASR equals
+    # the mean; the transfer attack is not in it.
+    monitor = AttackSuccessRate(
+        attacks=["fgsm", "deepfool"], eps=3 / 255, eps_l2=0.3,
+        transfer_from={"other": train_digits(epochs=1, seed=1)}, task=digits_task(), probe_size=96, image_count=0,
+    )
+    trainer = make_trainer(tmp_path, [monitor], logger=False)
+    (logged,) = trainer.validate(train_digits(epochs=2), datamodule=DigitsDataModule(), verbose=False)
+    asrs = [logged[f"compass/robustness/{name}/asr"] for name in ("fgsm", "deepfool")]
+    assert abs(asrs[0] - asrs[1]) > 0.1, asrs
+    assert logged["compass/robustness/mean_asr"] == pytest.approx(sum(asrs) / 2, abs=1e-6)
+    assert math.isfinite(logged["compass/robustness/transfer/other/mifgsm/asr"])
+
+
 def test_asr_rises_with_eps_and_a_snapshot_transfers_worse_than_white_box(tmp_path):
     monitor = AttackSuccessRate(
         attacks=["mifgsm"], eps=[16 / 255, 2 / 255, 6 / 255, 32 / 255], transfer_from=["snapshot"],

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, read_events
+from conftest import ROOT, assert_monitor_ran, read_events
 
 import compass_lightning
 from compass_lightning.cli import main
@@ -71,7 +71,7 @@ def test_preset_adds_the_monitor_to_a_lightning_cli_script(tmp_path, preset):
     tags = read_events(log_dir).Tags()
     assert scalars | {"compass/errors"} <= set(tags["scalars"])
     assert images <= set(tags["images"])
-    assert (log_dir / "compass_history.jsonl").exists()
+    assert_monitor_ran(log_dir, *scalars)
 
 
 def test_every_preset_is_tested():

@@ -10,7 +10,16 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import DigitsClassifier, DigitsDataModule, digits_task, make_trainer, read_events, train_digits
+from conftest import (
+    EVERY_MODULE,
+    DigitsClassifier,
+    DigitsDataModule,
+    assert_monitor_ran,
+    digits_task,
+    make_trainer,
+    read_events,
+    train_digits,
+)
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from compass_lightning import AttackSuccessRate, Compass, MutationMetrics, NeuronAnalysis
@@ -63,7 +72,8 @@ def test_radar_scores_best_is_five_and_the_rest_proportional():
 
 def test_a_fit_logs_every_module_on_its_schedule_the_radar_and_the_layout(compass_run):
     compass, trainer, log_dir, _ = compass_run
-    assert compass.error_count == 0
+    assert_monitor_ran(compass, *EVERY_MODULE)
+    assert_monitor_ran(log_dir, *EVERY_MODULE)  # the history file holds what was logged
     assert [(r["epoch"], r["stage"]) for r in compass.history] == [(0, "fit"), (1, "fit"), (2, "fit"), (3, "fit"), (3, "fit")]
     events = read_events(log_dir)
     scalars = set(events.Tags()["scalars"])
@@ -95,6 +105,8 @@ def test_the_compass_equals_the_separate_callbacks_with_fewer_passes(tmp_path):
         results.append(logged)
         passes.append((counted.forward, counted.backward))
     alone, shared = results
+    assert_monitor_ran(alone, "compass/mutation/noise/accuracy", "compass/robustness/fgsm/asr", "compass/neurons/coverage/nc")
+    assert_monitor_ran(shared, "compass/mutation/noise/accuracy", "compass/robustness/fgsm/asr", "compass/neurons/coverage/nc")
     assert set(alone) - {"compass/errors"} <= set(shared)
     for tag, value in alone.items():
         assert shared[tag] == pytest.approx(value, abs=1e-6, nan_ok=True), tag
@@ -168,6 +180,7 @@ def test_compare_checkpoints_scores_two_checkpoints(compass_run, tmp_path, monke
                     **{k: v for k, v in SMALL.items() if k not in ("interpretability",)})
     result = compare_checkpoints(DigitsClassifier, paths, datamodule=DigitsDataModule(), compass=small)
     assert list(result.metrics) == ["epoch=0.ckpt", "epoch=3.ckpt"]
+    assert_monitor_ran(list(result.metrics.values()), "compass/robustness/*/asr", "compass/pruning/*/max_safe_rate")
     assert result.axes["epoch=3.ckpt"]["accuracy"] > result.axes["epoch=0.ckpt"]["accuracy"]
     assert result.scores["epoch=3.ckpt"]["accuracy"] == 5.0 and result.radar.shape[0] == 3
     assert all(math.isfinite(result.axes[k]["pruning"]) for k in result.axes)

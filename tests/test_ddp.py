@@ -1,27 +1,43 @@
 """Under DDP every rank analyses its shard; the logged values equal a single-process run."""
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import EVERY_MODULE, assert_monitor_ran
 
 from compass_lightning.report import read_history
 
 HELPER = Path(__file__).with_name("ddp_run.py")
 
 
+def _run(devices: int, logdir: Path, which: str, timeout: float = 240) -> tuple[list[dict], str]:
+    """The history the helper wrote and its standard output; a hang fails the test after ``timeout``
+    seconds, every process of the run killed (the second rank is a child of the first)."""
+    process = subprocess.Popen([sys.executable, str(HELPER), str(devices), str(logdir), which], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail(f"the {devices}-process run of {which!r} did not finish in {timeout} s (a rank waits on a collective?)")
+    assert process.returncode == 0, err[-3000:]
+    return read_history(logdir / "run" / "version_0"), out
+
+
 def _validate(devices: int, logdir: Path, which: str = "mutation") -> list[dict]:
-    result = subprocess.run(
-        [sys.executable, str(HELPER), str(devices), str(logdir), which], capture_output=True, text=True, timeout=240
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return read_history(logdir / "run" / "version_0")
+    records, _ = _run(devices, logdir, which)
+    return records
 
 
 def test_two_processes_log_what_one_process_logs_and_write_files_once(tmp_path):
     (single,) = _validate(1, tmp_path / "single")
     (ddp,) = _validate(2, tmp_path / "ddp")  # one history line: written by rank 0 only
+    assert_monitor_ran([single, ddp], "compass/basic/accuracy", "compass/mutation/*/accuracy")
     assert single["metrics"].keys() == ddp["metrics"].keys()
     for tag, value in single["metrics"].items():
         assert ddp["metrics"][tag] == pytest.approx(value, abs=1e-6), tag
@@ -35,6 +51,7 @@ def test_two_processes_log_what_one_process_logs_and_write_files_once(tmp_path):
 def test_every_module_under_two_processes_logs_what_one_process_logs(tmp_path):
     (single,) = _validate(1, tmp_path / "single", "compass")
     (ddp,) = _validate(2, tmp_path / "ddp", "compass")
+    assert_monitor_ran([single, ddp], *EVERY_MODULE)
     assert single["metrics"].keys() == ddp["metrics"].keys()
     modules = {tag.split("/")[1] for tag in single["metrics"]}
     assert {"basic", "mutation", "robustness", "interpretability", "neurons", "pruning", "score"} <= modules
@@ -49,6 +66,12 @@ def test_every_module_under_two_processes_logs_what_one_process_logs(tmp_path):
     single_images = sorted(p.relative_to(tmp_path / "single").as_posix() for p in (tmp_path / "single").rglob("*.png"))
     ddp_images = sorted(p.relative_to(tmp_path / "ddp").as_posix() for p in (tmp_path / "ddp").rglob("*.png"))
     assert ddp_images == single_images and ddp_images
+
+
+def test_an_analysis_failing_on_one_process_fails_on_both_without_hanging(tmp_path):
+    (record,), out = _run(2, tmp_path / "ddp", "fail_on_rank_1", timeout=180)
+    assert sorted(line for line in out.splitlines() if line.startswith("rank ")) == ["rank 0 errors 1", "rank 1 errors 1"]
+    assert record["metrics"]["compass/errors"] == 1
 
 
 def test_ddp_spawn_with_hundreds_of_scalars_is_warned_about_before_training(tmp_path):

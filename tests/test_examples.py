@@ -3,11 +3,13 @@
 import sys
 from pathlib import Path
 
+import pytest
 import torch
-from conftest import read_events
+from conftest import EVERY_MODULE, assert_monitor_ran, read_events
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import cifar_like  # noqa: E402
+import digits  # noqa: E402
 
 
 def test_synthetic_cifar_is_deterministic_balanced_and_in_range():
@@ -35,8 +37,14 @@ def test_synthetic_cifar_is_learnable_by_a_linear_probe_on_simple_features():
     assert 0.3 < accuracy, accuracy  # far above chance (0.1): there is structure to learn
 
 
-def test_fast_run_logs_the_compass(tmp_path):
-    log_dir = cifar_like.main(["--fast", "--logdir", str(tmp_path)])
+@pytest.mark.parametrize("example", [cifar_like, digits], ids=["cifar_like", "digits"])
+def test_fast_run_logs_every_module_of_the_compass_and_writes_only_under_its_logdir(tmp_path, monkeypatch, example):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    log_dir = example.main(["--fast", "--logdir", str(tmp_path / "logs")])
+    assert_monitor_ran(log_dir, *EVERY_MODULE)
     scalars = set(read_events(log_dir).Tags()["scalars"])
     assert {"compass/basic/accuracy", "compass/robustness/fgsm/asr", "compass/neurons/coverage/nc",
-            "compass/pruning/magnitude/max_safe_rate", "compass/score/accuracy"} <= scalars
+            "compass/pruning/magnitude/max_safe_rate", "compass/score/accuracy", "compass/errors"} <= scalars
+    assert list(work.iterdir()) == []

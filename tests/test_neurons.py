@@ -55,6 +55,33 @@ def test_coverage_criteria_equal_hand_computed_values():
     assert result["tknc"]["total"].item() == pytest.approx(2 / 3)
 
 
+def test_kmnc_sections_are_closed_at_both_ends_of_the_range_and_boundaries_go_up():
+    # One neuron per layer, range [0, 1], 4 sections [0, .25), [.25, .5), [.5, .75), [.75, 1]:
+    # a value equal to `high` is inside (last section), one equal to `low` is inside (first
+    # section), a section boundary belongs to the section above it, and only values strictly
+    # beyond the range are corners.
+    layers = {"at_high": [1.0], "at_low": [0.0], "boundary": [0.5, 0.4999], "just_above": [1.0 + 1e-6],
+              "just_below": [-1e-6], "first_boundary": [0.25]}
+    ranges = {name: (torch.zeros(1), torch.ones(1)) for name in layers}
+    cover = Coverage(ranges, sections=4, criteria=["kmnc", "nbc", "snac"])
+    cover.update({name: torch.tensor(values).view(-1, 1) for name, values in layers.items()})
+    result = {criterion: {k: v.item() for k, v in r.items()} for criterion, r in cover.result().items()}
+    kmnc = result["kmnc"]
+    assert kmnc["at_high"] == 1 / 4 and kmnc["at_low"] == 1 / 4 and kmnc["first_boundary"] == 1 / 4
+    assert kmnc["boundary"] == 2 / 4  # 0.5 in [.5, .75), 0.4999 in [.25, .5)
+    assert kmnc["just_above"] == 0 and kmnc["just_below"] == 0
+    assert result["snac"]["at_high"] == 0 and result["nbc"]["at_high"] == 0 and result["nbc"]["at_low"] == 0
+    assert result["snac"]["just_above"] == 1 and result["nbc"]["just_below"] == 1 / 2
+    # Which section: the four values 0, 0.25, 0.5 and 1.0 in one neuron cover four different sections.
+    one = Coverage({"n": (torch.zeros(1), torch.ones(1))}, sections=4, criteria=["kmnc"])
+    one.update({"n": torch.tensor([[0.0], [0.25], [0.5], [1.0]])})
+    assert one.result()["kmnc"]["n"].item() == 1.0
+    # and 0.74, 0.75 are two sections, 0.76, 0.99 one (the boundary goes up, not down)
+    two = Coverage({"n": (torch.zeros(1), torch.ones(1))}, sections=4, criteria=["kmnc"])
+    two.update({"n": torch.tensor([[0.74], [0.75], [0.76], [0.99]])})
+    assert two.result()["kmnc"]["n"].item() == 2 / 4
+
+
 def test_coverage_totals_weigh_layers_by_their_neurons_and_conv_channels_are_spatial_means():
     net = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3))
     with torch.no_grad():
