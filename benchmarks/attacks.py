@@ -3,7 +3,11 @@
     python benchmarks/attacks.py                  # CPU, 7 interleaved repeats
     python benchmarks/attacks.py --repeats 3 --device cuda
 
-For every attack torchattacks also has, one run measures, interleaved after a warm-up: our attack
+The model is the benchmark CNN trained briefly on the ResNet example's generated images (a random
+one predicts one class for every input, so no attack fools anything and C&W and DeepFool stop at
+once); C&W runs on its logits + 50, where torchattacks' margin equals ours, and its timing starts
+only after both fooled the same samples. For every attack torchattacks also has, one run
+measures, interleaved after a warm-up: our attack
 (inside the guard, as the callback runs it), torchattacks' attack (as its users run it) and one
 forward+backward of the same batch with respect to the input. It prints the median ratio ours /
 torchattacks with its range, and ours / floor, where the floor is the attack's number of
@@ -24,7 +28,7 @@ import torchattacks
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Row, arguments, machine, model_for_benchmark, ratios_of, seconds_of, table  # noqa: E402
+from common import Row, arguments, machine, ratios_of, seconds_of, table, trained_for_benchmark  # noqa: E402
 
 from compass_lightning.attacks import run_attack  # noqa: E402
 from compass_lightning.guard import analysis_mode  # noqa: E402
@@ -41,7 +45,7 @@ CASES: dict[str, tuple[dict, Callable[[nn.Module], torchattacks.Attack], int | N
     "difgsm": ({}, lambda m: torchattacks.DIFGSM(m, eps=EPS), 10),
     "tifgsm": ({"len_kernel": 15}, lambda m: torchattacks.TIFGSM(m, eps=EPS), 10),
     "sinifgsm": ({}, lambda m: torchattacks.SINIFGSM(m, eps=EPS), 50),
-    "cw": ({}, lambda m: torchattacks.CW(m, c=1, kappa=0, steps=50, lr=0.01), None),  # both stop early
+    "cw": ({}, lambda m: torchattacks.CW(m, c=1, kappa=0, steps=50, lr=0.01), None),
     "deepfool": ({}, lambda m: torchattacks.DeepFool(m, steps=50, overshoot=0.02), None),
 }
 
@@ -62,11 +66,22 @@ def art_pgd(model: nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor, torch.
     return lambda inputs, targets: attack.generate(inputs.cpu().numpy(), targets.cpu().numpy())
 
 
+class PositiveLogits(nn.Module):
+    """Logits + 50: C&W's margin is unchanged, and torchattacks' best-other-logit (``max((1 - onehot) *
+    logits)``) is then the real one, so both C&W implementations search for the same examples."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) + 50
+
+
 def rows(device: torch.device, repeats: int, *, quick: bool = False, batch: int = 64, only: list[str] | None = None) -> list[Row]:
     """Every shared attack against torchattacks and the pass floor, and PGD against ART."""
-    model = model_for_benchmark().to(device)
+    model, x = trained_for_benchmark(device, samples=batch)  # a model the attacks can fool, on images
     generator = torch.Generator(device=device).manual_seed(0)
-    x = torch.rand(batch, 3, 32, 32, generator=generator, device=device)
     y = model(x).argmax(1).detach()
 
     def one_pass() -> None:
@@ -79,11 +94,19 @@ def rows(device: torch.device, repeats: int, *, quick: bool = False, batch: int 
         if only and name not in only:
             continue
         eps = 1.0 if name == "pgd_l2" else (float("inf") if name in ("cw", "deepfool") else EPS)
-        attack = reference(model)
+        target = PositiveLogits(model).eval() if name == "cw" else model
+        attack = reference(target)
 
-        def ours() -> None:
+        def ours() -> torch.Tensor:
             with analysis_mode(model):
-                run_attack(name, model, x, y, eps=eps, generator=generator, **params)
+                return run_attack(name, target, x, y, eps=eps, generator=generator, **params)
+
+        if name == "cw":  # equal work: both fool the same samples (and some), or the timing compares nothing
+            examples = (ours(), attack(x, y))
+            with torch.no_grad():
+                rates = [(target(x_adv).argmax(1) != y).float().mean().item() for x_adv in examples]
+            if rates[0] != rates[1] or rates[0] == 0:
+                raise SystemExit(f"C&W success rates ours / torchattacks: {rates}: the timing would not compare equal work")
 
         cases = {"ours": ours, "torchattacks": lambda: attack(x, y), "pass": one_pass}
         if name == "deepfool" and quick:  # torchattacks builds a Jacobian per sample in Python: minutes a run on a CPU

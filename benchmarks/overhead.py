@@ -68,6 +68,7 @@ def fit(example: str, epochs: int, callbacks: Callable[[], list[pl.Callback]], d
             )
             trainer.fit(model(), datamodule=data())
 
+    run.callbacks = callbacks  # so that a warm-up can make a shorter fit of the same side
     return run
 
 
@@ -80,9 +81,11 @@ def pass_saving(example: str) -> tuple[tuple[int, int], tuple[int, int]]:
                 cl.AttributionScores(task=task()), cl.NeuronAnalysis(task=task())]
     counts = []
     for callbacks in (separate, [cl.Compass(task=task(), pruning=False)]):
-        trainer = pl.Trainer(logger=False, callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False)
-        with PassCounter(model) as passes:
-            trainer.validate(model, datamodule=data(), verbose=False)
+        with tempfile.TemporaryDirectory() as root:  # without a logger the history goes under the root dir
+            trainer = pl.Trainer(logger=False, callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False,
+                                 default_root_dir=root)
+            with PassCounter(model) as passes:
+                trainer.validate(model, datamodule=data(), verbose=False)
         counts.append((passes.forward, passes.backward))
     return counts[0], counts[1]
 
@@ -96,7 +99,11 @@ def rows(example: str, device: torch.device, repeats: int, *, epochs: int = 10, 
     plain = fit(example, epochs, list, device)
     pairs = {name: (fit(example, epochs, lambda name=name: [getattr(cl, name)(task=task())], device), plain)
              for name in callbacks}
-    fit(example, 1, list, device)()  # warm-up: imports, allocator, thread pools (one round of the real ones follows)
+    # warm-up, both sides alike: a one-epoch fit of each (imports, allocator and thread pools, every
+    # callback's first-use costs such as Captum's and matplotlib's imports), then the timed rounds
+    for monitored, unmonitored in pairs.values():
+        for side in (monitored, unmonitored):
+            fit(example, 1, side.callbacks, device)()
     ratios = interleaved(pairs, repeats, device, warmup=0)
     result = [Row(f"fit overhead ({example}, {epochs} epochs)", f"{name}() at its defaults / plain fit", ratios[name],
                   TARGETS[example] if name == "Compass" else None) for name in callbacks]

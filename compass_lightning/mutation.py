@@ -78,6 +78,22 @@ def shuffle_permutation(n: int, generator: torch.Generator | None = None) -> Ten
     return torch.randperm(n, generator=generator, device=device)
 
 
+def batch_dependence(clean_logits: Tensor, shuffled_logits: Tensor, permutation: Tensor) -> Tensor:
+    """The largest change of a predicted probability when the samples are fed in another order:
+    row ``i`` of ``shuffled_logits`` is the model's output for sample ``permutation[i]``, and 0 means
+    every prediction is independent of which samples share its batch.
+
+    Example:
+        >>> logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+        >>> permutation = torch.tensor([2, 0, 1])
+        >>> batch_dependence(logits, logits[permutation], permutation).item()
+        0.0
+    """
+    aligned = torch.empty_like(shuffled_logits)
+    aligned[permutation.to(shuffled_logits.device)] = shuffled_logits
+    return (aligned.softmax(dim=1) - clean_logits.softmax(dim=1)).abs().max()
+
+
 def _images_only(name: str, x: Tensor) -> None:
     if x.ndim != 4:
         raise ValueError(f"mutation {name!r} needs image batches of shape (N, C, H, W), got {tuple(x.shape)}")

@@ -337,3 +337,15 @@ def sparsity(model: nn.Module) -> float:
     weights = list(_weights(model).values())
     total = sum(w.numel() for w in weights)
     return sum(int((w == 0).sum()) for w in weights) / total if total else 0.0
+
+
+def max_safe_rate(drops: dict[float, float], tolerance: float) -> float:
+    """The largest pruning rate whose accuracy drop (clean accuracy minus pruned accuracy) is at most
+    ``tolerance``: how much of the model is redundant. 0.0 when no rate is safe.
+
+    Example:
+        >>> max_safe_rate({0.2: 0.0, 0.4: 0.008, 0.6: 0.05, 0.8: 0.3}, tolerance=0.01)
+        0.4
+    """
+    return max((rate for rate, drop in drops.items() if drop <= tolerance), default=0.0)
+

@@ -297,3 +297,16 @@ def test_bad_arguments_are_value_errors(call, message, trained_digits):
     model, pixels, y, task = trained_digits
     with pytest.raises(ValueError, match=message), analysis_mode(model):
         call(task.pixel_model(model), pixels[:4], y[:4])
+
+
+def test_attack_success_rate_counts_only_samples_correct_before_the_attack():
+    from compass_lightning.attacks import attack_success_rate, mean_attack_success_rate, robust_accuracy
+
+    clean = torch.tensor([True, True, False, False, True])
+    after = torch.tensor([False, True, True, False, False])  # sample 2 was wrong and is right now: not a success
+    assert attack_success_rate(clean, after).item() == pytest.approx(2 / 3)
+    assert robust_accuracy(after).item() == pytest.approx(2 / 5)
+    assert math.isnan(attack_success_rate(torch.zeros(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool)).item())
+    rates = [torch.tensor(0.1), torch.tensor(float("nan")), torch.tensor(0.5)]
+    assert mean_attack_success_rate(rates).item() == pytest.approx(0.3)  # the undefined one left out
+    assert math.isnan(mean_attack_success_rate([]).item())

@@ -200,3 +200,26 @@ def test_compare_checkpoints_refuses_a_crafted_pickle(tmp_path):
         compare_checkpoints(DigitsClassifier, [path], datamodule=DigitsDataModule(), compass=Compass(pruning=False))
     with pytest.raises(ValueError, match="no such checkpoint file"):
         compare_checkpoints(DigitsClassifier, [tmp_path / "none.ckpt"], datamodule=DigitsDataModule())
+
+
+@pytest.mark.parametrize(("neurons_size", "reused"), [(48, True), (64, True), (96, False)])
+def test_the_neuron_module_reuses_the_attacks_examples_when_they_cover_its_probe(tmp_path, monkeypatch, neurons_size, reused):
+    # The robustness module attacks the first 64 probe samples; the layer deviation (FGSM at the same
+    # eps) takes them for a probe within those 64, and makes its own for a larger one.
+    from compass_lightning.callbacks import neurons
+
+    given = []
+    original = neurons.deviation_similarities
+
+    def spy(*args, x_adv=None, **kwargs):
+        given.append(x_adv is not None)
+        return original(*args, x_adv=x_adv, **kwargs)
+
+    monkeypatch.setattr(neurons, "deviation_similarities", spy)
+    compass = Compass(task=digits_task(), probe_size=128, robustness={"attacks": ["fgsm"], "probe_size": 64, "image_count": 0},
+                      neurons={"profile_size": 64, "probe_size": neurons_size, "image_count": 0},
+                      mutation=False, interpretability=False, pruning=False)
+    trainer = make_trainer(tmp_path, [compass], logger=False)
+    trainer.validate(train_digits(epochs=1), datamodule=DigitsDataModule(), verbose=False)
+    assert_monitor_ran(compass, "compass/neurons/deviation/*/gap")
+    assert given and set(given) == {reused}

@@ -145,3 +145,16 @@ def test_image_mutants_reject_non_images_and_label_error_needs_two_classes():
         mutate("random_crop", torch.rand(4, 5), torch.zeros(4, dtype=torch.long), num_classes=2)
     with pytest.raises(ValueError, match="at least 2 classes"):
         mutate("label_error", torch.rand(4, 5), torch.zeros(4, dtype=torch.long), num_classes=1)
+
+
+def test_batch_dependence_realigns_the_shuffled_rows_before_comparing():
+    from compass_lightning.mutation import batch_dependence, shuffle_permutation
+
+    logits = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    permutation = shuffle_permutation(6, torch.Generator().manual_seed(1))
+    assert not torch.equal(permutation, torch.arange(6))
+    assert batch_dependence(logits, logits[permutation], permutation).item() == 0.0  # order alone changes nothing
+    changed = logits[permutation].clone()
+    changed[0] += torch.tensor([1.0, 0.0, 0.0])  # sample permutation[0]'s prediction moves
+    expected = (changed[0].softmax(0) - logits[permutation[0]].softmax(0)).abs().max()
+    assert batch_dependence(logits, changed, permutation).item() == pytest.approx(expected.item())

@@ -127,3 +127,12 @@ def test_the_sweep_equals_prune_at_every_rate_and_leaves_the_model_alone(trained
         with torch.no_grad():
             assert torch.equal(sweep.at(rate)(x), reference(x)), rate
     assert_same_state(before, snapshot(model))
+
+
+def test_max_safe_rate_is_the_largest_rate_within_the_tolerance_even_after_an_unsafe_one():
+    from compass_lightning.pruning import max_safe_rate
+
+    drops = {0.1: 0.0, 0.2: 0.02, 0.3: 0.01, 0.4: 0.0100001, 0.5: -0.01}  # not monotone: 0.5 happens to be safe
+    assert max_safe_rate(drops, tolerance=0.01) == 0.5
+    assert max_safe_rate({0.1: 0.2}, tolerance=0.01) == 0.0
+    assert max_safe_rate(drops, tolerance=0.0) == 0.5 and max_safe_rate({0.1: 0.0, 0.2: 0.001}, tolerance=0.0) == 0.1

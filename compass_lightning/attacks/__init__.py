@@ -43,6 +43,7 @@ from torch import Tensor
 from compass_lightning.attacks._core import ATTACKS, Attack, Model
 from compass_lightning.attacks.gradient import difgsm, fgsm, ifgsm, mifgsm, pgd, pgd_l2, sinifgsm, tifgsm
 from compass_lightning.attacks.minimal import cw, deepfool
+from compass_lightning.attacks.success import attack_success_rate, mean_attack_success_rate, robust_accuracy
 from compass_lightning.attacks.transfer import ata, naa, ssa
 
 
@@ -66,15 +67,18 @@ __all__ = [
     "ATTACKS",
     "Attack",
     "ata",
+    "attack_success_rate",
     "cw",
     "deepfool",
     "difgsm",
     "fgsm",
     "ifgsm",
+    "mean_attack_success_rate",
     "mifgsm",
     "naa",
     "pgd",
     "pgd_l2",
+    "robust_accuracy",
     "run_attack",
     "sinifgsm",
     "ssa",

@@ -58,6 +58,35 @@ def _warn_about_spawn(trainer: pl.Trainer) -> None:
         )
 
 
+class SharedResults:
+    """What one analysis of an evaluation makes for the others (the Compass' adversarial examples),
+    one object for the evaluation and every :meth:`Evaluation.subset` of it.
+
+    An entry holds the rows of the first ``len(rows)`` probe samples, in probe order; a subset of
+    ``size`` samples reuses it when it covers them (``size <= len(rows)``) and computes its own
+    otherwise, so a module with a smaller probe than another never hands it partial results.
+
+    Example:
+        >>> shared = SharedResults()
+        >>> shared.put("fgsm", torch.arange(6.0).view(3, 2))
+        >>> shared.get("fgsm", 2).tolist(), shared.get("fgsm", 4), shared.get("pgd", 1)
+        ([[0.0, 1.0], [2.0, 3.0]], None, None)
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[str, Tensor] = {}
+
+    def put(self, key: str, rows: Tensor) -> None:
+        """Keep ``rows`` (one per probe sample, from the first) under ``key``, unless a larger entry exists."""
+        if key not in self._rows or len(rows) > len(self._rows[key]):
+            self._rows[key] = rows
+
+    def get(self, key: str, size: int) -> Tensor | None:
+        """The rows of the first ``size`` probe samples under ``key``, or ``None`` if none cover them."""
+        rows = self._rows.get(key)
+        return rows[:size] if rows is not None and len(rows) >= size else None
+
+
 def _any_rank(strategy: Any, flag: bool, device: torch.device) -> bool:
     """Whether ``flag`` is set on any process (a collective: every process must call it)."""
     return bool(strategy.reduce(torch.tensor(float(flag), device=device), reduce_op="sum") > 0)
@@ -108,8 +137,9 @@ class Evaluation:
         self.scalars: dict[str, Tensor | float] = {}
         self.images: dict[str, Tensor] = {}
         #: Adversarial probe inputs (pixel space, probe order) by :meth:`attack_key`, kept when
-        #: ``share`` is set so that later analyses of the same evaluation reuse them (the Compass).
-        self.adversarial: dict[str, Tensor] = {}
+        #: ``share`` is set so that later analyses of the same evaluation reuse them (the Compass);
+        #: the same object in every subset.
+        self.shared = SharedResults()
         self.share = False
         self._clean_logits: Tensor | None = None
 
@@ -120,7 +150,7 @@ class Evaluation:
 
     def subset(self, size: int | None) -> Evaluation:
         """This evaluation on the first ``size`` probe samples (all for ``None``), sharing what it
-        has computed (scalars, images, clean logits, adversarial inputs)."""
+        has computed (scalars, images, clean logits) and its :class:`SharedResults`."""
         if size is None or size >= len(self.probe):
             return self
         probe = ProbeSet(self.probe.inputs[:size], self.probe.targets[:size], rank=self.probe.rank,
@@ -130,7 +160,7 @@ class Evaluation:
         child.scalars, child.images, child.share = self.scalars, self.images, self.share
         if self._clean_logits is not None:
             child._clean_logits = self._clean_logits[:size]
-        child.adversarial = {key: x[:size] for key, x in self.adversarial.items()}
+        child.shared = self.shared
         return child
 
     def for_model(self, model: nn.Module) -> Evaluation:

@@ -14,7 +14,7 @@ from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeD
 from compass_lightning.checks import check_int, check_real
 from compass_lightning.figures import confusion_matrix_figure, labelled_image_grid
 from compass_lightning.metrics import METRIC_NAMES, classification_metrics, confusion_matrix
-from compass_lightning.mutation import MUTATIONS, mutate, shuffle_permutation
+from compass_lightning.mutation import MUTATIONS, batch_dependence, mutate, shuffle_permutation
 from compass_lightning.registry import resolve_selection
 from compass_lightning.report import CompassWarning
 from compass_lightning.task import Classification
@@ -157,10 +157,8 @@ class MutationMetrics(CompassCallback):
 
     def _batch_dependence(self, name: str, clean_logits: Tensor, shuffled_logits: Tensor) -> Tensor:
         """Largest change of a predicted probability when the samples are fed in another order."""
-        permutation = shuffle_permutation(len(clean_logits), self.generator(name)).to(clean_logits.device)
-        aligned = torch.empty_like(shuffled_logits)
-        aligned[permutation] = shuffled_logits  # shuffled row i is probe sample permutation[i]
-        change = (aligned.softmax(dim=1) - clean_logits.softmax(dim=1)).abs().max()
+        permutation = shuffle_permutation(len(clean_logits), self.generator(name))
+        change = batch_dependence(clean_logits, shuffled_logits, permutation)
         if change.item() > self.shuffle_tolerance and ("batch dependence", name) not in self._warned:
             self._warned.add(("batch dependence", name))
             warnings.warn(

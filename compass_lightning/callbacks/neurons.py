@@ -271,7 +271,7 @@ class NeuronAnalysis(CompassCallback):
             return torch.cat([torch.stack(pair, dim=1) for pair in per_layer.values()], dim=1)
 
         # the robustness analysis of the same evaluation may have made these examples already
-        made = evaluation.adversarial.get(evaluation.attack_key(self.attack, self.eps, ATTACKS[self.attack].resolve({})))
+        made = evaluation.shared.get(evaluation.attack_key(self.attack, self.eps, ATTACKS[self.attack].resolve({})), len(probe))
         aligned = (probe.inputs, probe.targets, normal) + ((made,) if made is not None else ())
         rows = evaluation.per_sample(similarities, *aligned).cpu()
         pairs = {name: (rows[:, 2 * i], rows[:, 2 * i + 1]) for i, name in enumerate(layers)}

@@ -20,7 +20,7 @@ from compass_lightning.checks import at_least_one, check_bool, check_int, check_
 from compass_lightning.figures import line_chart
 from compass_lightning.metrics import METRIC_NAMES, classification_metrics
 from compass_lightning.probe import ProbeSet
-from compass_lightning.pruning import IMPORTANCES, PruningSweep, importance, sparsity
+from compass_lightning.pruning import IMPORTANCES, PruningSweep, importance, max_safe_rate, sparsity
 from compass_lightning.registry import resolve_selection
 from compass_lightning.task import Classification
 
@@ -222,7 +222,7 @@ class PruningAnalysis(CompassCallback):
                     scores = importance(model, method, calibration, loss_fn=self.task.loss, **params)
                     sweep = PruningSweep(model, scores, structured=self.structured)
                     progress.update()
-                    safe = 0.0
+                    drops: dict[float, float] = {}
                     for rate in grid:
                         progress.set_postfix_str(f"{method}: rate {rate:.2f}")
                         pruned = sweep.at(rate)
@@ -230,8 +230,7 @@ class PruningAnalysis(CompassCallback):
                         metrics = classification_metrics(logits, probe.targets, num_classes)
                         metrics["sparsity"] = torch.tensor(sparsity(pruned))
                         metrics["accuracy_drop"] = reference["accuracy"] - metrics["accuracy"]
-                        if metrics["accuracy_drop"] <= self.tolerance:
-                            safe = max(safe, rate)
+                        drops[rate] = float(metrics["accuracy_drop"])
                         if rate in self.joint_rates:
                             metrics.update(self._joint(trainer, evaluation, pruned))
                             progress.update()
@@ -242,7 +241,7 @@ class PruningAnalysis(CompassCallback):
                                 self._save(trainer, method, rate, pruned)
                         rows.append({"method": method, "rate": rate, **metrics})
                         progress.update()
-                    evaluation.scalars[f"compass/pruning/{method}/max_safe_rate"] = safe
+                    evaluation.scalars[f"compass/pruning/{method}/max_safe_rate"] = max_safe_rate(drops, self.tolerance)
         self.error_count += self._attacks.error_count + self._attribution.error_count
         self._attacks.error_count = self._attribution.error_count = 0
         with self.isolate("writing pruning_report.csv"):

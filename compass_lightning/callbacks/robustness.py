@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from compass_lightning.attacks import ATTACKS
+from compass_lightning.attacks import ATTACKS, attack_success_rate, mean_attack_success_rate, robust_accuracy
 from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData
 from compass_lightning.checks import check_int, check_reals
 from compass_lightning.figures import labelled_image_grid, line_chart
@@ -198,7 +198,7 @@ class AttackSuccessRate(CompassCallback):
                         if kept is not None:
                             examples[name] = kept
         if asrs:
-            evaluation.scalars["compass/robustness/mean_asr"] = torch.stack(asrs).nanmean()
+            evaluation.scalars["compass/robustness/mean_asr"] = mean_attack_success_rate(asrs)
         self._transfer(trainer, evaluation, target, correct)
         if shown and examples:
             evaluation.images["compass/robustness/examples"] = self._example_grid(
@@ -246,12 +246,11 @@ class AttackSuccessRate(CompassCallback):
 
         rows = evaluation.per_sample(run, probe.inputs, probe.targets).cpu()
         if share:
-            evaluation.adversarial[evaluation.attack_key(name, eps, params)] = rows[:, 3:].view_as(probe.inputs).to(probe.inputs.dtype)
+            evaluation.shared.put(evaluation.attack_key(name, eps, params), rows[:, 3:].view_as(probe.inputs).to(probe.inputs.dtype))
         after = rows[:, 0].long() == probe.targets
-        fooled = correct & ~after
         metrics = {
-            "asr": fooled.sum() / correct.sum() if correct.any() else torch.tensor(float("nan")),
-            "robust_accuracy": after.float().mean(),
+            "asr": attack_success_rate(correct, after),
+            "robust_accuracy": robust_accuracy(after),
             "mean_linf": rows[:, 1].mean(),
             "mean_l2": rows[:, 2].mean(),
         }
