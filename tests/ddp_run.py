@@ -1,6 +1,7 @@
 """Helper for test_ddp.py: validate the digits model with MutationMetrics or the Compass (every module,
 deterministic settings) on 1 or 2 CPU processes; ``fail_on_rank_1``: MutationMetrics whose model
-call fails on the second process only. Each process prints ``rank R errors E`` at the end.
+call fails on the second process only. Each process prints ``rank R errors E`` at the end, and
+``rank R warning ...`` for each compass warning.
 
     python tests/ddp_run.py DEVICES LOGDIR [mutation|compass|fail_on_rank_1]
 """
@@ -62,5 +63,10 @@ if __name__ == "__main__":
         enable_model_summary=False,
     )
     torch.set_num_threads(1)
-    trainer.validate(model, datamodule=DigitsDataModule(), verbose=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", cl.CompassWarning)
+        trainer.validate(model, datamodule=DigitsDataModule(), verbose=False)
     print(f"rank {trainer.global_rank} errors {monitor.error_count}", flush=True)
+    for warning in caught:
+        if issubclass(warning.category, cl.CompassWarning):
+            print(f"rank {trainer.global_rank} warning {warning.message}", flush=True)

@@ -60,6 +60,10 @@ def test_logged_values_are_the_metrics_of_the_probe(tmp_path):
     assert logged["compass/mutation/noise/accuracy_drop"] == pytest.approx(drop, abs=1e-6)
     # label noise on 10 % of the probe: exactly 10 labels differ, so accuracy can fall by at most 0.1
     assert 0 <= logged["compass/mutation/label_error/accuracy_drop"] <= 0.1 + 1e-6
+    # the mean over the mutants, which differ here
+    accuracies = [logged[f"compass/mutation/{name}/accuracy"] for name in ("noise", "label_error")]
+    assert accuracies[0] != accuracies[1], accuracies
+    assert logged["compass/mutation/mean_accuracy"] == pytest.approx(sum(accuracies) / 2, abs=1e-6)
 
 
 def test_mutants_are_the_same_every_epoch(tmp_path):

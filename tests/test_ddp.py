@@ -70,8 +70,14 @@ def test_every_module_under_two_processes_logs_what_one_process_logs(tmp_path):
 
 def test_an_analysis_failing_on_one_process_fails_on_both_without_hanging(tmp_path):
     (record,), out = _run(2, tmp_path / "ddp", "fail_on_rank_1", timeout=180)
-    assert sorted(line for line in out.splitlines() if line.startswith("rank ")) == ["rank 0 errors 1", "rank 1 errors 1"]
+    lines = out.splitlines()
+    assert sorted(line for line in lines if " errors " in line) == ["rank 0 errors 1", "rank 1 errors 1"]
     assert record["metrics"]["compass/errors"] == 1
+    # each rank names the cause: its own failure, or the agreement that another rank failed (without
+    # the agreement rank 0 would wait in the gather, or fail there on a mismatched collective)
+    warnings = {rank: [line for line in lines if line.startswith(f"rank {rank} warning")] for rank in (0, 1)}
+    assert len(warnings[1]) == 1 and "injected failure on rank 1" in warnings[1][0], warnings
+    assert len(warnings[0]) == 1 and "the same analysis failed on another process" in warnings[0][0], warnings
 
 
 def test_ddp_spawn_with_hundreds_of_scalars_is_warned_about_before_training(tmp_path):

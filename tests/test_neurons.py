@@ -14,6 +14,7 @@ from compass_lightning.neurons import (
     layer_deviation,
     matched_gaussian,
     neuron_excitability,
+    neuron_sensitivity,
     neuron_values,
     profile_ranges,
     select_layers,
@@ -80,6 +81,18 @@ def test_kmnc_sections_are_closed_at_both_ends_of_the_range_and_boundaries_go_up
     two = Coverage({"n": (torch.zeros(1), torch.ones(1))}, sections=4, criteria=["kmnc"])
     two.update({"n": torch.tensor([[0.74], [0.75], [0.76], [0.99]])})
     assert two.result()["kmnc"]["n"].item() == 2 / 4
+
+
+def test_sensitivity_is_the_value_change_per_unit_of_noise_norm():
+    # For the pass-through layer, neuron n's value change is the noise's n-th component, so its
+    # sensitivity is the mean over the draws of |delta_n| / ||delta||_2, whatever sigma is.
+    net = Identity3()
+    x = torch.rand(4, 3)
+    normal = torch.randn(4, 5, 3, generator=torch.Generator().manual_seed(0))  # (N, draws, ...)
+    expected = (normal.abs() / normal.norm(dim=2, keepdim=True)).mean(dim=1)
+    for sigma in (0.01, 0.5):
+        scores = neuron_sensitivity(net, x, sigma=sigma, draws=5, normal=normal)["fc"]
+        torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-4)
 
 
 def test_coverage_totals_weigh_layers_by_their_neurons_and_conv_channels_are_spatial_means():
