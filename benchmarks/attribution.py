@@ -148,12 +148,9 @@ def rows(device: torch.device, repeats: int, *, batch: int = 32) -> list[Row]:
             ratios_of(times, "quantus", "floor", 0.5)),
     ]
     for name, (_, passes) in GRADIENT_METHODS.items():
-        if name in LAYER_FLOOR:
-            result.append(Row("attribution", f"{name}: ours / a forward and a backward to its layer (floor)",
-                              ratios_of(times, name, "layer_pass", passes), 1.10))
-        else:
-            result.append(Row("attribution", f"{name}: ours / {passes} forward+backward passes (floor)",
-                              ratios_of(times, name, "pass", passes), 1.10))
+        floor, label = ("layer_pass", "a forward and a backward to its layer") if name in LAYER_FLOOR else \
+            ("pass", f"{passes} forward+backward passes")
+        result.append(Row("attribution", f"{name}: ours / {label} (floor)", ratios_of(times, name, floor, passes), 1.10))
     return result
 
 

@@ -68,7 +68,6 @@ def fit(example: str, epochs: int, callbacks: Callable[[], list[pl.Callback]], d
             )
             trainer.fit(model(), datamodule=data())
 
-    run.callbacks = callbacks  # so that a warm-up can make a shorter fit of the same side
     return run
 
 
@@ -96,14 +95,13 @@ def rows(example: str, device: torch.device, repeats: int, *, epochs: int = 10, 
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     task = EXAMPLES[example][2]
+    sides = {name: (lambda name=name: [getattr(cl, name)(task=task())]) for name in callbacks}
     plain = fit(example, epochs, list, device)
-    pairs = {name: (fit(example, epochs, lambda name=name: [getattr(cl, name)(task=task())], device), plain)
-             for name in callbacks}
+    pairs = {name: (fit(example, epochs, side, device), plain) for name, side in sides.items()}
     # warm-up, both sides alike: a one-epoch fit of each (imports, allocator and thread pools, every
     # callback's first-use costs such as Captum's and matplotlib's imports), then the timed rounds
-    for monitored, unmonitored in pairs.values():
-        for side in (monitored, unmonitored):
-            fit(example, 1, side.callbacks, device)()
+    for side in (list, *sides.values()):
+        fit(example, 1, side, device)()
     ratios = interleaved(pairs, repeats, device, warmup=0)
     result = [Row(f"fit overhead ({example}, {epochs} epochs)", f"{name}() at its defaults / plain fit", ratios[name],
                   TARGETS[example] if name == "Compass" else None) for name in callbacks]
