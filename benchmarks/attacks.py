@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Row, arguments, machine, ratios_of, seconds_of, table, trained_for_benchmark  # noqa: E402
 
 from compass_lightning.attacks import run_attack  # noqa: E402
-from compass_lightning.guard import analysis_mode  # noqa: E402
+from compass_lightning.engine.guard import analysis_mode  # noqa: E402
 
 EPS = 8 / 255
 

@@ -8,7 +8,7 @@ One run measures, interleaved after a warm-up, on the same model and inputs (32 
 steps over H*W features but perturbs channels separately, so only one channel gives it whole pixels):
 
 * integrated gradients at 32 steps: ours as the callback runs it (Captum inside the guard, its steps
-  batched into forwards of the size :mod:`compass_lightning.batching` chooses) against Captum called
+  batched into forwards of the size :mod:`compass_lightning.engine.batching` chooses) against Captum called
   directly as its users call it (no ``internal_batch_size``: every step in one forward), and against
   Captum with the same forward size (the same work: about 1.0 by construction);
 * deletion: Quantus' ``PixelFlipping`` (32 steps of 32 pixels, softmax probability), after checking
@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Row, arguments, machine, model_for_benchmark, ratios_of, seconds_of, table  # noqa: E402
 
 from compass_lightning.attribution import METHODS, attribute, insertion_deletion  # noqa: E402
-from compass_lightning.batching import auto_batch_size  # noqa: E402
-from compass_lightning.guard import analysis_mode  # noqa: E402
-from compass_lightning.layers import find_layer  # noqa: E402
+from compass_lightning.engine.batching import auto_batch_size  # noqa: E402
+from compass_lightning.engine.guard import analysis_mode  # noqa: E402
+from compass_lightning.engine.layers import find_layer  # noqa: E402
 
 STEPS = 32
 # method: (its parameters, forward+backward passes per sample); the callback adds internal_batch_size=batch_size

@@ -42,7 +42,7 @@ def child(size: int, width: int, base_width: int, device: str, batch_size: int, 
 
     from common import model_for_benchmark
     from compass_lightning import Classification, Compass, Evaluation, ProbeSet
-    from compass_lightning.guard import analysis_mode
+    from compass_lightning.engine.guard import analysis_mode
 
     model = model_for_benchmark(width=base_width * width).to(device)
     generator = torch.Generator().manual_seed(0)

@@ -25,7 +25,7 @@ import lightning.pytorch as pl
 import torch
 
 import compass_lightning as cl
-from compass_lightning.passes import PassCounter
+from compass_lightning.engine.passes import PassCounter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))

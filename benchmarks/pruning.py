@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Row, arguments, interleaved, machine, model_for_benchmark, table  # noqa: E402
 
 from compass_lightning import Classification, Evaluation, ProbeSet, PruningAnalysis  # noqa: E402
-from compass_lightning.guard import analysis_mode  # noqa: E402
+from compass_lightning.engine.guard import analysis_mode  # noqa: E402
 from compass_lightning.pruning import PruningSweep, importance, prunable  # noqa: E402
 
 METHODS = ("magnitude", "taylor", "obd")

@@ -13,15 +13,15 @@ from compass_lightning.callbacks import (
     AttributionScores,
     Compass,
     CompassCallback,
-    Evaluation,
     MutationMetrics,
     NeuronAnalysis,
     PruningAnalysis,
 )
-from compass_lightning.guard import analysis_mode
-from compass_lightning.probe import ProbeSet
-from compass_lightning.report import CompassWarning
-from compass_lightning.task import Classification
+from compass_lightning.engine.evaluation import Evaluation
+from compass_lightning.engine.guard import analysis_mode
+from compass_lightning.engine.probe import ProbeSet
+from compass_lightning.reporting.reporter import CompassWarning
+from compass_lightning.tasks import Classification, Task
 
 __all__ = [
     "AttackSuccessRate",
@@ -35,6 +35,7 @@ __all__ = [
     "NeuronAnalysis",
     "ProbeSet",
     "PruningAnalysis",
+    "Task",
     "__version__",
     "analysis_mode",
 ]

@@ -15,8 +15,8 @@ import lightning.pytorch as pl
 from torch import Tensor
 
 from compass_lightning.callbacks.compass import Compass
-from compass_lightning.radar import AXES, axis_values, radar_chart, radar_scores
-from compass_lightning.report import CompassWarning
+from compass_lightning.reporting.radar import AXES, axis_values, radar_chart, radar_scores
+from compass_lightning.reporting.reporter import CompassWarning
 
 
 @dataclass

@@ -47,7 +47,7 @@ def _write(directory: Path, name: str, page: str) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for a bad log directory)."""
-    from compass_lightning.summary import HistoryError, compare_runs, run_report
+    from compass_lightning.reporting.summary import HistoryError, compare_runs, run_report
 
     parser = build_parser()
     arguments = parser.parse_args(argv)

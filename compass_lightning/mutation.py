@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
-from compass_lightning.checks import check_interval, non_negative, probability
-from compass_lightning.registry import Check, Operation, Registry
-from compass_lightning.rng import draw
+from compass_lightning.engine.checks import check_interval, non_negative, probability
+from compass_lightning.engine.registry import Check, Operation, Registry
+from compass_lightning.engine.rng import draw
 
 @dataclass(frozen=True)
 class Mutant(Operation):

@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
-from compass_lightning.checks import at_least_one, check_bool, check_real, positive
-from compass_lightning.registry import Check, Operation, Registry
+from compass_lightning.engine.checks import at_least_one, check_bool, check_real, positive
+from compass_lightning.engine.registry import Check, Operation, Registry
 
 Batches = Iterable[tuple[Tensor, Tensor]]
 LossFn = Callable[[Tensor, Tensor], Tensor]

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import compass_lightning as cl
 from compass_lightning.callbacks.pruning import DEFAULT_SWEEP
-from compass_lightning.summary import run_report
+from compass_lightning.reporting.summary import run_report
 
 # Pixel statistics of load_digits scaled to [0, 1] (computed once over the whole set).
 DIGITS_MEAN = 0.3053

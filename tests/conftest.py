@@ -42,7 +42,7 @@ def assert_monitor_ran(source: object, *required: str, undefined: tuple[str, ...
     metric dicts checked.
     """
     from compass_lightning.callbacks.base import CompassCallback
-    from compass_lightning.report import read_history
+    from compass_lightning.reporting.history import read_history
 
     if isinstance(source, CompassCallback):
         source = source.history

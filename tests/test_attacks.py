@@ -8,7 +8,7 @@ import torchattacks
 from conftest import snapshot, assert_same_state, awkward_net
 
 from compass_lightning.attacks import ATTACKS, fgsm, ifgsm, mifgsm, difgsm, pgd, run_attack
-from compass_lightning.guard import analysis_mode
+from compass_lightning.engine.guard import analysis_mode
 
 L2_EPS = 1.0
 

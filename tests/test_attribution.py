@@ -16,7 +16,7 @@ from compass_lightning.attribution import (
     guided_ig,
     insertion_deletion,
 )
-from compass_lightning.guard import analysis_mode
+from compass_lightning.engine.guard import analysis_mode
 
 
 @pytest.fixture(scope="module")

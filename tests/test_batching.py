@@ -6,7 +6,7 @@ from conftest import DigitsClassifier, DigitsDataModule, digits_task, make_train
 from torch import nn
 
 from compass_lightning import MutationMetrics
-from compass_lightning.batching import BOUNDS, CPU_ACTIVATION_BUDGET, activation_bytes, auto_batch_size
+from compass_lightning.engine.batching import BOUNDS, CPU_ACTIVATION_BUDGET, activation_bytes, auto_batch_size
 
 
 def conv_net(channels: int) -> nn.Module:

@@ -9,7 +9,7 @@ from conftest import DigitsClassifier, DigitsDataModule, StateBracket, digits_ta
 
 from compass_lightning import AttributionScores
 from compass_lightning.attribution import attribute, insertion_deletion
-from compass_lightning.guard import analysis_mode
+from compass_lightning.engine.guard import analysis_mode
 
 
 def _fit(tmp_path, monitor, *, epochs=2, callbacks=(), **kwargs):

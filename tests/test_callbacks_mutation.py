@@ -15,7 +15,7 @@ from torch import nn
 from compass_lightning import CompassWarning, MutationMetrics
 from compass_lightning.metrics import METRIC_NAMES, classification_metrics, to_floats
 from compass_lightning.mutation import MUTATIONS
-from compass_lightning.report import read_history
+from compass_lightning.reporting.history import read_history
 
 SCALARS = [f"compass/basic/{m}" for m in METRIC_NAMES] + [
     f"compass/mutation/{name}/{m}" for name in MUTATIONS for m in (*METRIC_NAMES, "accuracy_drop")
@@ -280,7 +280,7 @@ def test_data_problems_raise_before_training_starts(tmp_path, monitor, model, me
         ({"seed": -1}, ValueError, "seed must be an integer >= 0"),
         ({"image_count": -1}, ValueError, "image_count must be an integer >= 0"),
         ({"shuffle_tolerance": -0.1}, ValueError, "shuffle_tolerance must be a number"),
-        ({"task": "classification"}, TypeError, "task must be a compass_lightning.task.Classification"),
+        ({"task": "classification"}, TypeError, "task must be a task adapter"),
         ({"probe_data": 3}, TypeError, "probe_data must be a Dataset or a pair"),
         ({"probe_data": (torch.rand(4, 2), torch.arange(4)), "probe_size": 5}, ValueError, "probe_size=5 is larger"),
         ({"fail_fast": "yes"}, TypeError, "fail_fast must be True or False"),

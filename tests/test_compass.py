@@ -25,8 +25,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from compass_lightning import AttackSuccessRate, Compass, MutationMetrics, NeuronAnalysis
 from compass_lightning.checkpoints import compare_checkpoints
 from compass_lightning.cli import main as cli
-from compass_lightning.passes import PassCounter
-from compass_lightning.radar import AXES, axis_values, radar_scores
+from compass_lightning.engine.passes import PassCounter
+from compass_lightning.reporting.radar import AXES, axis_values, radar_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import EVERY_MODULE, assert_monitor_ran
 
-from compass_lightning.report import read_history
+from compass_lightning.reporting.history import read_history
 
 HELPER = Path(__file__).with_name("ddp_run.py")
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import assert_same_state, awkward_net, snapshot
 
-from compass_lightning.guard import analysis_mode
+from compass_lightning.engine.guard import analysis_mode
 
 
 def _input_gradient_analysis(model: torch.nn.Module) -> torch.Tensor:

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
-from compass_lightning.probe import ProbeSet
-from compass_lightning.task import Classification
+from compass_lightning.engine.probe import ProbeSet
+from compass_lightning.tasks import Classification
 
 
 class DictDataset(Dataset):

@@ -30,8 +30,8 @@ from compass_lightning import (
     NeuronAnalysis,
     PruningAnalysis,
 )
-from compass_lightning.callbacks.base import Evaluation
-from compass_lightning.report import read_history
+from compass_lightning.engine.evaluation import Evaluation
+from compass_lightning.reporting.history import read_history
 
 SMALL_MODULES = {
     "mutation": {"mutations": ["noise", "contrast"]},
@@ -182,7 +182,7 @@ class DictDigits(DigitsClassifier):
 
 CAUSES = {
     "injected": (DigitsClassifier, RuntimeError, "injected failure"),
-    "nan_logits": (NaNDigits, FloatingPointError, "NaN or infinite logits"),
+    "nan_logits": (NaNDigits, FloatingPointError, "NaN or infinite outputs"),
     "device": (DeviceMismatchDigits, (RuntimeError, NotImplementedError), "meta"),
     "dict_output": (DictDigits, TypeError, "returned a dict with keys"),
 }
@@ -239,7 +239,7 @@ BAD = [
     (MutationMetrics, {"probe_size": 0}, ValueError, "probe_size must be an integer >= 1"),
     (MutationMetrics, {"batch_size": 2.5}, TypeError, "batch_size must be an integer"),
     (MutationMetrics, {"seed": -1}, ValueError, "seed must be an integer >= 0"),
-    (MutationMetrics, {"task": "classification"}, TypeError, "task must be a compass_lightning.task.Classification"),
+    (MutationMetrics, {"task": "classification"}, TypeError, "task must be a task adapter"),
     (MutationMetrics, {"fail_fast": "no"}, TypeError, "fail_fast must be True or False"),
     (MutationMetrics, {"probe_data": [1, 2, 3]}, TypeError, "probe_data must be a Dataset or a pair"),
     (AttackSuccessRate, {"attacks": ["fgsm", "jsma"]}, ValueError, "attacks: unknown attack 'jsma'; choose from"),

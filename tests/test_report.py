@@ -8,8 +8,9 @@ import lightning.pytorch as pl
 import pytest
 from conftest import DigitsClassifier, DigitsDataModule, read_events
 
-from compass_lightning.registry import Registry, UnknownNameError
-from compass_lightning.report import HISTORY_FILE, Reporter, history_record, read_history
+from compass_lightning.engine.registry import Registry, UnknownNameError
+from compass_lightning.reporting.history import HISTORY_FILE, history_record, read_history
+from compass_lightning.reporting.reporter import Reporter
 
 
 def _record(epoch, value=0.5, stage="fit"):

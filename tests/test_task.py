@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from compass_lightning.task import Classification
+from compass_lightning.tasks import Classification
 
 
 def test_reads_tuple_list_and_dict_batches():

@@ -2,7 +2,7 @@
 
 Every attack has the signature ``attack(model, x, y, *, eps, bounds=(0, 1), generator=None,
 **params) -> x_adv``: ``x`` is in pixel space, ``model`` maps pixel-space inputs to logits (see
-:meth:`~compass_lightning.task.Classification.pixel_model`), gradients are taken with
+:meth:`~compass_lightning.tasks.Classification.pixel_model`), gradients are taken with
 ``torch.autograd.grad`` with respect to the input only, and ``x_adv`` lies in ``bounds`` and within
 ``eps`` of ``x`` in the attack's norm (:attr:`Attack.norm`). Randomness comes from ``generator``.
 

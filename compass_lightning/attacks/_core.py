@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from compass_lightning.checks import check_interval, check_real
-from compass_lightning.registry import Check, Operation, Registry
-from compass_lightning.rng import draw, randint
+from compass_lightning.engine.checks import check_interval, check_real
+from compass_lightning.engine.registry import Check, Operation, Registry
+from compass_lightning.engine.rng import draw, randint
 
 Model = Callable[[Tensor], Tensor]
 Gradient = Callable[[Tensor, Tensor], Tensor]  # (x_adv, momentum) -> gradient to ascend

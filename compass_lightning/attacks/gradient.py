@@ -26,8 +26,8 @@ from compass_lightning.attacks._core import (
     register,
     sign_gradient_attack,
 )
-from compass_lightning.checks import at_least_one, check_bool, check_int, non_negative, optional, positive, probability
-from compass_lightning.rng import draw
+from compass_lightning.engine.checks import at_least_one, check_bool, check_int, non_negative, optional, positive, probability
+from compass_lightning.engine.rng import draw
 
 Bounds = tuple[float, float]
 

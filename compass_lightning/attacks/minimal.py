@@ -17,7 +17,7 @@ from compass_lightning.attacks._core import (
     per_sample_norm,
     register,
 )
-from compass_lightning.checks import at_least_one, check_bool, non_negative, positive
+from compass_lightning.engine.checks import at_least_one, check_bool, non_negative, positive
 
 Bounds = tuple[float, float]
 

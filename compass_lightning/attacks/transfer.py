@@ -33,9 +33,9 @@ from compass_lightning.attacks._core import (
     register,
     sign_gradient_attack,
 )
-from compass_lightning.checks import at_least_one, module_name, non_negative, optional, positive, probability
-from compass_lightning.layers import capture, find_layer
-from compass_lightning.rng import draw
+from compass_lightning.engine.checks import at_least_one, module_name, non_negative, optional, positive, probability
+from compass_lightning.engine.layers import capture, find_layer
+from compass_lightning.engine.rng import draw
 
 Bounds = tuple[float, float]
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from compass_lightning.registry import Check, Operation, Registry
+from compass_lightning.engine.registry import Check, Operation, Registry
 
 Model = Callable[[Tensor], Tensor]
 

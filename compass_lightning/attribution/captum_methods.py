@@ -14,8 +14,8 @@ from functools import partial
 from torch import Tensor, nn
 
 from compass_lightning.attribution._core import Model, register
-from compass_lightning.checks import at_least_one, check_bool, check_choice, check_real, module_name, non_negative, optional
-from compass_lightning.layers import find_layer
+from compass_lightning.engine.checks import at_least_one, check_bool, check_choice, check_real, module_name, non_negative, optional
+from compass_lightning.engine.layers import find_layer
 
 IG_RULES = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
 _rule = partial(check_choice, choices=IG_RULES)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
-from compass_lightning.checks import check_choice, check_int
+from compass_lightning.engine.checks import check_choice, check_int
 
 SUBSTRATES = ("zeros", "blur")
 

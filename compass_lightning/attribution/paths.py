@@ -25,7 +25,7 @@ from torch import Tensor
 
 from compass_lightning.attacks import run_attack
 from compass_lightning.attribution._core import Model, class_gradient, register
-from compass_lightning.checks import at_least_one, check_interval, check_real, check_reals, positive, probability
+from compass_lightning.engine.checks import at_least_one, check_interval, check_real, check_reals, positive, probability
 
 
 

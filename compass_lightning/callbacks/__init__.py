@@ -1,6 +1,6 @@
 """Lightning callbacks: thin layers that schedule the analyses and report their results."""
 
-from compass_lightning.callbacks.base import CompassCallback, Evaluation
+from compass_lightning.callbacks.base import CompassCallback
 from compass_lightning.callbacks.compass import Compass
 from compass_lightning.callbacks.interpretability import AttributionScores
 from compass_lightning.callbacks.mutation import MutationMetrics
@@ -8,4 +8,4 @@ from compass_lightning.callbacks.neurons import NeuronAnalysis
 from compass_lightning.callbacks.pruning import PruningAnalysis
 from compass_lightning.callbacks.robustness import AttackSuccessRate
 
-__all__ = ["AttackSuccessRate", "AttributionScores", "Compass", "CompassCallback", "Evaluation", "MutationMetrics", "NeuronAnalysis", "PruningAnalysis"]
+__all__ = ["AttackSuccessRate", "AttributionScores", "Compass", "CompassCallback", "MutationMetrics", "NeuronAnalysis", "PruningAnalysis"]

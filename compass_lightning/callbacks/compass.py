@@ -7,29 +7,21 @@ from typing import Any, Optional, Union
 
 import lightning.pytorch as pl
 
-from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData
-from compass_lightning.callbacks.interpretability import AttributionScores
-from compass_lightning.callbacks.mutation import MutationMetrics
-from compass_lightning.callbacks.neurons import NeuronAnalysis
-from compass_lightning.callbacks.pruning import PruningAnalysis
-from compass_lightning.callbacks.robustness import AttackSuccessRate
-from compass_lightning.checks import at_least_one, check_bool, optional
-from compass_lightning.passes import PassCounter
-from compass_lightning.radar import AXES, axis_values, radar_chart, radar_scores
-from compass_lightning.report import history_record
-from compass_lightning.task import Classification
+from typing_extensions import override
+
+from compass_lightning.callbacks.base import COMPASS_MODULES, CompassCallback, Evaluation, ProbeData
+from compass_lightning.engine.checks import at_least_one, check_bool, optional
+from compass_lightning.engine.passes import PassCounter
+from compass_lightning.reporting.radar import AXES, axis_values, radar_chart, radar_scores
+from compass_lightning.reporting.tags import PASSES
+from compass_lightning.tasks import Task
+
+SHARED = ("task", "seed", "batch_size", "probe_data", "fail_fast")
+
 
 #: The modules in the order they run: robustness before neurons, whose layer deviation reuses its
 #: adversarial examples; pruning last.
-MODULES: dict[str, type[CompassCallback]] = {
-    "mutation": MutationMetrics,
-    "robustness": AttackSuccessRate,
-    "interpretability": AttributionScores,
-    "neurons": NeuronAnalysis,
-    "pruning": PruningAnalysis,
-}
-SHARED = ("task", "seed", "batch_size", "probe_data", "fail_fast")
-PASSES = ("compass/passes/forward", "compass/passes/backward")
+MODULE_ORDER = ("mutation", "robustness", "interpretability", "neurons", "pruning")
 
 ModuleConfig = Union[bool, Mapping[str, Any], None]
 
@@ -50,7 +42,7 @@ class Compass(CompassCallback):
     Shared work per evaluation: one clean forward of the probe feeds every module, and the white-box
     adversarial examples of the robustness module feed the layer deviation of the neuron module when
     it uses the same attack and ε. ``compass/passes/{forward,backward}`` count the sample-passes of
-    the model in the evaluation. The radar (see :mod:`compass_lightning.radar`): its five axis values
+    the model in the evaluation. The radar (see :mod:`compass_lightning.reporting.radar`): its five axis values
     are logged as ``compass/score/<axis>``, and the image ``compass/score/radar`` compares the current
     epoch with the first and the best evaluated ones (axes of modules that did not run this epoch
     carry their latest value).
@@ -82,7 +74,7 @@ class Compass(CompassCallback):
         probe_size: Optional[int] = None,
         batch_size: Optional[int] = None,
         seed: int = 0,
-        task: Optional[Classification] = None,
+        task: Optional[Task] = None,
         probe_data: Optional[ProbeData] = None,
         fail_fast: bool = False,
     ) -> None:
@@ -100,7 +92,7 @@ class Compass(CompassCallback):
             if config is True:
                 config = {}
             if not isinstance(config, Mapping):
-                raise TypeError(f"{name} must be True, False or a mapping of {MODULES[name].__name__} arguments, got {config!r}")
+                raise TypeError(f"{name} must be True, False or a mapping of {COMPASS_MODULES[name].__name__} arguments, got {config!r}")
             clash = sorted(set(config) & set(SHARED))
             if clash:
                 raise ValueError(f"{name}: {clash[0]} is shared by every module; set Compass({clash[0]}=...) instead")
@@ -108,22 +100,16 @@ class Compass(CompassCallback):
             size = config.pop("probe_size", None)
             self.module_probe_sizes[name] = optional(at_least_one)(f"{name}.probe_size", size)
             try:
-                self.modules[name] = MODULES[name](**config, **shared)
+                self.modules[name] = COMPASS_MODULES[name](**config, **shared)
             except (TypeError, ValueError) as error:
                 raise type(error)(f"{name}: {error}") from error
         if not self.modules:
             raise ValueError("Compass needs at least one module; every one is switched off")
         self._running: list[str] = []
 
-    # -- the modules' errors count as the Compass' ----------------------------------------------
-
-    @property
-    def error_count(self) -> int:
-        return self._own_errors + sum(m.error_count for m in getattr(self, "modules", {}).values())
-
-    @error_count.setter
-    def error_count(self, value: int) -> None:
-        self._own_errors = value - sum(m.error_count for m in getattr(self, "modules", {}).values())
+    def hosted(self) -> list[CompassCallback]:
+        """The modules: their failures count as the Compass'."""
+        return list(self.modules.values())
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -141,9 +127,9 @@ class Compass(CompassCallback):
             except ValueError as error:
                 raise ValueError(f"{name}: {error}") from error
 
-    def _check_watchers(self, trainer: pl.Trainer) -> None:
+    def check_watchers(self, trainer: pl.Trainer) -> None:
         for module in self.modules.values():
-            module._check_watchers(trainer)
+            module.check_watchers(trainer)
 
     def _probe_size_for(self, name: str) -> int:
         size = self.module_probe_sizes[name]
@@ -151,10 +137,11 @@ class Compass(CompassCallback):
 
     # -- Lightning hooks -----------------------------------------------------------------------
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         for module in self.modules.values():
-            module._reporter = self._reporter  # the modules write their files through the Compass
+            module.reporter = self.reporter  # the modules write their files through the Compass
 
     def prepare(self, trainer: pl.Trainer) -> None:
         for module in self.modules.values():
@@ -169,6 +156,7 @@ class Compass(CompassCallback):
         epoch = trainer.current_epoch + 1
         return [n for n, m in self.modules.items() if m.every_n_epochs is not None and epoch % m.every_n_epochs == 0]
 
+    @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
@@ -176,24 +164,27 @@ class Compass(CompassCallback):
         if self._running:
             self._run(trainer, pl_module)
 
+    @override
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._running = self._scheduled(trainer)
         self._run(trainer, pl_module)
 
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._running = self._scheduled(trainer, end_of_fit=True)
         if self._running:
             self._run(trainer, pl_module, in_epoch_end=False)  # self.log is not allowed in on_train_end
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "modules": {name: m.state_dict() for name, m in self.modules.items()}}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         for name, state in state_dict.get("modules", {}).items():
             if name in self.modules:
                 self.modules[name].load_state_dict(state)
-        self.error_count = int(state_dict.get("error_count", 0))  # the total, now that the modules hold theirs
 
     # -- evaluation ----------------------------------------------------------------------------
 
@@ -207,11 +198,8 @@ class Compass(CompassCallback):
         evaluation.scalars[PASSES[1]] = float(passes.backward)
         for name in self._running:  # the modules' own histories drive their epoch-over-epoch figures
             module = self.modules[name]
-            module.history.append(history_record(
-                epoch=evaluation.epoch, global_step=trainer.global_step, callback=type(module).__name__,
-                key=module.state_key, stage=trainer.state.fn.value,
-                metrics={k: float(v) for k, v in evaluation.scalars.items() if not hasattr(v, "ndim") or v.ndim == 0},
-            ))
+            own = set(module.expected_tags())
+            module.record(trainer, evaluation.epoch, {k: v for k, v in evaluation.scalars.items() if k in own})
         if self.radar:
             self._radar(trainer, evaluation)
 

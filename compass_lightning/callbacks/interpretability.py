@@ -9,21 +9,25 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from compass_lightning.attribution import METHODS, insertion_deletion
+from compass_lightning.attribution import METHODS
 from compass_lightning.attribution.faithfulness import SUBSTRATES
-from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData
-from compass_lightning.checks import check_bool, check_choice, check_int
-from compass_lightning.figures import heatmap_overlay, labelled_image_grid, line_chart
-from compass_lightning.layers import find_layer
-from compass_lightning.registry import resolve_selection
-from compass_lightning.task import Classification, PixelModel
+from compass_lightning.attribution.scoring import RANDOM, score_probe
+from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData, compass_module
+from compass_lightning.engine.checks import check_bool, check_choice, check_int
+from compass_lightning.reporting.figures import heatmap_overlay, labelled_image_grid, line_chart
+from compass_lightning.engine.layers import check_layer_parameters
+from compass_lightning.engine.registry import resolve_selection
+from compass_lightning.reporting.tags import tag
+from compass_lightning.tasks import Task
 
-RANDOM = "random"  # the chance baseline: uniformly random attributions
+MODULE = "interpretability"
+
 SCORES = ("insertion", "deletion", "insertion_minus_deletion")
 
 Methods = Union[Sequence[str], Mapping[str, Optional[Mapping[str, Any]]]]
 
 
+@compass_module('interpretability')
 class AttributionScores(CompassCallback):
     """Insertion and deletion scores of attribution methods on the probe set, with heatmaps.
 
@@ -73,7 +77,7 @@ class AttributionScores(CompassCallback):
         probe_size: Optional[int] = None,
         batch_size: Optional[int] = None,
         seed: int = 0,
-        task: Optional[Classification] = None,
+        task: Optional[Task] = None,
         probe_data: Optional[ProbeData] = None,
         fail_fast: bool = False,
     ) -> None:
@@ -87,6 +91,7 @@ class AttributionScores(CompassCallback):
             fail_fast=fail_fast,
         )
         self.methods = resolve_selection(METHODS, "methods", methods)
+        self.refuse_inapplicable("attribution", self.methods, "methods")
         self.steps = check_int("steps", steps, minimum=2)
         self.baseline = check_choice("baseline", baseline, SUBSTRATES)
         self.insertion_start = check_choice("insertion_start", insertion_start, SUBSTRATES)
@@ -100,57 +105,33 @@ class AttributionScores(CompassCallback):
         return {**super()._state_key_fields(), "methods": sorted(self.methods), "steps": self.steps}
 
     def expected_tags(self) -> list[str]:
-        return [f"compass/interpretability/{name}/{score}" for name in self._scored() for score in SCORES]
+        return [tag(MODULE, name, score) for name in self._scored() for score in SCORES]
 
     def _scored(self) -> tuple[str, ...]:
         return (*self.methods, RANDOM) if self.random_baseline else tuple(self.methods)
 
     def check_model(self, pl_module: pl.LightningModule) -> None:
-        for name, params in self.methods.items():
-            default = METHODS[name].layer_default
-            if default is not None:
-                find_layer(pl_module, params["layer"], default=default, argument=f"methods: {name}.layer")
-
-    def _attributions(self, name: str, model: PixelModel, x: Tensor, target: Tensor, generator: torch.Generator,
-                      batch_size: int) -> Tensor:
-        if name == RANDOM:
-            return torch.rand(x.shape, generator=generator, device=generator.device).to(x.device)
-        params = dict(self.methods[name])
-        if "internal_batch_size" in params and params["internal_batch_size"] is None:
-            # Captum would otherwise put every sample x step (or noise draw) through one forward:
-            # steps times the memory of a batch, and slower per image on a CPU
-            params["internal_batch_size"] = batch_size
-        return METHODS[name].function(model, x, target, **params)
+        check_layer_parameters(pl_module, self.methods, METHODS, "methods")
 
     def evaluate(self, trainer: pl.Trainer, evaluation: Evaluation) -> None:
         probe, task = evaluation.probe, evaluation.task
-        model = PixelModel(evaluation.model, task)
-        predicted = evaluation.logits(probe.inputs).argmax(dim=1).cpu()
         shown = min(self.image_count, len(probe)) if evaluation.want_images else 0
         kept: dict[str, Tensor] = {}
         curves: dict[str, tuple[Tensor, Tensor]] = {}
         for name in self._scored():
             with self.isolate(f"attribution method {name!r}"):
                 generator = self.generator(f"attribution/{name}", evaluation.device)
-
-                def run(inputs: Tensor, target: Tensor, name: str = name, generator: torch.Generator = generator) -> Tensor:
-                    x = task.to_pixels(inputs)
-                    attributions = self._attributions(name, model, x, target, generator, evaluation.batch_size)
-                    if shown and name not in kept:
-                        kept[name] = attributions[:shown].detach().cpu()
-                    insertion, deletion, curve = insertion_deletion(
-                        model, x, attributions, target=target, steps=self.steps, baseline=self.baseline,
-                        insertion_start=self.insertion_start, batch_size=evaluation.batch_size,
-                    )
-                    return torch.cat([insertion[:, None], deletion[:, None], curve["insertion"], curve["deletion"]], dim=1)
-
-                rows = evaluation.per_sample(run, probe.inputs, predicted).cpu()
-                insertion, deletion = rows[:, 0].mean(), rows[:, 1].mean()
-                prefix = f"compass/interpretability/{name}"
-                evaluation.scalars[f"{prefix}/insertion"] = insertion
-                evaluation.scalars[f"{prefix}/deletion"] = deletion
-                evaluation.scalars[f"{prefix}/insertion_minus_deletion"] = insertion - deletion
-                curves[name] = (rows[:, 2 : 2 + self.steps].mean(dim=0), rows[:, 2 + self.steps :].mean(dim=0))
+                rows, attributions = score_probe(
+                    evaluation, name, self.methods.get(name, {}), generator, steps=self.steps, baseline=self.baseline,
+                    insertion_start=self.insertion_start, keep=shown,
+                )
+                if attributions is not None:
+                    kept[name] = attributions
+                insertion, deletion = rows["insertion"].mean(), rows["deletion"].mean()
+                evaluation.scalars[tag(MODULE, name, "insertion")] = insertion
+                evaluation.scalars[tag(MODULE, name, "deletion")] = deletion
+                evaluation.scalars[tag(MODULE, name, "insertion_minus_deletion")] = insertion - deletion
+                curves[name] = (rows["insertion_curve"].mean(dim=0), rows["deletion_curve"].mean(dim=0))
         if shown and kept:
             evaluation.images["compass/interpretability/heatmaps"] = self._heatmap_grid(trainer, task, probe, kept, shown)
         if evaluation.want_images and curves:
@@ -165,9 +146,8 @@ class AttributionScores(CompassCallback):
                     chance=RANDOM,
                 )
 
-    def _heatmap_grid(self, trainer: pl.Trainer, task: Classification, probe: Any, kept: dict[str, Tensor], shown: int) -> Tensor:
-        low, high = task.input_range
-        images = (task.to_pixels(probe.shard(probe.inputs)[:shown]) - low) / (high - low)
+    def _heatmap_grid(self, trainer: pl.Trainer, task: Task, probe: Any, kept: dict[str, Tensor], shown: int) -> Tensor:
+        images = task.display(task.to_space(probe.shard(probe.inputs)[:shown]))
         overlays = {name: heatmap_overlay(images, attributions) for name, attributions in kept.items()}
         rows = {f"#{i}": torch.stack([images[i].expand(3, -1, -1), *(o[i] for o in overlays.values())]) for i in range(shown)}
         return labelled_image_grid(

@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 
-from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData
-from compass_lightning.checks import check_int, check_real
-from compass_lightning.figures import confusion_matrix_figure, labelled_image_grid
-from compass_lightning.metrics import METRIC_NAMES, classification_metrics, confusion_matrix
+from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData, compass_module
+from compass_lightning.engine.checks import check_int, check_real
+from compass_lightning.reporting.figures import labelled_image_grid
 from compass_lightning.mutation import MUTATIONS, batch_dependence, mutate, shuffle_permutation
-from compass_lightning.registry import resolve_selection
-from compass_lightning.report import CompassWarning
-from compass_lightning.task import Classification
+from compass_lightning.engine.registry import resolve_selection
+from compass_lightning.reporting.reporter import CompassWarning
+from compass_lightning.tasks import Task
 
 DEFAULT_MUTATIONS = ("label_error", "data_missing", "data_shuffle", "noise", "contrast", "brightness", "random_crop")
 
 Mutations = Union[Sequence[str], Mapping[str, Optional[Mapping[str, Any]]]]
 
 
+@compass_module('mutation')
 class MutationMetrics(CompassCallback):
     """Basic metrics on the probe set, clean and under every data mutant, logged at validation epochs.
 
@@ -71,7 +71,7 @@ class MutationMetrics(CompassCallback):
         probe_size: Optional[int] = None,
         batch_size: Optional[int] = None,
         seed: int = 0,
-        task: Optional[Classification] = None,
+        task: Optional[Task] = None,
         probe_data: Optional[ProbeData] = None,
         fail_fast: bool = False,
     ) -> None:
@@ -85,14 +85,15 @@ class MutationMetrics(CompassCallback):
             fail_fast=fail_fast,
         )
         self.mutations = resolve_selection(MUTATIONS, "mutations", mutations)
+        self.refuse_inapplicable("mutation", self.mutations, "mutations")
         self.image_count = check_int("image_count", image_count, minimum=0)
         self.shuffle_tolerance = check_real("shuffle_tolerance", shuffle_tolerance, low=0.0)
 
     def expected_tags(self) -> list[str]:
-        tags = [f"compass/basic/{metric}" for metric in METRIC_NAMES]
+        tags = [f"compass/basic/{metric}" for metric in self.task.metric_names]
         for name in self.mutations:
             extra = ("accuracy_drop", "batch_dependence") if MUTATIONS[name].permutes else ("accuracy_drop",)
-            tags += [f"compass/mutation/{name}/{metric}" for metric in (*METRIC_NAMES, *extra)]
+            tags += [f"compass/mutation/{name}/{metric}" for metric in (*self.task.metric_names, *extra)]
         return [*tags, "compass/mutation/mean_accuracy"]
 
     def _state_key_fields(self) -> dict[str, Any]:
@@ -100,18 +101,17 @@ class MutationMetrics(CompassCallback):
 
     def evaluate(self, trainer: pl.Trainer, evaluation: Evaluation) -> None:
         probe, task = evaluation.probe, evaluation.task
-        clean_logits = evaluation.logits(probe.inputs)
-        num_classes = clean_logits.shape[1]
-        clean = classification_metrics(clean_logits, probe.targets, num_classes)
+        clean_logits = evaluation.outputs(probe.inputs)
+        clean = task.metrics(clean_logits, probe.targets)
         evaluation.scalars.update({f"compass/basic/{name}": value for name, value in clean.items()})
 
         # Mutants act on the whole probe on the CPU, where it lives: the random draws are then the
         # same on every device and every DDP rank, and each rank forwards only its shard.
-        pixels = task.to_pixels(probe.inputs)
+        pixels = task.to_space(probe.inputs)
         shown = min(self.image_count, len(probe))
         gallery = {"clean": pixels[:shown]}
         labels = {"clean": probe.targets[:shown]}
-        correct = {"clean": clean_logits[:shown].argmax(1).cpu() == probe.targets[:shown]}
+        correct = {"clean": task.correct(clean_logits[:shown], probe.targets[:shown]).cpu()}
         accuracies = []
         for name, params in self.mutations.items():
             with self.isolate(f"mutation {name!r}"):
@@ -119,13 +119,13 @@ class MutationMetrics(CompassCallback):
                     name,
                     pixels,
                     probe.targets,
-                    num_classes=num_classes,
+                    num_classes=task.classes(clean_logits),
                     generator=self.generator(name),
                     bounds=task.input_range,
                     **params,
                 )
-                logits = clean_logits if mutated is pixels else evaluation.logits(task.from_pixels(mutated))
-                metrics = classification_metrics(logits, targets, num_classes)
+                logits = clean_logits if mutated is pixels else evaluation.outputs(task.from_space(mutated))
+                metrics = task.metrics(logits, targets)
                 prefix = f"compass/mutation/{name}"
                 evaluation.scalars.update({f"{prefix}/{metric}": value for metric, value in metrics.items()})
                 evaluation.scalars[f"{prefix}/accuracy_drop"] = clean["accuracy"] - metrics["accuracy"]
@@ -137,23 +137,21 @@ class MutationMetrics(CompassCallback):
                 elif shown:
                     # copies: a view of the first images would keep every mutant of the whole probe alive
                     gallery[name], labels[name] = mutated[:shown].clone(), targets[:shown].clone()
-                    correct[name] = logits[:shown].argmax(1).cpu() == targets[:shown]
+                    correct[name] = task.correct(logits[:shown], targets[:shown]).cpu()
         if accuracies:
             evaluation.scalars["compass/mutation/mean_accuracy"] = torch.stack(accuracies).mean()
         if evaluation.want_images and shown:
-            low, high = task.input_range
             evaluation.images["compass/mutation/examples"] = labelled_image_grid(
-                {name: (images - low) / (high - low) for name, images in gallery.items()},
+                {name: task.display(images) for name, images in gallery.items()},
                 labels,
                 reference="clean",
                 correct=correct,
                 title=f"epoch {trainer.current_epoch}: the same probe images under every mutant\n"
                 "frame: green predicted right, red wrong; label: on red where the mutant changed it",
             )
-            evaluation.images["compass/basic/confusion_matrix"] = confusion_matrix_figure(
-                confusion_matrix(clean_logits, probe.targets, num_classes),
-                title=f"clean probe, epoch {trainer.current_epoch}",
-            )
+            overview = task.overview(clean_logits, probe.targets, title=f"clean probe, epoch {trainer.current_epoch}")
+            if overview is not None:
+                evaluation.images["compass/basic/confusion_matrix"] = overview
 
     def _batch_dependence(self, name: str, clean_logits: Tensor, shuffled_logits: Tensor) -> Tensor:
         """Largest change of a predicted probability when the samples are fed in another order."""
@@ -161,12 +159,11 @@ class MutationMetrics(CompassCallback):
         change = batch_dependence(clean_logits, shuffled_logits, permutation)
         if change.item() > self.shuffle_tolerance and ("batch dependence", name) not in self._warned:
             self._warned.add(("batch dependence", name))
-            warnings.warn(
+            rank_zero_warn(
                 f"MutationMetrics: feeding the probe in another order ({name}) changed predicted "
                 f"probabilities by up to {change.item():.3g}, so the model's predictions depend on which "
                 "other samples share their batch (e.g. a layer that uses batch statistics even in eval "
                 "mode, such as F.batch_norm(training=True) or a normalisation over the batch).",
-                CompassWarning,
-                stacklevel=2,
+                category=CompassWarning,
             )
         return change

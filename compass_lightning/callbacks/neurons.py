@@ -10,9 +10,9 @@ import torch
 from torch import Tensor, nn
 
 from compass_lightning.attacks import ATTACKS
-from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData
-from compass_lightning.checks import check_bool, check_int, check_real, positive, probability
-from compass_lightning.figures import bar_chart, heatmap_overlay, labelled_image_grid, matrix_chart
+from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData, compass_module
+from compass_lightning.engine.checks import check_bool, check_int, check_real, positive, probability
+from compass_lightning.reporting.figures import bar_chart, heatmap_overlay, labelled_image_grid, matrix_chart
 from compass_lightning.neurons import (
     CRITERIA,
     Coverage,
@@ -29,20 +29,20 @@ from compass_lightning.neurons import (
     top_neurons,
 )
 from compass_lightning.neurons.deviation import SUMMARY, deviation_similarities
-from compass_lightning.probe import ProbeSet
-from compass_lightning.task import Classification, PixelModel
+from compass_lightning.engine.probe import ProbeSet
+from compass_lightning.engine.evaluation import attack_key
+from compass_lightning.tasks import Task
 
 PREFIX = "compass/neurons"
+KINDS = ("adversarial", "gaussian")  # the two similarities of the layer deviation, per layer
 
 
-def _flat(per_layer: dict[str, Tensor]) -> Tensor:
-    return torch.cat(list(per_layer.values()), dim=1)
+def _means(per_sample: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The probe mean of every layer's per-sample scores, on the CPU."""
+    return {name: scores.mean(dim=0).cpu() for name, scores in per_sample.items()}
 
 
-def _split(flat: Tensor, sizes: dict[str, int]) -> dict[str, Tensor]:
-    return dict(zip(sizes, flat.split(list(sizes.values()), dim=-1)))
-
-
+@compass_module('neurons')
 class NeuronAnalysis(CompassCallback):
     """Which neurons the data exercises, which react most to noise, and which layers an attack hijacks.
 
@@ -116,7 +116,7 @@ class NeuronAnalysis(CompassCallback):
         probe_size: Optional[int] = None,
         batch_size: Optional[int] = None,
         seed: int = 0,
-        task: Optional[Classification] = None,
+        task: Optional[Task] = None,
         probe_data: Optional[ProbeData] = None,
         fail_fast: bool = False,
     ) -> None:
@@ -141,6 +141,9 @@ class NeuronAnalysis(CompassCallback):
         self.excitability = check_bool("excitability", excitability)
         self.deviation = check_bool("deviation", deviation)
         self.attack = ATTACKS.lookup(attack, "attack").name
+        self.refuse_inapplicable("neurons", self.criteria, "criteria")
+        if deviation:
+            self.refuse_inapplicable("attack", [self.attack], "attack")
         self.eps = check_real("eps", eps, low=0.0)
         self.image_count = check_int("image_count", image_count, minimum=0)
         self._layer_names: list[str] = []
@@ -179,23 +182,20 @@ class NeuronAnalysis(CompassCallback):
 
     def evaluate(self, trainer: pl.Trainer, evaluation: Evaluation) -> None:
         model, probe, task = evaluation.model, evaluation.probe, evaluation.task
-        pixel_model = PixelModel(model, task)
+        pixel_model = task.space_model(model)
         layers = select_layers(model, self.layers)
         if not self._layer_names:  # trainer.validate/test: no fit start has resolved them
             self.check_model(model)
         with self.isolate("neuron coverage"):
             self._coverage(trainer, evaluation, layers)
-        sizes: dict[str, int] = {}
 
-        def sensitive(inputs: Tensor, normal: Tensor) -> Tensor:
-            scores = neuron_sensitivity(pixel_model, task.to_pixels(inputs), sigma=self.sigma, draws=self.draws,
-                                        layers=self.layers, normal=normal)
-            sizes.update({name: s.shape[1] for name, s in scores.items()})
-            return _flat(scores)
+        def sensitive(inputs: Tensor, normal: Tensor) -> dict[str, Tensor]:
+            return neuron_sensitivity(pixel_model, task.to_space(inputs), sigma=self.sigma, draws=self.draws,
+                                      layers=self.layers, normal=normal)
 
         with self.isolate("neuron sensitivity"):
             normal = self._normal("sensitivity", self.draws, probe.inputs)
-            scores = _split(evaluation.per_sample(sensitive, probe.inputs, normal).mean(dim=0).cpu(), sizes)
+            scores = _means(evaluation.per_sample(sensitive, probe.inputs, normal))
             self._log_fraction(evaluation, "sensitivity", scores)
             top = top_neurons(scores)
             if self._previous_top is not None:
@@ -203,13 +203,13 @@ class NeuronAnalysis(CompassCallback):
             self._previous_top = top
         if self.excitability:
 
-            def excitable(inputs: Tensor, targets: Tensor, normal: Tensor) -> Tensor:
-                return _flat(neuron_excitability(pixel_model, task.to_pixels(inputs), targets, sigma=self.sigma,
-                                                 draws=1, layers=self.layers, normal=normal))
+            def excitable(inputs: Tensor, targets: Tensor, normal: Tensor) -> dict[str, Tensor]:
+                return neuron_excitability(pixel_model, task.to_space(inputs), targets, sigma=self.sigma,
+                                           draws=1, layers=self.layers, normal=normal)
 
             with self.isolate("neuron excitability"):
                 normal = self._normal("excitability", 1, probe.inputs)
-                scores = _split(evaluation.per_sample(excitable, probe.inputs, probe.targets, normal).mean(dim=0).cpu(), sizes)
+                scores = _means(evaluation.per_sample(excitable, probe.inputs, probe.targets, normal))
                 self._log_fraction(evaluation, "excitability", scores)
         if self.deviation:
             with self.isolate(f"layer deviation under {self.attack}"):
@@ -230,14 +230,11 @@ class NeuronAnalysis(CompassCallback):
         if needs_ranges:  # every process profiles all samples: the same ranges everywhere
             chunks = ProbeSet.chunks(profile.inputs, evaluation.batch_size, evaluation.device)
             ranges = profile_ranges(model, chunks, layers=self.layers)
-        sizes: dict[str, int] = {}
 
-        def values(inputs: Tensor) -> Tensor:
-            per_layer, _ = neuron_values(lambda x: task.logits(model, x), inputs, layers)
-            sizes.update({name: v.shape[1] for name, v in per_layer.items()})
-            return _flat(per_layer)
+        def values(inputs: Tensor) -> dict[str, Tensor]:
+            return neuron_values(lambda x: task.outputs(model, x), inputs, layers)[0]
 
-        all_values = _split(evaluation.per_sample(values, probe.inputs), sizes)
+        all_values = evaluation.per_sample(values, probe.inputs)
         cover = Coverage(ranges, criteria=self.criteria, threshold=self.threshold, sections=self.sections, top_k=self.top_k)
         cover.update(all_values)
         for criterion, result in cover.result().items():
@@ -249,7 +246,7 @@ class NeuronAnalysis(CompassCallback):
         evaluation.scalars[f"{PREFIX}/{kind}/fraction"] = fractions.pop("total")
         evaluation.scalars.update({f"{PREFIX}/{kind}/fraction/{layer}": v for layer, v in fractions.items()})
 
-    def _deviation(self, trainer: pl.Trainer, evaluation: Evaluation, pixel_model: PixelModel) -> None:
+    def _deviation(self, trainer: pl.Trainer, evaluation: Evaluation, pixel_model: nn.Module) -> None:
         probe, task = evaluation.probe, evaluation.task
         layers = conv_neuron_layers(evaluation.model, self.layers)
         generator = self.generator(f"deviation/{self.attack}", evaluation.device)  # for random attacks
@@ -257,8 +254,8 @@ class NeuronAnalysis(CompassCallback):
         shown = min(self.image_count, len(probe.shard(probe.inputs))) if evaluation.want_images else 0
         kept: dict[str, Any] = {}
 
-        def similarities(inputs: Tensor, targets: Tensor, z: Tensor, *made: Tensor) -> Tensor:
-            x = task.to_pixels(inputs)
+        def similarities(inputs: Tensor, targets: Tensor, z: Tensor, *made: Tensor) -> dict[str, Tensor]:
+            x = task.to_space(inputs)
             per_layer, extras = deviation_similarities(
                 pixel_model, x, targets, attack=self.attack, eps=self.eps, layers=layers, bounds=task.input_range,
                 generator=generator, x_adv=made[0] if made else None, normal=z,
@@ -268,13 +265,13 @@ class NeuronAnalysis(CompassCallback):
                 kept.update(x=x[:shown].cpu(), x_adv=extras["x_adv"][:shown].cpu(), x_gauss=extras["x_gauss"][:shown].cpu(),
                             maps={k: torch.stack([m[:shown], m[n : n + shown], m[2 * n : 2 * n + shown]]).cpu()
                                   for k, m in extras["maps"].items()})
-            return torch.cat([torch.stack(pair, dim=1) for pair in per_layer.values()], dim=1)
+            return {f"{name}/{kind}": value for name, pair in per_layer.items() for kind, value in zip(KINDS, pair)}
 
         # the robustness analysis of the same evaluation may have made these examples already
-        made = evaluation.shared.get(evaluation.attack_key(self.attack, self.eps, ATTACKS[self.attack].resolve({})), len(probe))
+        made = evaluation.shared.get(attack_key(self.attack, self.eps, ATTACKS[self.attack].resolve({})), len(probe))
         aligned = (probe.inputs, probe.targets, normal) + ((made,) if made is not None else ())
-        rows = evaluation.per_sample(similarities, *aligned).cpu()
-        pairs = {name: (rows[:, 2 * i], rows[:, 2 * i + 1]) for i, name in enumerate(layers)}
+        rows = {key: value.cpu() for key, value in evaluation.per_sample(similarities, *aligned).items()}
+        pairs = {name: tuple(rows[f"{name}/{kind}"] for kind in KINDS) for name in layers}
         summary = summarise_deviation(pairs)
         for layer, values in summary.items():
             evaluation.scalars.update({f"{PREFIX}/deviation/{layer}/{m}": v for m, v in values.items()})
@@ -282,16 +279,14 @@ class NeuronAnalysis(CompassCallback):
             return
         evaluation.images[f"{PREFIX}/deviation/similarity"] = bar_chart(
             list(summary), {kind: [float(v[kind]) for v in summary.values()] for kind in ("adversarial", "gaussian")},
-            xlabel="layer", ylabel="cosine similarity to the clean Grad-CAM", ylim=(min(0.0, float(rows.min())), 1.0),
+            xlabel="layer", ylabel="cosine similarity to the clean Grad-CAM", ylim=(min(0.0, *(float(v.min()) for v in rows.values())), 1.0),
             title=f"{self.attack} (eps {self.eps:.3g}) vs matched Gaussian noise, epoch {evaluation.epoch}",
         )
         if kept:
             evaluation.images[f"{PREFIX}/deviation/gradcam"] = self._gradcam_grid(evaluation, kept, most_vulnerable(summary, 1)[0])
 
     def _gradcam_grid(self, evaluation: Evaluation, kept: dict[str, Any], layer: str) -> Tensor:
-        low, high = evaluation.task.input_range
-        unit = lambda t: ((t - low) / (high - low)).clamp(0, 1)  # noqa: E731
-        images = [unit(kept["x"]), unit(kept["x_adv"]), unit(kept["x_gauss"])]
+        images = [evaluation.task.display(kept[key]) for key in ("x", "x_adv", "x_gauss")]
         size = tuple(kept["x"].shape[-2:])
         maps = nn.functional.interpolate(kept["maps"][layer].flatten(0, 1)[:, None], size=size, mode="bilinear")
         maps = maps.view(3, -1, 1, *size)

@@ -13,16 +13,18 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData
-from compass_lightning.callbacks.interpretability import AttributionScores
-from compass_lightning.callbacks.robustness import AttackSuccessRate
-from compass_lightning.checks import at_least_one, check_bool, check_int, check_real, check_reals, optional
-from compass_lightning.figures import line_chart
-from compass_lightning.metrics import METRIC_NAMES, classification_metrics
-from compass_lightning.probe import ProbeSet
+from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData, compass_module
+from compass_lightning.attacks import ATTACKS, mean_attack_success_rate
+from compass_lightning.attacks.scoring import attack_metrics, attack_probe
+from compass_lightning.attribution import METHODS
+from compass_lightning.attribution.scoring import score_probe
+from compass_lightning.engine.checks import at_least_one, check_bool, check_int, check_real, check_reals, optional
+from compass_lightning.reporting.figures import line_chart
+from compass_lightning.engine.probe import ProbeSet
 from compass_lightning.pruning import IMPORTANCES, PruningSweep, importance, max_safe_rate, sparsity
-from compass_lightning.registry import resolve_selection
-from compass_lightning.task import Classification
+from compass_lightning.engine.registry import resolve_selection
+from compass_lightning.engine.layers import check_layer_parameters
+from compass_lightning.tasks import Task
 
 REPORT_FILE = "pruning_report.csv"
 UNPRUNED = "unpruned"
@@ -43,6 +45,7 @@ def rate_tag(rate: float) -> str:
     return f"rate_{rate:.2f}" if math.isclose(rate * 100, round(rate * 100), abs_tol=1e-9) else f"rate_{rate:.4g}"
 
 
+@compass_module('pruning')
 class PruningAnalysis(CompassCallback):
     """Prunes copies of the model without fine-tuning and measures what is lost, at the end of fit.
 
@@ -110,15 +113,16 @@ class PruningAnalysis(CompassCallback):
         joint_rates: Sequence[float] = (0.35, 0.40),
         attacks: Sequence[str] = ("fgsm", "pgd"),
         eps: float = 8 / 255,
+        eps_l2: float = 0.5,
         attribution_methods: Sequence[str] = ("saliency", "integrated_gradients"),
         attribution_steps: int = 16,
-        attribution_probe_size: Optional[int] = AttributionScores.default_probe_size,
+        attribution_probe_size: Optional[int] = 32,
         save_pruned: bool = False,
         every_n_epochs: Optional[int] = None,
         probe_size: Optional[int] = None,
         batch_size: Optional[int] = None,
         seed: int = 0,
-        task: Optional[Classification] = None,
+        task: Optional[Task] = None,
         probe_data: Optional[ProbeData] = None,
         fail_fast: bool = False,
     ) -> None:
@@ -128,6 +132,7 @@ class PruningAnalysis(CompassCallback):
             check_int("every_n_epochs", every_n_epochs, minimum=1)
         self.every_n_epochs = every_n_epochs
         self.methods = resolve_selection(IMPORTANCES, "methods", methods)
+        self.refuse_inapplicable("pruning", self.methods, "methods")
         in_range = {"low": 0.0, "high": 1.0, "high_open": True}
         self.rates = tuple(sorted(set(check_reals("rates", list(rates) if isinstance(rates, tuple) else rates, **in_range))))
         if not isinstance(sweep, (list, tuple)):
@@ -141,11 +146,17 @@ class PruningAnalysis(CompassCallback):
         self.joint_rates = tuple(sorted(set(check_reals("joint_rates", list(joint_rates), **in_range)))) if joint else ()
         self.save_pruned = check_bool("save_pruned", save_pruned)
         self.attribution_probe_size = optional(at_least_one)("attribution_probe_size", attribution_probe_size)
-        # The joint analyses are the module callbacks themselves, run on the pruned copies.
-        self._attacks = AttackSuccessRate(attacks, eps=eps, image_count=0, **common)
-        self._attribution = AttributionScores(
-            attribution_methods, steps=attribution_steps, image_count=0, random_baseline=False, **common
-        )
+        # The joint analyses score the pruned copies with the same functions as the robustness and
+        # interpretability monitors (attacks.scoring, attribution.scoring).
+        self.attacks = resolve_selection(ATTACKS, "attacks", attacks)
+        self.refuse_inapplicable("attack", self.attacks, "attacks")
+        self.eps = {"linf": check_real("eps", eps, low=0.0), "l2": check_real("eps_l2", eps_l2, low=0.0)}
+        self.attribution_methods = resolve_selection(METHODS, "attribution_methods", attribution_methods)
+        self.refuse_inapplicable("attribution", self.attribution_methods, "attribution_methods")
+        for params in self.attribution_methods.values():
+            if "bounds" in params:  # methods that clip to pixel bounds clip to the task's
+                params["bounds"] = self.task.input_range
+        self.attribution_steps = check_int("attribution_steps", attribution_steps, minimum=2)
         self._calibration: ProbeSet | None = None
 
     # -- configuration -------------------------------------------------------------------------
@@ -160,8 +171,8 @@ class PruningAnalysis(CompassCallback):
         return tuple(sorted({*self.rates, *self.sweep, *self.joint_rates}))
 
     def expected_tags(self) -> list[str]:
-        basic = (*METRIC_NAMES, "sparsity", "accuracy_drop")
-        tags = [f"compass/pruning/{UNPRUNED}/{m}" for m in (*METRIC_NAMES, *(JOINT if self.joint else ()))]
+        basic = (*self.task.metric_names, "sparsity", "accuracy_drop")
+        tags = [f"compass/pruning/{UNPRUNED}/{m}" for m in (*self.task.metric_names, *(JOINT if self.joint else ()))]
         for method in self.methods:
             for rate in self._logged_rates():
                 extra = JOINT if rate in self.joint_rates else ()
@@ -171,8 +182,8 @@ class PruningAnalysis(CompassCallback):
 
     def check_model(self, pl_module: pl.LightningModule) -> None:
         if self.joint:
-            self._attacks.check_model(pl_module)
-            self._attribution.check_model(pl_module)
+            check_layer_parameters(pl_module, self.attacks, ATTACKS, "attacks")
+            check_layer_parameters(pl_module, self.attribution_methods, METHODS, "attribution_methods")
 
     # -- calibration data ----------------------------------------------------------------------
 
@@ -198,9 +209,8 @@ class PruningAnalysis(CompassCallback):
         if self._calibration is None:
             self._calibration = self._build_calibration(trainer)
         probe, model = evaluation.probe, evaluation.model
-        reference_logits = evaluation.logits(probe.inputs)
-        num_classes = reference_logits.shape[1]
-        reference = {**classification_metrics(reference_logits, probe.targets, num_classes)}
+        task = evaluation.task
+        reference = task.metrics(evaluation.outputs(probe.inputs), probe.targets)
         grid = self._grid()
         progress = tqdm(
             total=len(self.methods) * (1 + len(grid)) + bool(self.joint) * (1 + len(self.methods) * len(self.joint_rates)),
@@ -226,8 +236,7 @@ class PruningAnalysis(CompassCallback):
                     for rate in grid:
                         progress.set_postfix_str(f"{method}: rate {rate:.2f}")
                         pruned = sweep.at(rate)
-                        logits = evaluation.logits(probe.inputs, model=pruned)
-                        metrics = classification_metrics(logits, probe.targets, num_classes)
+                        metrics = task.metrics(evaluation.outputs(probe.inputs, model=pruned), probe.targets)
                         metrics["sparsity"] = torch.tensor(sparsity(pruned))
                         metrics["accuracy_drop"] = reference["accuracy"] - metrics["accuracy"]
                         drops[rate] = float(metrics["accuracy_drop"])
@@ -242,29 +251,35 @@ class PruningAnalysis(CompassCallback):
                         rows.append({"method": method, "rate": rate, **metrics})
                         progress.update()
                     evaluation.scalars[f"compass/pruning/{method}/max_safe_rate"] = max_safe_rate(drops, self.tolerance)
-        self.error_count += self._attacks.error_count + self._attribution.error_count
-        self._attacks.error_count = self._attribution.error_count = 0
         with self.isolate("writing pruning_report.csv"):
             self._write_report(trainer, evaluation.epoch, rows)
         if evaluation.want_images:
             self._figures(trainer, evaluation, rows)
 
     def _joint(self, trainer: pl.Trainer, evaluation: Evaluation, model: nn.Module) -> dict[str, Tensor]:
-        """Mean white-box ASR of ``model`` on the probe, and its mean insertion/deletion on the first
-        ``attribution_probe_size`` samples."""
-        scores: dict[str, Tensor] = {}
-        for analysis, size in ((self._attacks, None), (self._attribution, self.attribution_probe_size)):
-            inner = evaluation.for_model(model).subset(size)
-            analysis.evaluate(trainer, inner)
-            scores.update({k: torch.as_tensor(v, dtype=torch.float32) for k, v in inner.scalars.items()})
-        mean = lambda kind: torch.stack(  # noqa: E731
-            [v for k, v in scores.items() if k.startswith("compass/interpretability/") and k.endswith(f"/{kind}")]
-            or [torch.tensor(float("nan"))]
-        ).mean()
+        """Mean white-box ASR of ``model`` on the probe, and its mean insertion/deletion over the
+        attribution methods on the first ``attribution_probe_size`` samples."""
+        inner = evaluation.for_model(model)
+        probe, task = inner.probe, inner.task
+        correct = task.correct(inner.outputs(probe.inputs), probe.targets).cpu()
+        rates = []
+        for name, params in self.attacks.items():
+            with self.isolate(f"joint attack {name!r}"):
+                eps = self.eps[ATTACKS[name].norm]
+                rows, _ = attack_probe(inner, name, params, eps, self.generator(f"{name}@{eps!r}", inner.device))
+                rates.append(attack_metrics(correct, rows)["asr"])
+        scores: dict[str, list[Tensor]] = {"insertion": [], "deletion": []}
+        subset = inner.subset(self.attribution_probe_size)
+        for name, params in self.attribution_methods.items():
+            with self.isolate(f"joint attribution method {name!r}"):
+                generator = self.generator(f"attribution/{name}", inner.device)
+                rows, _ = score_probe(subset, name, params, generator, steps=self.attribution_steps)
+                for kind, values in scores.items():
+                    values.append(rows[kind].mean())
+        nan = torch.tensor(float("nan"))
         return {
-            "asr": scores.get("compass/robustness/mean_asr", torch.tensor(float("nan"))),
-            "insertion": mean("insertion"),
-            "deletion": mean("deletion"),
+            "asr": mean_attack_success_rate(rates),
+            **{kind: torch.stack(values).mean() if values else nan for kind, values in scores.items()},
         }
 
     # -- outputs -------------------------------------------------------------------------------
@@ -273,16 +288,16 @@ class PruningAnalysis(CompassCallback):
         if not trainer.is_global_zero:
             return
         checkpoint = trainer.checkpoint_callback
-        directory = getattr(checkpoint, "dirpath", None) or Path(self._reporter.log_dir or ".") / "checkpoints"
+        directory = getattr(checkpoint, "dirpath", None) or Path(self.reporter.log_dir or ".") / "checkpoints"
         path = Path(directory) / f"pruned_{method}_{rate_tag(rate)}.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({k: v.detach().cpu().clone() for k, v in pruned.state_dict().items()}, path)
 
     def _write_report(self, trainer: pl.Trainer, epoch: int, rows: list[dict[str, Any]]) -> None:
-        if not trainer.is_global_zero or self._reporter is None or not self._reporter.log_dir:
+        if not trainer.is_global_zero or self.reporter is None or not self.reporter.log_dir:
             return
-        path = Path(self._reporter.log_dir) / REPORT_FILE
-        fields = ["epoch", "global_step", "stage", "method", "rate", "changes_weights", "sparsity", *METRIC_NAMES,
+        path = Path(self.reporter.log_dir) / REPORT_FILE
+        fields = ["epoch", "global_step", "stage", "method", "rate", "changes_weights", "sparsity", *self.task.metric_names,
                   "accuracy_drop", *JOINT]
         new = not path.exists()
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,14 +11,15 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from compass_lightning.attacks import ATTACKS, attack_success_rate, mean_attack_success_rate, robust_accuracy
-from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData
-from compass_lightning.checks import check_int, check_reals
-from compass_lightning.figures import labelled_image_grid, line_chart
-from compass_lightning.guard import analysis_mode
-from compass_lightning.layers import find_layer
-from compass_lightning.registry import resolve_selection
-from compass_lightning.task import Classification, PixelModel
+from compass_lightning.attacks import ATTACKS, mean_attack_success_rate
+from compass_lightning.attacks.scoring import Kept, attack_metrics, attack_probe
+from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData, compass_module
+from compass_lightning.engine.checks import check_int, check_reals
+from compass_lightning.reporting.figures import labelled_image_grid, line_chart
+from compass_lightning.engine.guard import analysis_mode
+from compass_lightning.engine.layers import check_layer_parameters
+from compass_lightning.engine.registry import resolve_selection
+from compass_lightning.tasks import Task
 
 SNAPSHOT = "snapshot"
 METRICS = ("asr", "robust_accuracy", "mean_linf", "mean_l2")
@@ -53,6 +54,7 @@ def _eps_tag(eps: float) -> str:
     return f"eps_{eps:.4g}"
 
 
+@compass_module('robustness')
 class AttackSuccessRate(CompassCallback):
     """Attack success rates on the probe set, white-box and transferred from surrogates, at validation epochs.
 
@@ -110,7 +112,7 @@ class AttackSuccessRate(CompassCallback):
         probe_size: Optional[int] = None,
         batch_size: Optional[int] = None,
         seed: int = 0,
-        task: Optional[Classification] = None,
+        task: Optional[Task] = None,
         probe_data: Optional[ProbeData] = None,
         fail_fast: bool = False,
     ) -> None:
@@ -127,6 +129,8 @@ class AttackSuccessRate(CompassCallback):
         self.eps = {"linf": check_reals("eps", eps, low=0.0), "l2": check_reals("eps_l2", eps_l2, low=0.0)}
         self.transfer_from = _surrogate_names(transfer_from)
         self.transfer_attacks = resolve_selection(ATTACKS, "transfer_attacks", transfer_attacks)
+        self.refuse_inapplicable("attack", self.attacks, "attacks")
+        self.refuse_inapplicable("attack", self.transfer_attacks, "transfer_attacks")
         self.snapshot_every = check_int("snapshot_every", snapshot_every, minimum=1)
         self.image_count = check_int("image_count", image_count, minimum=0)
         self._snapshot: nn.Module | None = None
@@ -159,24 +163,18 @@ class AttackSuccessRate(CompassCallback):
         return tags
 
     def check_model(self, pl_module: pl.LightningModule) -> None:
-        crafters = [("attacks", self.attacks, pl_module)]
-        crafters += [
-            ("transfer_attacks", self.transfer_attacks, pl_module if source == SNAPSHOT else source)
-            for source in self.transfer_from.values()
-        ]
-        for argument, selection, model in crafters:
-            for name, params in selection.items():
-                default = ATTACKS[name].layer_default
-                if default is not None:
-                    find_layer(model, params["layer"], default=default, argument=f"{argument}: {name}.layer")
+        check_layer_parameters(pl_module, self.attacks, ATTACKS, "attacks")
+        for source in self.transfer_from.values():
+            check_layer_parameters(pl_module if source == SNAPSHOT else source, self.transfer_attacks, ATTACKS,
+                                   "transfer_attacks")
 
     # -- evaluation ----------------------------------------------------------------------------
 
     def evaluate(self, trainer: pl.Trainer, evaluation: Evaluation) -> None:
-        probe, task, model = evaluation.probe, evaluation.task, evaluation.model
-        clean = evaluation.logits(probe.inputs).argmax(dim=1).cpu()
-        correct = clean == probe.targets
-        target = PixelModel(model, task)
+        probe, task = evaluation.probe, evaluation.task
+        clean_outputs = evaluation.outputs(probe.inputs)
+        clean = task.predictions(clean_outputs).cpu()
+        correct = task.correct(clean_outputs, probe.targets).cpu()
         shown = min(self.image_count, len(probe)) if evaluation.want_images else 0
         examples: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
         sweeps: dict[str, dict[str, list[float]]] = {"linf": {}, "l2": {}}  # norm -> attack -> per eps
@@ -185,7 +183,7 @@ class AttackSuccessRate(CompassCallback):
             for index, eps in enumerate(self._budgets(name)):
                 with self.isolate(f"attack {name!r} at eps={eps:.4g}"):
                     keep = shown if index == 0 else 0
-                    metrics, kept = self._attack(evaluation, target, target, name, params, eps, correct, keep)
+                    metrics, kept = self._attack(evaluation, name, params, eps, correct, keep)
                     prefixes = [f"compass/robustness/{name}"] if index == 0 else []
                     if len(self._budgets(name)) > 1:
                         prefixes.append(f"compass/robustness/{name}/{_eps_tag(eps)}")
@@ -199,7 +197,7 @@ class AttackSuccessRate(CompassCallback):
                             examples[name] = kept
         if asrs:
             evaluation.scalars["compass/robustness/mean_asr"] = mean_attack_success_rate(asrs)
-        self._transfer(trainer, evaluation, target, correct)
+        self._transfer(trainer, evaluation, correct)
         if shown and examples:
             evaluation.images["compass/robustness/examples"] = self._example_grid(
                 trainer, task, probe.targets[:shown], clean[:shown], examples
@@ -217,46 +215,21 @@ class AttackSuccessRate(CompassCallback):
     def _attack(
         self,
         evaluation: Evaluation,
-        crafter: PixelModel,
-        target: PixelModel,
         name: str,
         params: dict[str, Any],
         eps: float,
         correct: Tensor,
         keep: int,
-    ) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor, Tensor] | None]:
-        """Craft on ``crafter``, score on ``target``: the metrics over the whole probe, and the first
-        ``keep`` (clean, adversarial, prediction) triples of this process' shard."""
-        task, probe = evaluation.task, evaluation.probe
-        attack = ATTACKS[name]
+        crafter: nn.Module | None = None,
+    ) -> tuple[dict[str, Tensor], Kept | None]:
+        """Craft on ``crafter`` (``None``: white-box), score on the evaluated model: the metrics over
+        the whole probe, and the first ``keep`` (clean, adversarial, prediction) triples of this
+        process' shard."""
         generator = self.generator(f"{name}@{eps!r}", evaluation.device)
-        kept: list[tuple[Tensor, Tensor, Tensor]] = []
-        share = evaluation.share and crafter is target  # white-box examples other analyses may reuse
+        rows, kept = attack_probe(evaluation, name, params, eps, generator, crafter=crafter, keep=keep)
+        return attack_metrics(correct, rows), kept
 
-        def run(inputs: Tensor, targets: Tensor) -> Tensor:
-            x = task.to_pixels(inputs)
-            x_adv = attack.function(crafter, x, targets, eps=eps, bounds=task.input_range, generator=generator, **params)
-            with torch.no_grad():
-                predicted = target(x_adv).argmax(dim=1)
-            if not kept and keep:
-                kept.append((x[:keep].cpu(), x_adv[:keep].cpu(), predicted[:keep].cpu()))
-            delta = (x_adv - x).flatten(1)
-            rows = [predicted.to(delta.dtype)[:, None], delta.abs().amax(dim=1, keepdim=True), delta.norm(dim=1, keepdim=True)]
-            return torch.cat(rows + ([x_adv.detach().flatten(1).to(delta.dtype)] if share else []), dim=1)
-
-        rows = evaluation.per_sample(run, probe.inputs, probe.targets).cpu()
-        if share:
-            evaluation.shared.put(evaluation.attack_key(name, eps, params), rows[:, 3:].view_as(probe.inputs).to(probe.inputs.dtype))
-        after = rows[:, 0].long() == probe.targets
-        metrics = {
-            "asr": attack_success_rate(correct, after),
-            "robust_accuracy": robust_accuracy(after),
-            "mean_linf": rows[:, 1].mean(),
-            "mean_l2": rows[:, 2].mean(),
-        }
-        return metrics, (kept[0] if kept else None)
-
-    def _transfer(self, trainer: pl.Trainer, evaluation: Evaluation, target: PixelModel, correct: Tensor) -> None:
+    def _transfer(self, trainer: pl.Trainer, evaluation: Evaluation, correct: Tensor) -> None:
         model = evaluation.model
         for surrogate_name, source in self.transfer_from.items():
             if source == SNAPSHOT:
@@ -268,11 +241,11 @@ class AttackSuccessRate(CompassCallback):
                 surrogate = source.to(evaluation.device)
                 context = analysis_mode(surrogate, seed=self.seed)
             with context:
-                crafter = PixelModel(surrogate, evaluation.task)
+                crafter = evaluation.task.space_model(surrogate)
                 for name, params in self.transfer_attacks.items():
                     eps = self._budgets(name)[0]
                     with self.isolate(f"transfer attack {name!r} from {surrogate_name!r}"):
-                        metrics, _ = self._attack(evaluation, crafter, target, name, params, eps, correct, 0)
+                        metrics, _ = self._attack(evaluation, name, params, eps, correct, 0, crafter)
                         prefix = f"compass/robustness/transfer/{surrogate_name}/{name}"
                         evaluation.scalars.update({f"{prefix}/{m}": v for m, v in metrics.items()})
         if SNAPSHOT in self.transfer_from.values() and trainer.state.fn == "fit":
@@ -315,21 +288,19 @@ class AttackSuccessRate(CompassCallback):
     def _example_grid(
         self,
         trainer: pl.Trainer,
-        task: Classification,
+        task: Task,
         targets: Tensor,
         clean_predictions: Tensor,
         examples: dict[str, tuple[Tensor, Tensor, Tensor]],
     ) -> Tensor:
-        low, high = task.input_range
-        unit = lambda t: (t - low) / (high - low)  # noqa: E731
         first = next(iter(examples.values()))
-        rows = {"clean": unit(first[0])}
+        rows = {"clean": task.display(first[0])}
         labels = {"clean": clean_predictions}
         correct = {"clean": clean_predictions == targets}
         for name, (x, x_adv, predicted) in examples.items():
             delta = x_adv - x
             scale = delta.flatten(1).abs().amax(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-            rows[name] = unit(x_adv)
+            rows[name] = task.display(x_adv)
             labels[name] = predicted
             correct[name] = predicted == targets
             rows[f"{name} δ"] = 0.5 + 0.5 * delta / scale  # grey = unchanged, amplified to full range

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from compass_lightning.attacks import run_attack
 from compass_lightning.neurons._layers import Layer, record, select_layers
-from compass_lightning.rng import draw
+from compass_lightning.engine.rng import draw
 
 SUMMARY = ("adversarial", "gaussian", "gap", "compromise_probability")
 

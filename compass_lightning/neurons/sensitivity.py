@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from compass_lightning.neurons._layers import neuron_values, record, select_layers
-from compass_lightning.rng import draw
+from compass_lightning.engine.rng import draw
 
 
 def _noise(x: Tensor, sigma: float, draws: int, generator: torch.Generator | None, normal: Tensor | None) -> Tensor:

@@ -2,7 +2,7 @@
 epochs or runs, as self-contained HTML and as a text summary; and the TensorBoard custom-scalars
 layout that groups the same charts per module.
 
-The history is plain JSON (read with :func:`~compass_lightning.report.read_history`), so nothing is
+The history is plain JSON (read with :func:`~compass_lightning.reporting.reporter.read_history`), so nothing is
 unpickled.
 """
 
@@ -20,48 +20,10 @@ from typing import Any
 
 from torch import Tensor
 
-from compass_lightning.figures import line_chart
-from compass_lightning.radar import AXES, axis_values, radar_chart, radar_scores
-from compass_lightning.report import HISTORY_FILE, read_history
-
-#: The modules' charts: ``{module: {chart title: tag regex}}`` (report figures and TensorBoard layout).
-CHARTS: dict[str, dict[str, str]] = {
-    "basic": {"accuracy, F1, ROC AUC": r"^compass/basic/(accuracy|f1|roc_auc)$", "loss": r"^compass/basic/loss$"},
-    "mutation": {"accuracy under mutants": r"^compass/mutation/([^/]+/accuracy|mean_accuracy)$"},
-    "robustness": {
-        "attack success rate": r"^compass/robustness/([^/]+/asr|mean_asr)$",
-        "robust accuracy": r"^compass/robustness/[^/]+/robust_accuracy$",
-        "transfer attack success rate": r"^compass/robustness/transfer/.+/asr$",
-    },
-    "interpretability": {
-        "insertion - deletion": r"^compass/interpretability/[^/]+/insertion_minus_deletion$",
-        "insertion": r"^compass/interpretability/[^/]+/insertion$",
-        "deletion": r"^compass/interpretability/[^/]+/deletion$",
-    },
-    "neurons": {
-        "coverage": r"^compass/neurons/coverage/[^/]+$",
-        "sensitive and excitable fractions": r"^compass/neurons/(sensitivity|excitability)/fraction$",
-        "deviation gap per layer": r"^compass/neurons/deviation/.+/gap$",
-    },
-    "pruning": {
-        "max safe pruning rate": r"^compass/pruning/[^/]+/max_safe_rate$",
-        "accuracy after pruning": r"^compass/pruning/[^/]+/rate_[0-9.]+/accuracy$",
-    },
-    "score": {"radar axes": r"^compass/score/[^/]+$"},
-}
-
-
-def tensorboard_layout() -> dict[str, dict[str, list[Any]]]:
-    """The custom-scalars layout: one category per module, one multi-line chart per entry of :data:`CHARTS`."""
-    return {f"compass {module}": {title: ["Multiline", [regex]] for title, regex in charts.items()}
-            for module, charts in CHARTS.items()}
-
-
-def module_of(tag: str) -> str | None:
-    """``"robustness"`` for ``compass/robustness/pgd/asr`` (``None`` for other tags)."""
-    parts = tag.split("/")
-    return parts[1] if len(parts) > 2 and parts[0] == "compass" else None
-
+from compass_lightning.reporting.figures import line_chart
+from compass_lightning.reporting.radar import AXES, axis_values, radar_chart, radar_scores
+from compass_lightning.reporting.history import HISTORY_FILE, read_history
+from compass_lightning.reporting.tags import CHARTS, best, module_of
 
 class HistoryError(ValueError):
     """A log directory without a readable compass history."""
@@ -209,10 +171,9 @@ def compare_runs(log_dirs: Sequence[str | Path]) -> tuple[str, str]:
             for tag in tags:
                 series = [v[tag] for _, v in rows if tag in v and math.isfinite(v[tag])]
                 if series:
-                    lower_better = tag.endswith(("/loss", "/asr", "/deletion"))
-                    values[tag] = series[-1] if pick is None else (min(series) if lower_better else max(series))
+                    values[tag] = series[-1] if pick is None else best(tag, series)
             table_rows.append((f"{label} ({kind})", values))
-    sections += ["<h2>Best and last values</h2><p>best: the highest value, the lowest for loss, ASR and deletion.</p>",
+    sections += ["<h2>Best and last values</h2><p>best: the highest value, the lowest where lower is better (loss, ASR, deletion, accuracy drop, ...).</p>",
                  _table(tags, table_rows, "compass/")]
     text = [f"compass compare: {len(runs)} runs"] + [
         f"  {label:<30} " + "  ".join(f"{a} {v:.3g}" for a, v in row.items() if v is not None)

@@ -21,7 +21,8 @@ from collections.abc import Mapping
 
 from torch import Tensor
 
-from compass_lightning.figures import _colours, render
+from compass_lightning.reporting.figures import _colours, render
+from compass_lightning.reporting.tags import BASIC_ACCURACY, MEAN_ASR, MEAN_MUTATION_ACCURACY, describe, module_of
 
 AXES = ("accuracy", "mutation_accuracy", "robustness", "interpretability", "pruning")
 
@@ -42,18 +43,18 @@ def axis_values(metrics: Mapping[str, float | None]) -> dict[str, float | None]:
         value = metrics.get(tag)
         return float(value) if value is not None and math.isfinite(float(value)) else None
 
-    asr = get("compass/robustness/mean_asr")
+    asr = get(MEAN_ASR)
     return {
-        "accuracy": get("compass/basic/accuracy"),
-        "mutation_accuracy": get("compass/mutation/mean_accuracy"),
+        "accuracy": get(BASIC_ACCURACY),
+        "mutation_accuracy": get(MEAN_MUTATION_ACCURACY),
         "robustness": None if asr is None else 1.0 - asr,
         "interpretability": _mean([
             get(tag) for tag in metrics
-            if tag.startswith("compass/interpretability/") and tag.endswith("/insertion_minus_deletion")
+            if module_of(tag) == "interpretability" and describe(tag).metric == "insertion_minus_deletion"
             and not tag.startswith("compass/interpretability/random/")
         ]),
         "pruning": _mean([
-            get(tag) for tag in metrics if tag.startswith("compass/pruning/") and tag.endswith("/max_safe_rate")
+            get(tag) for tag in metrics if module_of(tag) == "pruning" and describe(tag).metric == "max_safe_rate"
         ]),
     }
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from torch import Tensor, nn
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The user's module inside a wrapper such as :class:`~compass_lightning.task.PixelModel`."""
+    """The user's module inside a wrapper such as :class:`~compass_lightning.tasks.PixelModel`."""
     return getattr(model, "wrapped", model)
 
 
@@ -67,3 +68,13 @@ def capture(module: nn.Module) -> Iterator[Capture]:
         yield seen
     finally:
         handle.remove()
+
+
+def check_layer_parameters(model: nn.Module, selection: Mapping[str, Mapping[str, Any]], registry: Any,
+                           argument: str) -> None:
+    """Fail now (a ``ValueError`` naming ``argument``) if a method of ``selection`` that looks at a
+    layer (a ``layer_default`` in ``registry``) names one ``model`` lacks, or has none to default to."""
+    for name, params in selection.items():
+        default = registry[name].layer_default
+        if default is not None:
+            find_layer(model, params["layer"], default=default, argument=f"{argument}: {name}.layer")

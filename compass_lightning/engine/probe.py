@@ -17,8 +17,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 from torch.utils.data.dataloader import default_collate
 
-from compass_lightning.checks import check_int
-from compass_lightning.task import Classification
+from compass_lightning.engine.checks import check_int
+from compass_lightning.tasks.base import Task
 
 AllGather = Callable[[Tensor], Tensor]
 
@@ -116,7 +116,7 @@ class ProbeSet:
         cls,
         dataset: Dataset,
         *,
-        task: Classification,
+        task: Task,
         probe_size: int | None = None,
         seed: int = 0,
         default_size: int = 256,
@@ -135,7 +135,7 @@ class ProbeSet:
         cls,
         loader: Iterable[Any],
         *,
-        task: Classification,
+        task: Task,
         probe_size: int | None = None,
         seed: int = 0,
         default_size: int = 256,

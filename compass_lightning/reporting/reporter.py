@@ -15,8 +15,6 @@ Only the global-zero process writes images and files.
 from __future__ import annotations
 
 import json
-import math
-import os
 import warnings
 import weakref
 from collections.abc import Mapping, Sequence
@@ -27,40 +25,14 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-HISTORY_FILE = "compass_history.jsonl"
+from compass_lightning.reporting.history import HISTORY_FILE, read_history
+from compass_lightning.reporting.tags import tensorboard_layout
+
 IMAGE_DIR = "compass_images"
 
 
 class CompassWarning(UserWarning):
     """Warnings from compass_lightning monitors (failed analyses, findings that need attention)."""
-
-
-def _plain(value: float) -> float | None:
-    # Strict JSON has no NaN or infinity.
-    return value if math.isfinite(value) else None
-
-
-def history_record(
-    *, epoch: int, global_step: int, callback: str, key: str, stage: str, metrics: Mapping[str, float]
-) -> dict[str, Any]:
-    """One line of ``compass_history.jsonl``."""
-    return {
-        "epoch": epoch,
-        "global_step": global_step,
-        "callback": callback,
-        "key": key,
-        "stage": stage,
-        "metrics": {name: _plain(float(value)) for name, value in metrics.items()},
-    }
-
-
-def read_history(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The records of a ``compass_history.jsonl`` file (or of the one inside a log directory)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / HISTORY_FILE
-    with path.open(encoding="utf-8") as stream:
-        return [json.loads(line) for line in stream if line.strip()]
 
 
 _LAYOUTS: weakref.WeakSet[Any] = weakref.WeakSet()  # TensorBoard writers that have the layout
@@ -91,8 +63,6 @@ class Reporter:
 
     def register_layout(self, trainer: pl.Trainer) -> None:
         """Group the compass charts per module in TensorBoard's Custom Scalars tab (once per run)."""
-        from compass_lightning.summary import tensorboard_layout
-
         if not self.is_global_zero:
             return
         for logger in trainer.loggers:

@@ -1,4 +1,5 @@
-"""Task adapters: how to read a batch, where perturbations live, and how to get logits from a model.
+"""The image-classification task adapter: how to read a batch, where perturbations live, and how to
+get logits from a model (an implementation of :class:`~compass_lightning.tasks.base.Task`).
 
 Perturbations (mutants, attacks) are described in *pixel space* — the values a person would name,
 ``[0, 1]`` by default. Data pipelines often normalise, so the model sees ``(pixels - mean) / std``.
@@ -14,7 +15,8 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
-from compass_lightning.checks import check_interval
+from compass_lightning.engine.checks import check_interval
+from compass_lightning.metrics import METRIC_NAMES, classification_metrics, confusion_matrix
 
 Key = Union[int, str]
 
@@ -41,6 +43,10 @@ def _as_channel_vector(name: str, value: float | Sequence[float] | None) -> Tens
 class Classification:
     """Adapter for classifiers whose forward returns logits of shape ``(N, C)``.
 
+    Its perturbation space is pixel space (:meth:`to_pixels`/:meth:`from_pixels`, also reachable by
+    the :class:`~compass_lightning.tasks.base.Task` names :meth:`to_space`/:meth:`from_space`), a
+    sample is correct when the arg-max class is its target, and every mutant and analysis applies.
+
     Args:
         input_key: where the inputs are in a batch: an index into a tuple/list batch or a key of a
             dict batch.
@@ -59,6 +65,8 @@ class Classification:
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
         >>> task.logits(model, x).shape
         torch.Size([2, 3])
+        >>> task.correct(torch.tensor([[2.0, 0.0], [2.0, 0.0]]), torch.tensor([0, 1])).tolist()
+        [True, False]
     """
 
     def __init__(
@@ -171,6 +179,60 @@ class Classification:
     def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         """Mean cross-entropy of ``logits`` against ``targets``."""
         return torch.nn.functional.cross_entropy(logits, targets)
+
+    # -- the Task interface ------------------------------------------------------------------
+
+    def to_space(self, x: Tensor) -> Tensor:
+        """Data space → perturbation space: :meth:`to_pixels`."""
+        return self.to_pixels(x)
+
+    def from_space(self, x: Tensor) -> Tensor:
+        """Perturbation space → data space: :meth:`from_pixels`."""
+        return self.from_pixels(x)
+
+    def outputs(self, model: Callable[[Tensor], Any], x: Tensor) -> Tensor:
+        """The per-sample outputs: :meth:`logits`."""
+        return self.logits(model, x)
+
+    def space_model(self, model: nn.Module) -> PixelModel:
+        """The model on perturbation-space inputs: :meth:`pixel_model`."""
+        return self.pixel_model(model)
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """The names of :func:`~compass_lightning.metrics.classification_metrics`."""
+        return METRIC_NAMES
+
+    def metrics(self, logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        """:func:`~compass_lightning.metrics.classification_metrics` over the classes of ``logits``."""
+        return classification_metrics(logits, targets, self.classes(logits))
+
+    def classes(self, logits: Tensor) -> int:
+        """The number of classes: the width of the logits."""
+        return logits.shape[1]
+
+    def overview(self, logits: Tensor, targets: Tensor, title: str) -> Tensor:
+        """The confusion matrix of the predictions."""
+        from compass_lightning.reporting.figures import confusion_matrix_figure
+
+        return confusion_matrix_figure(confusion_matrix(logits, targets, self.classes(logits)), title=title)
+
+    def predictions(self, logits: Tensor) -> Tensor:
+        """The predicted class of each sample."""
+        return logits.argmax(dim=1)
+
+    def correct(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """Whether the predicted class of each sample is its target."""
+        return self.predictions(logits) == targets.to(logits.device)
+
+    def refusal(self, kind: str, name: str) -> str | None:
+        """``None``: every mutant, attack and analysis applies to image classifiers."""
+        return None
+
+    def display(self, x: Tensor) -> Tensor:
+        """Pixel-space images mapped from ``input_range`` to ``[0, 1]``."""
+        low, high = self.input_range
+        return ((x - low) / (high - low)).clamp(0, 1)
 
 
 class PixelModel(nn.Module):

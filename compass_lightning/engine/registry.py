@@ -34,7 +34,7 @@ class Registry(Mapping[str, T], Generic[T]):
         >>> SHAPES["circle"]
         Traceback (most recent call last):
         ...
-        compass_lightning.registry.UnknownNameError: unknown shape 'circle'; choose from: square
+        compass_lightning.engine.registry.UnknownNameError: unknown shape 'circle'; choose from: square
     """
 
     def __init__(self, kind: str) -> None:

@@ -1,0 +1,103 @@
+"""One attack on a whole probe: craft, score on the evaluated model, reduce to the logged metrics.
+
+:func:`attack_probe` runs an attack of :data:`~compass_lightning.attacks.ATTACKS` over an
+:class:`~compass_lightning.engine.evaluation.Evaluation` — batched, sharded under DDP, in the
+task's perturbation space — and returns per-sample rows; :func:`attack_metrics` reduces them with
+the pure functions of :mod:`~compass_lightning.attacks.success`. The robustness monitor and the
+pruning analysis both call these two, so an attack is scored the same way everywhere.
+
+Example:
+    >>> import torch
+    >>> from compass_lightning.engine.evaluation import Evaluation
+    >>> from compass_lightning.engine.probe import ProbeSet
+    >>> from compass_lightning.tasks import Classification
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    >>> probe = ProbeSet(torch.rand(6, 1, 2, 2), torch.tensor([0, 1, 0, 1, 0, 1]))
+    >>> evaluation = Evaluation(model, probe, Classification(), batch_size=4)
+    >>> rows, _ = attack_probe(evaluation, "fgsm", {}, 0.1, torch.Generator().manual_seed(0))
+    >>> sorted(rows), bool(rows["linf"].max() <= 0.1 + 1e-6)
+    (['correct', 'l2', 'linf', 'predicted'], True)
+    >>> clean = evaluation.task.correct(evaluation.outputs(probe.inputs), probe.targets).cpu()
+    >>> sorted(attack_metrics(clean, rows))
+    ['asr', 'mean_l2', 'mean_linf', 'robust_accuracy']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from compass_lightning.attacks._core import ATTACKS
+from compass_lightning.attacks.success import attack_success_rate, robust_accuracy
+from compass_lightning.engine.evaluation import Evaluation, attack_key
+
+#: ``(clean, adversarial, prediction)`` of the first samples of this process' shard, for pictures.
+Kept = tuple[Tensor, Tensor, Tensor]
+
+
+def attack_probe(
+    evaluation: Evaluation,
+    name: str,
+    params: Mapping[str, Any],
+    eps: float,
+    generator: torch.Generator,
+    *,
+    crafter: nn.Module | None = None,
+    keep: int = 0,
+) -> tuple[dict[str, Tensor], Kept | None]:
+    """Craft the attack ``name`` with ``params`` at ``eps`` on ``crafter`` (a model on
+    perturbation-space inputs; ``None``: the evaluated model, white-box) and score it on the
+    evaluated model.
+
+    Returns per-sample rows of the whole probe, in probe order, on the CPU: ``predicted`` (the
+    task's prediction on the adversarial input), ``correct`` (whether it still counts as correct),
+    ``linf`` and ``l2`` (perturbation norms in perturbation-space units); and the first ``keep``
+    ``(clean, adversarial, prediction)`` triples of this process' shard. White-box adversarial
+    examples are kept in ``evaluation.shared`` (by :func:`~compass_lightning.engine.evaluation.attack_key`)
+    when ``evaluation.share`` is set, for the analyses that reuse them.
+    """
+    task, probe = evaluation.task, evaluation.probe
+    attack = ATTACKS[name]
+    target = task.space_model(evaluation.model)
+    crafter = target if crafter is None else crafter
+    share = evaluation.share and crafter is target
+    kept: list[Kept] = []
+
+    def run(inputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        x = task.to_space(inputs)
+        x_adv = attack.function(crafter, x, targets, eps=eps, bounds=task.input_range, generator=generator, **params)
+        with torch.no_grad():
+            outputs = target(x_adv)
+        predicted = task.predictions(outputs)
+        if not kept and keep:
+            kept.append((x[:keep].cpu(), x_adv[:keep].cpu(), predicted[:keep].cpu()))
+        delta = (x_adv - x).flatten(1)
+        rows = {
+            "predicted": predicted,
+            "correct": task.correct(outputs, targets).to(delta.dtype),  # a float: collectives gather any dtype
+            "linf": delta.abs().amax(dim=1),
+            "l2": delta.norm(dim=1),
+        }
+        if share:
+            rows["x_adv"] = x_adv.detach()
+        return rows
+
+    rows = {key: value.cpu() for key, value in evaluation.per_sample(run, probe.inputs, probe.targets).items()}
+    rows["correct"] = rows["correct"].bool()
+    if share:
+        evaluation.shared.put(attack_key(name, eps, params), rows.pop("x_adv").to(probe.inputs.dtype))
+    return rows, (kept[0] if kept else None)
+
+
+def attack_metrics(clean_correct: Tensor, rows: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The logged metrics of one attack from :func:`attack_probe`'s rows and whether each sample was
+    correct before it: ``asr``, ``robust_accuracy``, ``mean_linf``, ``mean_l2``."""
+    return {
+        "asr": attack_success_rate(clean_correct, rows["correct"]),
+        "robust_accuracy": robust_accuracy(rows["correct"]),
+        "mean_linf": rows["linf"].mean(),
+        "mean_l2": rows["l2"].mean(),
+    }

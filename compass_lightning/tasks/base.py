@@ -1,0 +1,84 @@
+"""The task-adapter interface: the one place that knows the modality.
+
+The callbacks, :class:`~compass_lightning.engine.evaluation.Evaluation` and the probe never test
+shapes or modalities: they ask the adapter. An adapter says how to read a batch, where
+perturbations live (the *perturbation space*: pixels for images) and back, how to call the model
+and what one sample's output is, the loss an attack ascends, whether a sample counts as correct,
+which mutants and attacks apply (a refusal names the reason, at fit start), and how a sample is
+drawn for a person (an image in ``[0, 1]``).
+
+:class:`~compass_lightning.tasks.Classification` is the image implementation. A new modality is a
+new class with these members; no callback changes for it (``tests/test_tasks.py`` runs a tabular
+adapter through two monitors).
+
+Example:
+    >>> from compass_lightning.tasks import Classification
+    >>> isinstance(Classification(), Task)
+    True
+    >>> isinstance(object(), Task)
+    False
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from torch import Tensor, nn
+
+#: The kinds of analysis a task may refuse, the first argument of :meth:`Task.refusal`.
+KINDS = ("mutation", "attack", "attribution", "neurons", "pruning")
+
+
+@runtime_checkable
+class Task(Protocol):
+    """What every task adapter provides (a structural type: subclassing it is optional).
+
+    Attributes:
+        input_range: the bounds of the perturbation space; mutants and attacks clip to them.
+        metric_names: the names of the basic metrics :meth:`metrics` returns (``compass/basic/<name>``).
+    """
+
+    input_range: tuple[float, float]
+    metric_names: tuple[str, ...]
+
+    def split(self, batch: Any) -> tuple[Tensor, Tensor]:
+        """``(inputs, targets)`` of a batch, inputs in data space (what the model takes)."""
+
+    def to_space(self, x: Tensor) -> Tensor:
+        """Data space → perturbation space (e.g. undo a normalisation)."""
+
+    def from_space(self, x: Tensor) -> Tensor:
+        """Perturbation space → data space."""
+
+    def outputs(self, model: Any, x: Tensor) -> Tensor:
+        """The model's per-sample outputs for data-space inputs ``x`` (one row per sample),
+        checked, with a message saying what was expected."""
+
+    def space_model(self, model: nn.Module) -> nn.Module:
+        """``model`` taking perturbation-space inputs: what attacks and attributions differentiate."""
+
+    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """The mean loss of ``outputs`` against ``targets`` (pruning importances, attacks)."""
+
+    def correct(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """Whether each sample counts as correct: a ``(N,)`` bool tensor."""
+
+    def metrics(self, outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        """The basic metrics (:attr:`metric_names`) of ``outputs`` against ``targets``, 0-d tensors."""
+
+    def classes(self, outputs: Tensor) -> int:
+        """How many classes the outputs score (what a label mutant draws wrong labels from)."""
+
+    def overview(self, outputs: Tensor, targets: Tensor, title: str) -> Tensor | None:
+        """A picture of the clean outputs against the targets (a confusion matrix for a classifier),
+        ``(3, H, W)`` in ``[0, 1]``, or ``None``."""
+
+    def predictions(self, outputs: Tensor) -> Tensor:
+        """What the model predicts for each sample (shown on the example grids)."""
+
+    def refusal(self, kind: str, name: str) -> str | None:
+        """Why the analysis ``name`` of ``kind`` (one of :data:`KINDS`) does not apply to this
+        task, or ``None`` when it does."""
+
+    def display(self, x: Tensor) -> Tensor:
+        """Perturbation-space samples ``(N, ...)`` as images ``(N, C, H, W)`` in ``[0, 1]``."""
