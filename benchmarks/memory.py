@@ -58,12 +58,11 @@ def child(size: int, width: int, base_width: int, device: str, batch_size: int, 
         mutation={"probe_size": size}, robustness={"probe_size": size}, interpretability=interpretability,
         neurons={"profile_data": (inputs[:64], targets[:64]), "profile_size": 64, "probe_size": size},  # no training loader here
     )
-    compass._running = list(compass.modules)
 
-    def evaluate(probe: ProbeSet) -> None:
+    def evaluate(probe: ProbeSet) -> None:  # outside a scheduled hook the Compass runs every module
         with analysis_mode(model):
             evaluation = Evaluation(model, probe, Classification(), batch_size=batch_size)
-            evaluation.logits(probe.inputs)
+            evaluation.outputs(probe.inputs)
             compass.evaluate(trainer, evaluation)
 
     evaluate(ProbeSet(inputs[:32], targets[:32]))  # warm-up: allocator pools, thread pools, imports

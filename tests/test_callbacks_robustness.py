@@ -19,7 +19,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from compass_lightning import AttackSuccessRate, Classification
 from compass_lightning.attacks import run_attack
 from compass_lightning.engine.guard import analysis_mode
-from compass_lightning.reporting.history import read_history
 
 
 def _fit(tmp_path, monitor, *, epochs=2, model=None, callbacks=(), **kwargs):

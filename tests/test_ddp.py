@@ -87,11 +87,11 @@ def test_ddp_spawn_with_hundreds_of_scalars_is_warned_about_before_training(tmp_
     from digits import DigitsClassifier, digits_task
 
     from compass_lightning import Compass, CompassWarning
-    from compass_lightning.callbacks import base
+    from compass_lightning.callbacks import _watchers
 
     trainer = pl.Trainer(strategy="ddp_spawn", devices=2, accelerator="cpu", callbacks=[Compass(task=digits_task())],
                          logger=False, default_root_dir=tmp_path)
     trainer.callbacks[0].check_model(DigitsClassifier())
-    base._spawn_warned = False
+    _watchers._spawn_warned = False
     with pytest.warns(CompassWarning, match=r"log \d+ scalars, and strategy='ddp_spawn' .* Use strategy='ddp'"):
-        base._warn_about_spawn(trainer)
+        _watchers.warn_about_spawn(trainer, set(trainer.callbacks[0].expected_tags()))

@@ -11,30 +11,25 @@ import contextlib
 import warnings
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import Dataset
 from typing_extensions import override
 
-from compass_lightning.callbacks._lightning import (
-    checkpoint_every_n_epochs,
-    launches_with_multiprocessing,
-    training_loaders,
-    validation_loaders,
-)
-
+from compass_lightning.callbacks._data import ProbeData, check_probe_data, evaluation_loader, training_loader
+from compass_lightning.callbacks._watchers import check_watchers, warn_about_spawn
 from compass_lightning.engine.batching import auto_batch_size
 from compass_lightning.engine.checks import at_least_one, check_bool, check_int, optional
 from compass_lightning.engine.evaluation import Evaluation
 from compass_lightning.engine.guard import analysis_mode
+from compass_lightning.engine.probe import ProbeSet
 from compass_lightning.metrics import to_floats
-from compass_lightning.engine.probe import ProbeSet, _first_loader
 from compass_lightning.reporting.history import history_record
 from compass_lightning.reporting.reporter import CompassWarning, Reporter
 from compass_lightning.reporting.tags import ERRORS
@@ -44,30 +39,8 @@ ERRORS_TAG = ERRORS
 #: The batch size of an evaluation whose model fails the forward that chooses one (the evaluation then reports the failure).
 FALLBACK_BATCH_SIZE = 128
 
-ProbeData = Union[Dataset, tuple[Tensor, Tensor]]
 #: The methods a task adapter must have (named in the error for an object that lacks some).
 _TASK_METHODS = tuple(m for m in vars(Task) if not m.startswith("_") and callable(getattr(Task, m)))
-
-
-#: Scalars beyond which ``ddp_spawn`` cannot hand ``callback_metrics`` back (about 64 KB pickled).
-SPAWN_SAFE_SCALARS = 200
-_spawn_warned = False
-
-
-def _warn_about_spawn(trainer: pl.Trainer) -> None:
-    """Warn once when ``ddp_spawn`` would hang on the number of scalars the compass monitors log."""
-    global _spawn_warned
-    if _spawn_warned or not launches_with_multiprocessing(trainer) or not trainer.is_global_zero:
-        return
-    tags = {t for cb in trainer.callbacks if isinstance(cb, CompassCallback) for t in cb.expected_tags()}
-    if len(tags) > SPAWN_SAFE_SCALARS:
-        _spawn_warned = True
-        rank_zero_warn(
-            f"compass_lightning: the compass monitors log {len(tags)} scalars, and strategy='ddp_spawn' sends "
-            "every logged metric back to the main process through a pipe that Lightning reads only after the "
-            "workers exit: above about 64 KB the run hangs when it ends. Use strategy='ddp' (or fewer modules).",
-            category=CompassWarning,
-        )
 
 
 #: The monitors a :class:`~compass_lightning.Compass` hosts, by module name (see :func:`compass_module`).
@@ -167,22 +140,7 @@ class CompassCallback(Callback):
         self._warned: set[tuple[str, str]] = set()
 
     def _check_probe_data(self, probe_data: object) -> ProbeData | None:
-        if probe_data is None or isinstance(probe_data, Dataset):
-            if probe_data is not None and not hasattr(probe_data, "__len__"):
-                raise TypeError("probe_data must be a map-style Dataset (with __len__) or a pair (inputs, targets)")
-            return probe_data
-        if (
-            isinstance(probe_data, (tuple, list))
-            and len(probe_data) == 2
-            and all(isinstance(t, Tensor) for t in probe_data)
-        ):
-            inputs, targets = probe_data
-            if len(inputs) != len(targets):
-                raise ValueError(f"probe_data: inputs and targets differ in length ({len(inputs)} vs {len(targets)})")
-            if self.probe_size is not None and self.probe_size > len(inputs):
-                raise ValueError(f"probe_size={self.probe_size} is larger than probe_data ({len(inputs)} samples)")
-            return inputs, targets
-        raise TypeError(f"probe_data must be a Dataset or a pair (inputs, targets) of tensors, got {type(probe_data).__name__}")
+        return check_probe_data(probe_data, self.probe_size)
 
     # -- what subclasses provide ---------------------------------------------------------------
 
@@ -273,7 +231,7 @@ class CompassCallback(Callback):
             return ProbeSet.from_dataset(self.probe_data, task=self.task, **common)
         if self.probe_data is not None:
             return ProbeSet.from_tensors(*self.probe_data, **common)
-        loader = self._evaluation_loader(trainer)
+        loader = evaluation_loader(trainer)
         if loader is None:
             raise ValueError(
                 f"{type(self).__name__} draws its probe set from the validation data, but this run has no "
@@ -290,27 +248,13 @@ class CompassCallback(Callback):
             return ProbeSet.from_dataset(data, task=self.task, **common)
         if data is not None:
             return ProbeSet.from_tensors(*data, **common)
-        loader = _first_loader(trainer.train_dataloader)
-        if loader is None:
-            # Lightning loads the training dataloader only when the fit loop starts (and never under
-            # trainer.validate/test): ask its source, as a bad size should fail before training.
-            with contextlib.suppress(Exception):
-                loader = _first_loader(training_loaders(trainer))
+        loader = training_loader(trainer)
         if loader is None:
             raise ValueError(
                 f"{type(self).__name__} needs training data, but this run has none: pass {argument}=... "
                 "(a Dataset or an (inputs, targets) pair)"
             )
         return ProbeSet.from_dataloader(loader, task=self.task, **common)
-
-    @staticmethod
-    def _evaluation_loader(trainer: pl.Trainer) -> Any:
-        loaders = trainer.test_dataloaders if trainer.testing else trainer.val_dataloaders
-        if loaders is None and trainer.state.fn == "fit":
-            # Lightning loads the validation dataloader only when validation first runs; ask its
-            # source now so that bad configuration fails before training starts.
-            loaders = validation_loaders(trainer)
-        return _first_loader(loaders)
 
     # -- Lightning hooks -----------------------------------------------------------------------
 
@@ -346,40 +290,14 @@ class CompassCallback(Callback):
                            category=CompassWarning)
         self.check_model(pl_module)
         self.check_watchers(trainer)
-        _warn_about_spawn(trainer)
+        warn_about_spawn(trainer, {t for cb in trainer.callbacks if isinstance(cb, CompassCallback) for t in cb.expected_tags()})
         self._probe = self._build_probe(trainer)
         self.prepare(trainer)
 
     def check_watchers(self, trainer: pl.Trainer) -> None:
-        """Fail now if a checkpoint or early-stopping callback would look for our tags on epochs
-        where this monitor does not run: Lightning raises when a monitored key is missing, which
-        would stop the run at the first such epoch."""
-        tags = set(self.expected_tags())
-        for callback in trainer.callbacks:
-            monitor = getattr(callback, "monitor", None)
-            if monitor not in tags or self.every_n_epochs == 1:
-                continue
-            name = type(self).__name__
-            if self.every_n_epochs is None:
-                raise ValueError(
-                    f"{type(callback).__name__}(monitor={monitor!r}) checks every epoch, but {name} logs "
-                    f"{monitor!r} only at the end of fit (every_n_epochs=None); set {name}(every_n_epochs=...) "
-                    "to the callback's schedule"
-                )
-            if isinstance(callback, ModelCheckpoint):
-                every = checkpoint_every_n_epochs(callback)
-                if every and every % self.every_n_epochs == 0:
-                    continue
-                advice = f"ModelCheckpoint(monitor={monitor!r}, every_n_epochs={self.every_n_epochs})"
-            elif isinstance(callback, EarlyStopping):
-                advice = f"{name}(every_n_epochs=1) with Trainer(check_val_every_n_epoch={self.every_n_epochs})"
-            else:
-                continue
-            raise ValueError(
-                f"{type(callback).__name__}(monitor={monitor!r}) checks every epoch, but {name} logs "
-                f"{monitor!r} only every {self.every_n_epochs} epochs (every_n_epochs={self.every_n_epochs}), so "
-                f"Lightning would stop the run at the first epoch without it; use {advice}"
-            )
+        """Fail now if a checkpoint or early-stopping callback would look for this monitor's tags on
+        epochs where it does not run (see :func:`~compass_lightning.callbacks._watchers.check_watchers`)."""
+        check_watchers(trainer.callbacks, set(self.expected_tags()), self.every_n_epochs, type(self).__name__)
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -107,19 +107,23 @@ class Compass(CompassCallback):
             raise ValueError("Compass needs at least one module; every one is switched off")
         self._running: list[str] = []
 
+    @override
     def hosted(self) -> list[CompassCallback]:
         """The modules: their failures count as the Compass'."""
         return list(self.modules.values())
 
     # -- configuration -------------------------------------------------------------------------
 
+    @override
     def _state_key_fields(self) -> dict[str, Any]:
         return {**super()._state_key_fields(), "modules": sorted(self.modules)}
 
+    @override
     def expected_tags(self) -> list[str]:
         """The tags of the modules of the current evaluation (of every module outside one)."""
         return [tag for name in (self._running or self.modules) for tag in self.modules[name].expected_tags()]
 
+    @override
     def check_model(self, pl_module: pl.LightningModule) -> None:
         for name, module in self.modules.items():
             try:
@@ -127,6 +131,7 @@ class Compass(CompassCallback):
             except ValueError as error:
                 raise ValueError(f"{name}: {error}") from error
 
+    @override
     def check_watchers(self, trainer: pl.Trainer) -> None:
         for module in self.modules.values():
             module.check_watchers(trainer)
@@ -143,6 +148,7 @@ class Compass(CompassCallback):
         for module in self.modules.values():
             module.reporter = self.reporter  # the modules write their files through the Compass
 
+    @override
     def prepare(self, trainer: pl.Trainer) -> None:
         for module in self.modules.values():
             module.prepare(trainer)
@@ -160,20 +166,27 @@ class Compass(CompassCallback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        self._running = self._scheduled(trainer)
-        if self._running:
-            self._run(trainer, pl_module)
+        self._run_modules(trainer, pl_module, self._scheduled(trainer))
 
     @override
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._running = self._scheduled(trainer)
-        self._run(trainer, pl_module)
+        self._run_modules(trainer, pl_module, self._scheduled(trainer))
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._running = self._scheduled(trainer, end_of_fit=True)
-        if self._running:
-            self._run(trainer, pl_module, in_epoch_end=False)  # self.log is not allowed in on_train_end
+        # self.log is not allowed in on_train_end
+        self._run_modules(trainer, pl_module, self._scheduled(trainer, end_of_fit=True), in_epoch_end=False)
+
+    def _run_modules(self, trainer: pl.Trainer, pl_module: pl.LightningModule, names: list[str], *,
+                     in_epoch_end: bool = True) -> None:
+        """One evaluation of the modules ``names`` (none: no evaluation)."""
+        if not names:
+            return
+        self._running = names
+        try:
+            self._run(trainer, pl_module, in_epoch_end=in_epoch_end)
+        finally:
+            self._running = []  # outside a scheduled hook, evaluate() and expected_tags() cover every module
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -188,22 +201,24 @@ class Compass(CompassCallback):
 
     # -- evaluation ----------------------------------------------------------------------------
 
+    @override
     def evaluate(self, trainer: pl.Trainer, evaluation: Evaluation) -> None:
         evaluation.share = True
+        running = self._running or list(self.modules)
         with PassCounter(evaluation.model) as passes:  # the clean forward (made before) is counted as one pass
-            for name in self._running:
+            for name in running:
                 with self.isolate(f"the {name} module"):
                     self.modules[name].evaluate(trainer, evaluation.subset(self._probe_size_for(name)))
         evaluation.scalars[PASSES[0]] = float(passes.forward + len(evaluation.probe.shard(evaluation.probe.inputs)))
         evaluation.scalars[PASSES[1]] = float(passes.backward)
-        for name in self._running:  # the modules' own histories drive their epoch-over-epoch figures
+        for name in running:  # the modules' own histories drive their epoch-over-epoch figures
             module = self.modules[name]
             own = set(module.expected_tags())
             module.record(trainer, evaluation.epoch, {k: v for k, v in evaluation.scalars.items() if k in own})
         if self.radar:
-            self._radar(trainer, evaluation)
+            self._radar(trainer, evaluation, running)
 
-    def _radar(self, trainer: pl.Trainer, evaluation: Evaluation) -> None:
+    def _radar(self, trainer: pl.Trainer, evaluation: Evaluation, running: list[str]) -> None:
         current = axis_values({k: float(v) for k, v in evaluation.scalars.items()})
         evaluation.scalars.update({f"compass/score/{axis}": v for axis, v in current.items() if v is not None})
         if not evaluation.want_images:
@@ -216,7 +231,7 @@ class Compass(CompassCallback):
             latest = {axis: values[axis] if values[axis] is not None else latest[axis] for axis in AXES}
             rows[f"epoch {record['epoch']}"] = dict(latest)
         latest = {axis: current[axis] if current[axis] is not None else latest[axis] for axis in AXES}
-        label = f"epoch {evaluation.epoch}" + (" (end of fit)" if "pruning" in self._running and stage == "fit" else "")
+        label = f"epoch {evaluation.epoch}" + (" (end of fit)" if "pruning" in running and stage == "fit" else "")
         rows[label] = latest
         scores = radar_scores(rows)
         first = next(iter(scores))

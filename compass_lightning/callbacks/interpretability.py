@@ -8,6 +8,7 @@ from typing import Any, Optional, Union
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
+from typing_extensions import override
 
 from compass_lightning.attribution import METHODS
 from compass_lightning.attribution.faithfulness import SUBSTRATES
@@ -101,18 +102,22 @@ class AttributionScores(CompassCallback):
             if "bounds" in params:  # methods that clip to pixel bounds clip to the task's
                 params["bounds"] = self.task.input_range
 
+    @override
     def _state_key_fields(self) -> dict[str, Any]:
         return {**super()._state_key_fields(), "methods": sorted(self.methods), "steps": self.steps}
 
+    @override
     def expected_tags(self) -> list[str]:
         return [tag(MODULE, name, score) for name in self._scored() for score in SCORES]
 
     def _scored(self) -> tuple[str, ...]:
         return (*self.methods, RANDOM) if self.random_baseline else tuple(self.methods)
 
+    @override
     def check_model(self, pl_module: pl.LightningModule) -> None:
         check_layer_parameters(pl_module, self.methods, METHODS, "methods")
 
+    @override
     def evaluate(self, trainer: pl.Trainer, evaluation: Evaluation) -> None:
         probe, task = evaluation.probe, evaluation.task
         shown = min(self.image_count, len(probe)) if evaluation.want_images else 0

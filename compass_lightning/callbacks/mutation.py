@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
+from typing_extensions import override
 
 from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData, compass_module
 from compass_lightning.engine.checks import check_int, check_real
@@ -89,6 +90,7 @@ class MutationMetrics(CompassCallback):
         self.image_count = check_int("image_count", image_count, minimum=0)
         self.shuffle_tolerance = check_real("shuffle_tolerance", shuffle_tolerance, low=0.0)
 
+    @override
     def expected_tags(self) -> list[str]:
         tags = [f"compass/basic/{metric}" for metric in self.task.metric_names]
         for name in self.mutations:
@@ -96,9 +98,11 @@ class MutationMetrics(CompassCallback):
             tags += [f"compass/mutation/{name}/{metric}" for metric in (*self.task.metric_names, *extra)]
         return [*tags, "compass/mutation/mean_accuracy"]
 
+    @override
     def _state_key_fields(self) -> dict[str, Any]:
         return {**super()._state_key_fields(), "mutations": sorted(self.mutations)}
 
+    @override
     def evaluate(self, trainer: pl.Trainer, evaluation: Evaluation) -> None:
         probe, task = evaluation.probe, evaluation.task
         clean_logits = evaluation.outputs(probe.inputs)

@@ -8,6 +8,7 @@ from typing import Any, Optional
 import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
 from compass_lightning.attacks import ATTACKS
 from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData, compass_module
@@ -152,14 +153,17 @@ class NeuronAnalysis(CompassCallback):
 
     # -- configuration -------------------------------------------------------------------------
 
+    @override
     def _state_key_fields(self) -> dict[str, Any]:
         return {**super()._state_key_fields(), "layers": self.layers, "criteria": list(self.criteria)}
 
+    @override
     def check_model(self, pl_module: pl.LightningModule) -> None:
         self._layer_names = list(select_layers(pl_module, self.layers))
         if self.deviation:
             self._conv_names = list(conv_neuron_layers(pl_module, self.layers))
 
+    @override
     def expected_tags(self) -> list[str]:
         tags = [f"{PREFIX}/coverage/{c}" for c in self.criteria]
         tags += [f"{PREFIX}/coverage/{c}/{layer}" for c in self.criteria for layer in self._layer_names]
@@ -171,15 +175,18 @@ class NeuronAnalysis(CompassCallback):
             tags += [f"{PREFIX}/deviation/{layer}/{m}" for layer in self._conv_names for m in SUMMARY]
         return tags
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "previous_top": self._previous_top}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self._previous_top = state_dict.get("previous_top")
 
     # -- evaluation ----------------------------------------------------------------------------
 
+    @override
     def evaluate(self, trainer: pl.Trainer, evaluation: Evaluation) -> None:
         model, probe, task = evaluation.model, evaluation.probe, evaluation.task
         pixel_model = task.space_model(model)

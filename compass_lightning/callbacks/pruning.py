@@ -12,6 +12,7 @@ from typing import Any, Optional, Union
 import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
 from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData, compass_module
 from compass_lightning.attacks import ATTACKS, mean_attack_success_rate
@@ -161,6 +162,7 @@ class PruningAnalysis(CompassCallback):
 
     # -- configuration -------------------------------------------------------------------------
 
+    @override
     def _state_key_fields(self) -> dict[str, Any]:
         return {**super()._state_key_fields(), "methods": sorted(self.methods), "rates": list(self.rates)}
 
@@ -170,6 +172,7 @@ class PruningAnalysis(CompassCallback):
     def _grid(self) -> tuple[float, ...]:
         return tuple(sorted({*self.rates, *self.sweep, *self.joint_rates}))
 
+    @override
     def expected_tags(self) -> list[str]:
         basic = (*self.task.metric_names, "sparsity", "accuracy_drop")
         tags = [f"compass/pruning/{UNPRUNED}/{m}" for m in (*self.task.metric_names, *(JOINT if self.joint else ()))]
@@ -180,6 +183,7 @@ class PruningAnalysis(CompassCallback):
             tags.append(f"compass/pruning/{method}/max_safe_rate")
         return tags
 
+    @override
     def check_model(self, pl_module: pl.LightningModule) -> None:
         if self.joint:
             check_layer_parameters(pl_module, self.attacks, ATTACKS, "attacks")
@@ -187,6 +191,7 @@ class PruningAnalysis(CompassCallback):
 
     # -- calibration data ----------------------------------------------------------------------
 
+    @override
     def prepare(self, trainer: pl.Trainer) -> None:
         self._calibration = self._build_calibration(trainer)  # bad sizes fail before training starts
 
@@ -195,6 +200,7 @@ class PruningAnalysis(CompassCallback):
 
     # -- when it runs --------------------------------------------------------------------------
 
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         last = self.history[-1] if self.history else None
         if last is not None and last["stage"] == "fit" and last["global_step"] == trainer.global_step:
@@ -203,6 +209,7 @@ class PruningAnalysis(CompassCallback):
 
     # -- evaluation ----------------------------------------------------------------------------
 
+    @override
     def evaluate(self, trainer: pl.Trainer, evaluation: Evaluation) -> None:
         from tqdm.auto import tqdm
 

@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
 
 import lightning.pytorch as pl
-import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
 from compass_lightning.attacks import ATTACKS, mean_attack_success_rate
 from compass_lightning.attacks.scoring import Kept, attack_metrics, attack_probe
@@ -130,7 +130,8 @@ class AttackSuccessRate(CompassCallback):
         self.transfer_from = _surrogate_names(transfer_from)
         self.transfer_attacks = resolve_selection(ATTACKS, "transfer_attacks", transfer_attacks)
         self.refuse_inapplicable("attack", self.attacks, "attacks")
-        self.refuse_inapplicable("attack", self.transfer_attacks, "transfer_attacks")
+        if self.transfer_from:  # transfer attacks run only with surrogates
+            self.refuse_inapplicable("attack", self.transfer_attacks, "transfer_attacks")
         self.snapshot_every = check_int("snapshot_every", snapshot_every, minimum=1)
         self.image_count = check_int("image_count", image_count, minimum=0)
         self._snapshot: nn.Module | None = None
@@ -139,6 +140,7 @@ class AttackSuccessRate(CompassCallback):
 
     # -- configuration -------------------------------------------------------------------------
 
+    @override
     def _state_key_fields(self) -> dict[str, Any]:
         return {
             **super()._state_key_fields(),
@@ -150,6 +152,7 @@ class AttackSuccessRate(CompassCallback):
     def _budgets(self, name: str) -> tuple[float, ...]:
         return self.eps[ATTACKS[name].norm]
 
+    @override
     def expected_tags(self) -> list[str]:
         tags = []
         for name in self.attacks:
@@ -162,6 +165,7 @@ class AttackSuccessRate(CompassCallback):
                 tags += [f"compass/robustness/transfer/{surrogate}/{name}/{metric}" for metric in METRICS]
         return tags
 
+    @override
     def check_model(self, pl_module: pl.LightningModule) -> None:
         check_layer_parameters(pl_module, self.attacks, ATTACKS, "attacks")
         for source in self.transfer_from.values():
@@ -170,6 +174,7 @@ class AttackSuccessRate(CompassCallback):
 
     # -- evaluation ----------------------------------------------------------------------------
 
+    @override
     def evaluate(self, trainer: pl.Trainer, evaluation: Evaluation) -> None:
         probe, task = evaluation.probe, evaluation.task
         clean_outputs = evaluation.outputs(probe.inputs)
@@ -269,6 +274,7 @@ class AttackSuccessRate(CompassCallback):
             self._pending_snapshot = None
         return self._snapshot
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         weights = self._snapshot.state_dict() if self._snapshot is not None else self._pending_snapshot
@@ -277,6 +283,7 @@ class AttackSuccessRate(CompassCallback):
             state["snapshot_epoch"] = self._snapshot_epoch
         return state
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self._snapshot = None
@@ -299,11 +306,13 @@ class AttackSuccessRate(CompassCallback):
         correct = {"clean": clean_predictions == targets}
         for name, (x, x_adv, predicted) in examples.items():
             delta = x_adv - x
-            scale = delta.flatten(1).abs().amax(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+            scale = delta.flatten(1).abs().amax(dim=1).clamp_min(1e-12).view(-1, *([1] * (delta.ndim - 1)))
             rows[name] = task.display(x_adv)
             labels[name] = predicted
             correct[name] = predicted == targets
-            rows[f"{name} δ"] = 0.5 + 0.5 * delta / scale  # grey = unchanged, amplified to full range
+            # grey = unchanged, amplified to the full range of the space, drawn as the task draws samples
+            low, high = task.input_range
+            rows[f"{name} δ"] = task.display(low + (high - low) * (0.5 + 0.5 * delta / scale))
         return labelled_image_grid(
             rows,
             labels,

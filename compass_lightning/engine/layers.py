@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from torch import Tensor, nn
@@ -40,19 +40,54 @@ def _names(modules: dict[str, nn.Module], limit: int = 40) -> str:
     return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
-class Capture:
-    """The latest output of a module, recorded by a forward hook (see :func:`capture`)."""
+class Recording:
+    """The latest output of each recorded module during :func:`record`, by name (``value``: the
+    output of the only one, for :func:`capture`)."""
 
     def __init__(self) -> None:
-        self.value: Tensor | None = None
+        self.outputs: dict[str, Tensor] = {}
 
-    def __call__(self, module: nn.Module, inputs: object, output: Tensor) -> None:
-        self.value = output
+    def hook(self, name: str) -> Callable[[nn.Module, object, Tensor], None]:
+        """The forward hook that stores a module's output under ``name``."""
+
+        def store(module: nn.Module, inputs: object, output: Tensor) -> None:
+            self.outputs[name] = output
+
+        return store
+
+    @property
+    def value(self) -> Tensor | None:
+        """The latest output of the single recorded module (``None`` before its first forward)."""
+        return next(iter(self.outputs.values()), None)
 
 
 @contextlib.contextmanager
-def capture(module: nn.Module) -> Iterator[Capture]:
-    """Record ``module``'s output at every forward; the hook is removed on exit, even on error.
+def record(modules: Mapping[str, nn.Module]) -> Iterator[Recording]:
+    """Record the output of every module of ``modules`` at every forward, under its name; the hooks
+    are removed on exit, even on error.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+        >>> with record({"hidden": net[1], "logits": net[2]}) as seen:
+        ...     _ = net(torch.ones(5, 3))
+        >>> {name: tuple(out.shape) for name, out in seen.outputs.items()}, len(net[1]._forward_hooks)
+        ({'hidden': (5, 4), 'logits': (5, 2)}, 0)
+    """
+    recording = Recording()
+    handles = []
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(recording.hook(name)))
+        yield recording
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def capture(module: nn.Module) -> Iterator[Recording]:
+    """:func:`record` of one module, whose latest output is ``value``.
 
     Example:
         >>> import torch
@@ -62,12 +97,8 @@ def capture(module: nn.Module) -> Iterator[Capture]:
         >>> seen.value.shape, len(net[0]._forward_hooks)
         (torch.Size([2, 4]), 0)
     """
-    seen = Capture()
-    handle = module.register_forward_hook(seen)
-    try:
-        yield seen
-    finally:
-        handle.remove()
+    with record({"": module}) as recording:
+        yield recording
 
 
 def check_layer_parameters(model: nn.Module, selection: Mapping[str, Mapping[str, Any]], registry: Any,

@@ -9,15 +9,16 @@ and sensitivity definitions intend.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from compass_lightning.engine.layers import _names, unwrap
+from compass_lightning.engine.layers import Recording, _names, unwrap
+from compass_lightning.engine.layers import record as record_modules
 
 ACTIVATIONS = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
@@ -87,22 +88,9 @@ def select_layers(model: nn.Module, names: Sequence[str] | None = None, *, argum
     return {n: Layer(n, modules[n], not isinstance(modules[n], nn.Linear)) for n in names}
 
 
-class Recording:
-    """The latest output of each observed layer during :func:`record`, by layer name."""
-
-    def __init__(self) -> None:
-        self.outputs: dict[str, Tensor] = {}
-
-    def hook(self, name: str):  # noqa: ANN201 - a forward hook
-        def store(module: nn.Module, inputs: object, output: Tensor) -> None:
-            self.outputs[name] = output
-
-        return store
-
-
-@contextlib.contextmanager
-def record(layers: dict[str, Layer]) -> Iterator[Recording]:
-    """Record the outputs of ``layers`` at every forward; the hooks are removed on exit, even on error.
+def record(layers: dict[str, Layer]) -> AbstractContextManager[Recording]:
+    """Record the outputs of ``layers`` (their observed modules) at every forward, by layer name; the
+    hooks are removed on exit, even on error (:func:`~compass_lightning.engine.layers.record`).
 
     Example:
         >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
@@ -111,15 +99,7 @@ def record(layers: dict[str, Layer]) -> Iterator[Recording]:
         >>> {name: tuple(out.shape) for name, out in seen.outputs.items()}, len(net[1]._forward_hooks)
         ({'0': (5, 4), '2': (5, 2)}, 0)
     """
-    recording = Recording()
-    handles = []
-    try:
-        for name, layer in layers.items():
-            handles.append(layer.observed.register_forward_hook(recording.hook(name)))
-        yield recording
-    finally:
-        for handle in handles:
-            handle.remove()
+    return record_modules({name: layer.observed for name, layer in layers.items()})
 
 
 def neuron_values(model: nn.Module, x: Tensor, layers: dict[str, Layer]) -> tuple[dict[str, Tensor], Tensor]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.fabric.loggers import TensorBoardLogger
 import torch
 from torch import Tensor
 
@@ -39,7 +40,8 @@ _LAYOUTS: weakref.WeakSet[Any] = weakref.WeakSet()  # TensorBoard writers that h
 
 
 def _is_tensorboard(logger: Any) -> bool:
-    return type(logger).__name__ == "TensorBoardLogger" and hasattr(logger.experiment, "add_image")
+    # Lightning's TensorBoardLogger derives from Fabric's: one isinstance covers both.
+    return isinstance(logger, TensorBoardLogger) and hasattr(logger.experiment, "add_image")
 
 
 class Reporter:

@@ -56,6 +56,8 @@ METRICS: dict[str, Metric] = {
     # basic metrics (MutationMetrics, and the pruned copies)
     "accuracy": _FRACTION_UP, "precision": _FRACTION_UP, "recall": _FRACTION_UP, "f1": _FRACTION_UP,
     "roc_auc": _FRACTION_UP, "loss": Metric("lower", "nats"), "mean_accuracy": _FRACTION_UP,
+    "tpr": _FRACTION_UP, "tnr": _FRACTION_UP, "ppv": _FRACTION_UP, "npv": _FRACTION_UP,
+    "fpr": _FRACTION_DOWN, "fnr": _FRACTION_DOWN, "fdr": _FRACTION_DOWN,
     "accuracy_drop": _FRACTION_DOWN, "batch_dependence": Metric("lower", "probability"),
     # robustness
     "asr": _FRACTION_DOWN, "mean_asr": _FRACTION_DOWN, "robust_accuracy": _FRACTION_UP,

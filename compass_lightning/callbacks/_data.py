@@ -1,0 +1,64 @@
+"""Where a monitor's samples come from: the ``probe_data`` it was given, or the trainer's
+validation (test) and training dataloaders, found before Lightning loads them so that a bad size
+fails at fit start.
+
+Example:
+    >>> import torch
+    >>> check_probe_data((torch.rand(4, 2), torch.arange(4)), probe_size=5)
+    Traceback (most recent call last):
+    ...
+    ValueError: probe_size=5 is larger than probe_data (4 samples)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Optional, Union
+
+import lightning.pytorch as pl
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from compass_lightning.callbacks._lightning import training_loaders, validation_loaders
+from compass_lightning.engine.probe import _first_loader
+
+ProbeData = Union[Dataset, tuple[Tensor, Tensor]]
+
+
+def check_probe_data(probe_data: object, probe_size: Optional[int]) -> Optional[ProbeData]:
+    """``probe_data`` if it is ``None``, a map-style Dataset or an ``(inputs, targets)`` pair of
+    tensors of the same length (at least ``probe_size`` long); a ``TypeError`` or ``ValueError``
+    naming the argument otherwise."""
+    if probe_data is None or isinstance(probe_data, Dataset):
+        if probe_data is not None and not hasattr(probe_data, "__len__"):
+            raise TypeError("probe_data must be a map-style Dataset (with __len__) or a pair (inputs, targets)")
+        return probe_data
+    if isinstance(probe_data, (tuple, list)) and len(probe_data) == 2 and all(isinstance(t, Tensor) for t in probe_data):
+        inputs, targets = probe_data
+        if len(inputs) != len(targets):
+            raise ValueError(f"probe_data: inputs and targets differ in length ({len(inputs)} vs {len(targets)})")
+        if probe_size is not None and probe_size > len(inputs):
+            raise ValueError(f"probe_size={probe_size} is larger than probe_data ({len(inputs)} samples)")
+        return inputs, targets
+    raise TypeError(f"probe_data must be a Dataset or a pair (inputs, targets) of tensors, got {type(probe_data).__name__}")
+
+
+def evaluation_loader(trainer: pl.Trainer) -> Any:
+    """The first validation dataloader (the test one under ``trainer.test``), or ``None``."""
+    loaders = trainer.test_dataloaders if trainer.testing else trainer.val_dataloaders
+    if loaders is None and trainer.state.fn == "fit":
+        # Lightning loads the validation dataloader only when validation first runs; ask its
+        # source now so that bad configuration fails before training starts.
+        loaders = validation_loaders(trainer)
+    return _first_loader(loaders)
+
+
+def training_loader(trainer: pl.Trainer) -> Any:
+    """The first training dataloader, or ``None`` when the run has none."""
+    loader = _first_loader(trainer.train_dataloader)
+    if loader is None:
+        # Lightning loads the training dataloader only when the fit loop starts (and never under
+        # trainer.validate/test): ask its source, as a bad size should fail before training.
+        with contextlib.suppress(Exception):
+            loader = _first_loader(training_loaders(trainer))
+    return loader
