@@ -34,3 +34,23 @@ def test_a_row_reports_the_median_its_range_and_whether_the_target_is_met():
     lines = table([met, missed, untargeted]).splitlines()
     assert lines[2] == "| x | a / b | **0.90** | 0.80-1.30 | <= 1.00 | met |"
     assert lines[3].endswith("| **missed** |") and lines[4].endswith("|  |  |")
+
+
+def test_the_benchmark_machinery_runs_from_an_empty_directory_and_writes_nothing_there(tmp_path, monkeypatch):
+    import memory
+    import overhead
+    from conftest import digits_task
+
+    import compass_lightning as cl
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    # a timed fit (its TensorBoard logs in a temporary directory), the pass count of one evaluation,
+    # and one memory case in its own process, each at its smallest
+    overhead.fit("digits", 1, lambda: [cl.MutationMetrics(task=digits_task(), mutations=["noise"], probe_size=32)], CPU)()
+    (separate_forward, _), (compass_forward, _) = overhead.pass_saving("digits")
+    assert 0 < compass_forward < separate_forward  # the Compass shares its clean forward
+    case = memory.measure(16, 1, "cpu", 16, 4, True)
+    assert case["size"] == 16 and case["seconds"] > 0 and case["peak_mb"] > 0
+    assert not list(cwd.iterdir())

@@ -17,6 +17,7 @@ from compass_lightning.reporting.figures import labelled_image_grid
 from compass_lightning.mutation import MUTATIONS, batch_dependence, mutate, shuffle_permutation
 from compass_lightning.engine.registry import resolve_selection
 from compass_lightning.reporting.reporter import CompassWarning
+from compass_lightning.reporting.tags import MEAN_MUTATION_ACCURACY, tag
 from compass_lightning.tasks import Task
 
 DEFAULT_MUTATIONS = ("label_error", "data_missing", "data_shuffle", "noise", "contrast", "brightness", "random_crop")
@@ -92,11 +93,11 @@ class MutationMetrics(CompassCallback):
 
     @override
     def expected_tags(self) -> list[str]:
-        tags = [f"compass/basic/{metric}" for metric in self.task.metric_names]
+        tags = [tag("basic", metric) for metric in self.task.metric_names]
         for name in self.mutations:
             extra = ("accuracy_drop", "batch_dependence") if MUTATIONS[name].permutes else ("accuracy_drop",)
-            tags += [f"compass/mutation/{name}/{metric}" for metric in (*self.task.metric_names, *extra)]
-        return [*tags, "compass/mutation/mean_accuracy"]
+            tags += [tag("mutation", name, metric) for metric in (*self.task.metric_names, *extra)]
+        return [*tags, MEAN_MUTATION_ACCURACY]
 
     @override
     def _state_key_fields(self) -> dict[str, Any]:
@@ -107,7 +108,7 @@ class MutationMetrics(CompassCallback):
         probe, task = evaluation.probe, evaluation.task
         clean_logits = evaluation.outputs(probe.inputs)
         clean = task.metrics(clean_logits, probe.targets)
-        evaluation.scalars.update({f"compass/basic/{name}": value for name, value in clean.items()})
+        evaluation.scalars.update({tag("basic", name): value for name, value in clean.items()})
 
         # Mutants act on the whole probe on the CPU, where it lives: the random draws are then the
         # same on every device and every DDP rank, and each rank forwards only its shard.
@@ -130,7 +131,7 @@ class MutationMetrics(CompassCallback):
                 )
                 logits = clean_logits if mutated is pixels else evaluation.outputs(task.from_space(mutated))
                 metrics = task.metrics(logits, targets)
-                prefix = f"compass/mutation/{name}"
+                prefix = tag("mutation", name)
                 evaluation.scalars.update({f"{prefix}/{metric}": value for metric, value in metrics.items()})
                 evaluation.scalars[f"{prefix}/accuracy_drop"] = clean["accuracy"] - metrics["accuracy"]
                 accuracies.append(metrics["accuracy"])
@@ -143,7 +144,7 @@ class MutationMetrics(CompassCallback):
                     gallery[name], labels[name] = mutated[:shown].clone(), targets[:shown].clone()
                     correct[name] = task.correct(logits[:shown], targets[:shown]).cpu()
         if accuracies:
-            evaluation.scalars["compass/mutation/mean_accuracy"] = torch.stack(accuracies).mean()
+            evaluation.scalars[MEAN_MUTATION_ACCURACY] = torch.stack(accuracies).mean()
         if evaluation.want_images and shown:
             evaluation.images["compass/mutation/examples"] = labelled_image_grid(
                 {name: task.display(images) for name, images in gallery.items()},

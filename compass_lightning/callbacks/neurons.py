@@ -32,9 +32,10 @@ from compass_lightning.neurons import (
 from compass_lightning.neurons.deviation import SUMMARY, deviation_similarities
 from compass_lightning.engine.probe import ProbeSet
 from compass_lightning.engine.evaluation import attack_key
+from compass_lightning.reporting.tags import tag
 from compass_lightning.tasks import Task
 
-PREFIX = "compass/neurons"
+PREFIX = tag("neurons")
 KINDS = ("adversarial", "gaussian")  # the two similarities of the layer deviation, per layer
 
 

@@ -25,7 +25,10 @@ from compass_lightning.engine.probe import ProbeSet
 from compass_lightning.pruning import IMPORTANCES, PruningSweep, importance, max_safe_rate, sparsity
 from compass_lightning.engine.registry import resolve_selection
 from compass_lightning.engine.layers import check_layer_parameters
+from compass_lightning.reporting.tags import tag
 from compass_lightning.tasks import Task
+
+MODULE = "pruning"
 
 REPORT_FILE = "pruning_report.csv"
 UNPRUNED = "unpruned"
@@ -175,12 +178,12 @@ class PruningAnalysis(CompassCallback):
     @override
     def expected_tags(self) -> list[str]:
         basic = (*self.task.metric_names, "sparsity", "accuracy_drop")
-        tags = [f"compass/pruning/{UNPRUNED}/{m}" for m in (*self.task.metric_names, *(JOINT if self.joint else ()))]
+        tags = [tag(MODULE, UNPRUNED, m) for m in (*self.task.metric_names, *(JOINT if self.joint else ()))]
         for method in self.methods:
             for rate in self._logged_rates():
                 extra = JOINT if rate in self.joint_rates else ()
-                tags += [f"compass/pruning/{method}/{rate_tag(rate)}/{m}" for m in (*basic, *extra)]
-            tags.append(f"compass/pruning/{method}/max_safe_rate")
+                tags += [tag(MODULE, method, rate_tag(rate), m) for m in (*basic, *extra)]
+            tags.append(tag(MODULE, method, "max_safe_rate"))
         return tags
 
     @override
@@ -229,7 +232,7 @@ class PruningAnalysis(CompassCallback):
             if self.joint:
                 reference.update(self._joint(trainer, evaluation, model))
                 progress.update()
-            evaluation.scalars.update({f"compass/pruning/{UNPRUNED}/{m}": v for m, v in reference.items()})
+            evaluation.scalars.update({tag(MODULE, UNPRUNED, m): v for m, v in reference.items()})
             rows = [{"method": UNPRUNED, "rate": 0.0, "sparsity": sparsity(model), **reference}]
             chunks = (ProbeSet.chunks(t, evaluation.batch_size, evaluation.device) for t in (self._calibration.inputs, self._calibration.targets))
             calibration = list(zip(*chunks))
@@ -251,13 +254,13 @@ class PruningAnalysis(CompassCallback):
                             metrics.update(self._joint(trainer, evaluation, pruned))
                             progress.update()
                         if rate in self._logged_rates():
-                            prefix = f"compass/pruning/{method}/{rate_tag(rate)}"
+                            prefix = tag(MODULE, method, rate_tag(rate))
                             evaluation.scalars.update({f"{prefix}/{m}": v for m, v in metrics.items()})
                             if self.save_pruned and rate in self.rates:
                                 self._save(trainer, method, rate, pruned)
                         rows.append({"method": method, "rate": rate, **metrics})
                         progress.update()
-                    evaluation.scalars[f"compass/pruning/{method}/max_safe_rate"] = max_safe_rate(drops, self.tolerance)
+                    evaluation.scalars[tag(MODULE, method, "max_safe_rate")] = max_safe_rate(drops, self.tolerance)
         with self.isolate("writing pruning_report.csv"):
             self._write_report(trainer, evaluation.epoch, rows)
         if evaluation.want_images:

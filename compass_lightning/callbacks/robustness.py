@@ -19,7 +19,10 @@ from compass_lightning.reporting.figures import labelled_image_grid, line_chart
 from compass_lightning.engine.guard import analysis_mode
 from compass_lightning.engine.layers import check_layer_parameters
 from compass_lightning.engine.registry import resolve_selection
+from compass_lightning.reporting.tags import MEAN_ASR, tag
 from compass_lightning.tasks import Task
+
+MODULE = "robustness"
 
 SNAPSHOT = "snapshot"
 METRICS = ("asr", "robust_accuracy", "mean_linf", "mean_l2")
@@ -157,12 +160,12 @@ class AttackSuccessRate(CompassCallback):
         tags = []
         for name in self.attacks:
             budgets = self._budgets(name)
-            prefixes = [""] + ([f"{_eps_tag(e)}/" for e in budgets] if len(budgets) > 1 else [])
-            tags += [f"compass/robustness/{name}/{prefix}{metric}" for prefix in prefixes for metric in METRICS]
-        tags.append("compass/robustness/mean_asr")
+            prefixes = [()] + ([(_eps_tag(e),) for e in budgets] if len(budgets) > 1 else [])
+            tags += [tag(MODULE, name, *prefix, metric) for prefix in prefixes for metric in METRICS]
+        tags.append(MEAN_ASR)
         for surrogate in self.transfer_from:
             for name in self.transfer_attacks:
-                tags += [f"compass/robustness/transfer/{surrogate}/{name}/{metric}" for metric in METRICS]
+                tags += [tag(MODULE, "transfer", surrogate, name, metric) for metric in METRICS]
         return tags
 
     @override
@@ -189,9 +192,9 @@ class AttackSuccessRate(CompassCallback):
                 with self.isolate(f"attack {name!r} at eps={eps:.4g}"):
                     keep = shown if index == 0 else 0
                     metrics, kept = self._attack(evaluation, name, params, eps, correct, keep)
-                    prefixes = [f"compass/robustness/{name}"] if index == 0 else []
+                    prefixes = [tag(MODULE, name)] if index == 0 else []
                     if len(self._budgets(name)) > 1:
-                        prefixes.append(f"compass/robustness/{name}/{_eps_tag(eps)}")
+                        prefixes.append(tag(MODULE, name, _eps_tag(eps)))
                         curve = sweeps[ATTACKS[name].norm].setdefault(name, [float("nan")] * len(self._budgets(name)))
                         curve[index] = float(metrics["robust_accuracy"])
                     for prefix in prefixes:
@@ -201,7 +204,7 @@ class AttackSuccessRate(CompassCallback):
                         if kept is not None:
                             examples[name] = kept
         if asrs:
-            evaluation.scalars["compass/robustness/mean_asr"] = mean_attack_success_rate(asrs)
+            evaluation.scalars[MEAN_ASR] = mean_attack_success_rate(asrs)
         self._transfer(trainer, evaluation, correct)
         if shown and examples:
             evaluation.images["compass/robustness/examples"] = self._example_grid(
@@ -251,7 +254,7 @@ class AttackSuccessRate(CompassCallback):
                     eps = self._budgets(name)[0]
                     with self.isolate(f"transfer attack {name!r} from {surrogate_name!r}"):
                         metrics, _ = self._attack(evaluation, name, params, eps, correct, 0, crafter)
-                        prefix = f"compass/robustness/transfer/{surrogate_name}/{name}"
+                        prefix = tag(MODULE, "transfer", surrogate_name, name)
                         evaluation.scalars.update({f"{prefix}/{m}": v for m, v in metrics.items()})
         if SNAPSHOT in self.transfer_from.values() and trainer.state.fn == "fit":
             epoch = trainer.current_epoch
