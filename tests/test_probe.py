@@ -87,3 +87,75 @@ def test_chunks_move_to_the_device_in_batch_size_pieces():
     probe = ProbeSet(torch.rand(10, 2), torch.arange(10))
     chunks = list(probe.chunks(probe.inputs, 4, "cpu"))
     assert [len(c) for c in chunks] == [4, 4, 2] and torch.equal(torch.cat(chunks), probe.inputs)
+
+
+# -- probes of any modality: several aligned fields, ragged samples ---------------------------------
+
+
+class FieldsTask(Classification):
+    """Dict batches ``{"ids", "mask", "label"}``: the inputs are the two aligned fields."""
+
+    def split(self, batch):
+        return {"ids": batch["ids"], "mask": batch["mask"]}, batch["label"]
+
+    def outputs(self, model, x):
+        return model(x["ids"].float() * x["mask"])
+
+
+class RaggedTask(Classification):
+    """Images of different sizes collated into tuples (as torchvision's detection references do)."""
+
+    def split(self, batch):
+        return list(batch[0]), torch.tensor(batch[1])
+
+
+class Records(Dataset):
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        return {"ids": torch.full((3,), i), "mask": torch.tensor([1.0, 1.0, float(i % 2)]), "label": i % 2}
+
+
+class Pictures(Dataset):
+    def __len__(self) -> int:
+        return 9
+
+    def __getitem__(self, i: int):
+        return torch.full((1, 2 + i % 3, 4), float(i)), i
+
+
+def test_a_probe_of_several_fields_shards_chunks_and_feeds_the_model():
+    from compass_lightning.engine.evaluation import Evaluation
+
+    loader = DataLoader(Records(20), batch_size=4)
+    probe = ProbeSet.from_dataloader(loader, task=FieldsTask(), probe_size=7, seed=0)
+    assert len(probe) == 7 and set(probe.inputs) == {"ids", "mask"} and probe.inputs["ids"].shape == (7, 3)
+    assert "ids: shape (3,)" in repr(probe)
+    ids = probe.inputs["ids"][:, 0]
+    assert torch.equal(probe.inputs["mask"][:, 2], (ids % 2).float()) and torch.equal(probe.targets, ids % 2)
+    evaluation = Evaluation(torch.nn.Linear(3, 2), probe, FieldsTask(), batch_size=3)
+    assert evaluation.outputs(probe.inputs).shape == (7, 2)
+    rows = evaluation.per_sample(lambda x: {"id": x["ids"][:, 0], "masked": x["mask"].sum(1)}, probe.inputs)
+    assert torch.equal(rows["id"], ids) and torch.equal(rows["masked"], probe.inputs["mask"].sum(1))
+    assert torch.equal(evaluation.subset(3).probe.inputs["ids"], probe.inputs["ids"][:3])
+
+
+def test_ragged_samples_make_a_probe_and_come_back_in_probe_order_from_every_shard():
+    from compass_lightning.engine.evaluation import Evaluation
+
+    loader = DataLoader(Pictures(), batch_size=4, collate_fn=lambda batch: tuple(zip(*batch)))
+    probe = ProbeSet.from_dataloader(loader, task=RaggedTask(), probe_size=5, seed=1)
+    assert isinstance(probe.inputs, list) and len(probe) == 5
+    assert [tuple(x.shape) for x in probe.inputs] == [(1, 2 + int(x[0, 0, 0]) % 3, 4) for x in probe.inputs]
+    heights = lambda images: [image.shape[1] for image in images]  # noqa: E731 - a ragged per-sample result
+    whole = Evaluation(torch.nn.Identity(), probe, RaggedTask(), batch_size=2).per_sample(heights, probe.inputs)
+    assert whole == [x.shape[1] for x in probe.inputs]
+    # two "ranks": each analyses its strided shard, the gather interleaves them back into probe order
+    shards = [ProbeSet(probe.inputs, probe.targets, rank=r, world_size=2) for r in range(2)]
+    local = [[x.shape[1] for x in shard.shard(shard.inputs)] for shard in shards]
+    rank0 = Evaluation(torch.nn.Identity(), shards[0], RaggedTask(), batch_size=2, gather_objects=lambda _: local)
+    assert rank0.per_sample(heights, probe.inputs) == whole

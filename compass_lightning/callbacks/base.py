@@ -29,6 +29,7 @@ from compass_lightning.engine.checks import at_least_one, check_bool, check_int,
 from compass_lightning.engine.evaluation import Evaluation
 from compass_lightning.engine.guard import analysis_mode
 from compass_lightning.engine.probe import ProbeSet
+from compass_lightning.engine.samples import take, to
 from compass_lightning.metrics import to_floats
 from compass_lightning.reporting.history import history_record
 from compass_lightning.reporting.reporter import CompassWarning, Reporter
@@ -272,7 +273,7 @@ class CompassCallback(Callback):
         if self._auto_batch_size is None:
             try:
                 with analysis_mode(pl_module, seed=self.seed):
-                    example = self._probe.inputs[:1].to(pl_module.device)
+                    example = to(take(self._probe.inputs, slice(0, 1)), pl_module.device)
                     self._auto_batch_size = auto_batch_size(pl_module, lambda x: self.task.outputs(pl_module, x), example)
             except Exception:  # noqa: BLE001 - the evaluation's clean forward reports what is wrong with the model
                 return FALLBACK_BATCH_SIZE

@@ -25,12 +25,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from compass_lightning.engine.samples import Samples, device_of, take
+
 CPU_ACTIVATION_BUDGET = 8 * 2**20  # bytes of the largest activation of one forward
 GPU_MEMORY_SHARE = 1 / 8
 BOUNDS = {"cpu": (16, 1024), "cuda": (32, 4096)}
 
 
-def activation_bytes(model: nn.Module, forward: Callable[[Tensor], Tensor], example: Tensor) -> tuple[int, int]:
+def activation_bytes(model: nn.Module, forward: Callable[[Samples], Tensor], example: Samples) -> tuple[int, int]:
     """The largest and the total size (bytes, fp32) of the outputs of ``model``'s leaf modules for
     one sample, measured in one forward ``forward(example[:1])`` without gradients.
 
@@ -49,14 +51,14 @@ def activation_bytes(model: nn.Module, forward: Callable[[Tensor], Tensor], exam
     handles = [m.register_forward_hook(record) for m in leaves]
     try:
         with torch.no_grad():
-            forward(example[:1])
+            forward(take(example, slice(0, 1)))
     finally:
         for handle in handles:
             handle.remove()
     return (max(sizes), sum(sizes)) if sizes else (4, 4)
 
 
-def auto_batch_size(model: nn.Module, forward: Callable[[Tensor], Tensor], example: Tensor) -> int:
+def auto_batch_size(model: nn.Module, forward: Callable[[Samples], Tensor], example: Samples) -> int:
     """The batch size for analyses of ``model`` on the device of ``example`` (see the module docstring).
 
     Example:
@@ -65,7 +67,7 @@ def auto_batch_size(model: nn.Module, forward: Callable[[Tensor], Tensor], examp
         32
     """
     largest, total = activation_bytes(model, forward, example)
-    device = example.device
+    device = device_of(example)
     if device.type == "cuda":
         budget = torch.cuda.get_device_properties(device).total_memory * GPU_MEMORY_SHARE
         size, (low, high) = budget / (3 * total), BOUNDS["cuda"]

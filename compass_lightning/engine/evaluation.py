@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from compass_lightning.engine.probe import ProbeSet
+from compass_lightning.engine.samples import Samples
 from compass_lightning.tasks.base import Task
 
 PerSample = Union[Tensor, Mapping[str, Tensor], list]
@@ -77,12 +78,18 @@ def attack_key(name: str, eps: float, params: Mapping[str, Any]) -> str:
     return f"{name}@{float(eps)!r}:{sorted(params.items())!r}"
 
 
-def _gather_objects(local: list, probe: ProbeSet) -> list:
-    """Every rank's per-sample objects in probe order (``torch.distributed``'s object collective)."""
+def all_gather_objects(local: list) -> list[list]:
+    """Every process' ``local`` list, by rank (``torch.distributed``'s object collective)."""
+    shards: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(shards, local)
+    return shards
+
+
+def _gather_objects(local: list, probe: ProbeSet, gather: Callable[[list], list[list]]) -> list:
+    """Every rank's per-sample objects in probe order."""
     if probe.world_size == 1:
         return local
-    shards: list[Any] = [None] * probe.world_size
-    torch.distributed.all_gather_object(shards, local)
+    shards = gather(local)
     # sample i of rank r is probe sample i * world_size + r
     return [shards[i % probe.world_size][i // probe.world_size] for i in range(len(probe))]
 
@@ -97,6 +104,8 @@ class Evaluation:
         batch_size: how many probe samples go through the model at once.
         all_gather: stacks a tensor from every process (``trainer.strategy.all_gather``).
         any_rank: whether a flag is set on any process (a collective; only called under DDP).
+        gather_objects: every process' list of per-sample objects, by rank (default:
+            :func:`all_gather_objects`); for ragged per-sample results under DDP.
         want_images: whether images will be looked at (global zero with a logger), so costly
             figures are only drawn then.
         epoch: the training epoch the evaluated model has finished (the one its history names).
@@ -120,6 +129,7 @@ class Evaluation:
         batch_size: int,
         all_gather: Callable[[Tensor], Tensor] | None = None,
         any_rank: Callable[[bool], bool] | None = None,
+        gather_objects: Callable[[list], list[list]] = all_gather_objects,
         want_images: bool = False,
         epoch: int = 0,
         share: bool = False,
@@ -130,6 +140,7 @@ class Evaluation:
         self.batch_size = batch_size
         self.all_gather = all_gather
         self.any_rank = any_rank
+        self.gather_objects = gather_objects
         self.want_images = want_images
         self.epoch = epoch
         self.share = share
@@ -144,10 +155,9 @@ class Evaluation:
         scalars, images and :class:`SharedResults`."""
         if size is None or size >= len(self.probe):
             return self
-        probe = ProbeSet(self.probe.inputs[:size], self.probe.targets[:size], rank=self.probe.rank,
-                         world_size=self.probe.world_size)
-        child = Evaluation(self.model, probe, self.task, batch_size=self.batch_size, all_gather=self.all_gather,
-                           any_rank=self.any_rank, want_images=self.want_images, epoch=self.epoch, share=self.share)
+        child = Evaluation(self.model, self.probe.first(size), self.task, batch_size=self.batch_size, all_gather=self.all_gather,
+                           any_rank=self.any_rank, gather_objects=self.gather_objects, want_images=self.want_images,
+                           epoch=self.epoch, share=self.share)
         child.scalars, child.images, child.shared = self.scalars, self.images, self.shared
         return child
 
@@ -156,7 +166,7 @@ class Evaluation:
         with its own :class:`SharedResults` (nothing of the other model is reused)."""
         return Evaluation(
             model, self.probe, self.task, batch_size=self.batch_size, all_gather=self.all_gather,
-            any_rank=self.any_rank, epoch=self.epoch,
+            any_rank=self.any_rank, gather_objects=self.gather_objects, epoch=self.epoch,
         )
 
     @property
@@ -165,11 +175,12 @@ class Evaluation:
         parameter = next(self.model.parameters(), None)
         return parameter.device if parameter is not None else torch.device("cpu")
 
-    def per_sample(self, function: Callable[..., PerSample], *aligned: Tensor) -> Any:
+    def per_sample(self, function: Callable[..., PerSample], *aligned: Samples) -> Any:
         """``function`` applied to this process' shard of probe-aligned tensors, in chunks of
         ``batch_size`` on the model's device, gathered from every process in probe order.
 
-        ``function`` gets one chunk of each tensor in ``aligned`` and returns one row per sample: a
+        ``aligned`` are probe-aligned samples of any form of :mod:`~compass_lightning.engine.samples`
+        (tensors, tuples, dicts, ragged lists). ``function`` gets one chunk of each and returns one row per sample: a
         tensor (the result is their concatenation), a dict of tensors (a dict of concatenations,
         key by key), or a list of per-sample objects (one list). Every process returns the rows of
         the whole probe. If ``function`` fails on any process, it raises on every process.
@@ -190,10 +201,10 @@ class Evaluation:
         if parts and isinstance(parts[0], Mapping):
             return {key: self.probe.gather(torch.cat([p[key] for p in parts]), self.all_gather) for key in parts[0]}
         if parts and isinstance(parts[0], list):
-            return _gather_objects([row for p in parts for row in p], self.probe)
+            return _gather_objects([row for p in parts for row in p], self.probe, self.gather_objects)
         return self.probe.gather(torch.cat(parts), self.all_gather)
 
-    def outputs(self, inputs: Tensor, model: nn.Module | None = None) -> Tensor:
+    def outputs(self, inputs: Samples, model: nn.Module | None = None) -> Tensor:
         """The task's outputs (logits, for classification) of the model — or of ``model``, e.g. a
         pruned copy — for ``inputs`` aligned with the probe (data space), in probe order.
 
@@ -207,7 +218,7 @@ class Evaluation:
                 return kept
         model = self.model if model is None else model
 
-        def forward(chunk: Tensor) -> Tensor:
+        def forward(chunk: Samples) -> Tensor:
             with torch.no_grad():
                 return self.task.outputs(model, chunk)
 

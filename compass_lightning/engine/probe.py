@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from torch.utils.data.dataloader import default_collate
 
 from compass_lightning.engine.checks import check_int
+from compass_lightning.engine.samples import Samples, apply, concat, count, describe, split, take, to
 from compass_lightning.tasks.base import Task
 
 AllGather = Callable[[Tensor], Tensor]
@@ -46,8 +47,9 @@ class ProbeSet:
     build theirs from the trainer's validation dataloader.
 
     Args:
-        inputs: the probe inputs in data space, ``(N, ...)``.
-        targets: the probe targets, ``(N,)``.
+        inputs: the probe inputs in data space: a tensor ``(N, ...)``, or any form of
+            :mod:`~compass_lightning.engine.samples` (tuples or dicts of tensors, ragged lists).
+        targets: the probe targets, ``(N,)`` for classes, in the same forms.
         rank: this process' rank.
         world_size: the number of processes; each analyses ``inputs[rank::world_size]``.
 
@@ -60,10 +62,10 @@ class ProbeSet:
         [3, 1]
     """
 
-    def __init__(self, inputs: Tensor, targets: Tensor, *, rank: int = 0, world_size: int = 1) -> None:
-        if len(inputs) != len(targets):
-            raise ValueError(f"inputs and targets differ in length: {len(inputs)} vs {len(targets)}")
-        if len(inputs) == 0:
+    def __init__(self, inputs: Samples, targets: Samples, *, rank: int = 0, world_size: int = 1) -> None:
+        if count(inputs) != count(targets):
+            raise ValueError(f"inputs and targets differ in length: {count(inputs)} vs {count(targets)}")
+        if count(inputs) == 0:
             raise ValueError("a probe set needs at least one sample")
         self.inputs = inputs
         self.targets = targets
@@ -71,11 +73,11 @@ class ProbeSet:
         self.world_size = check_int("world_size", world_size, minimum=1)
 
     def __len__(self) -> int:
-        return len(self.inputs)
+        return count(self.inputs)
 
     def __repr__(self) -> str:
         shard = f", rank {self.rank} of {self.world_size}" if self.world_size > 1 else ""
-        return f"ProbeSet({len(self)} samples of shape {tuple(self.inputs.shape[1:])}{shard})"
+        return f"ProbeSet({len(self)} samples of {describe(self.inputs)}{shard})"
 
     # -- construction ------------------------------------------------------------------------
 
@@ -88,16 +90,17 @@ class ProbeSet:
         return torch.randperm(available, generator=generator)[:size]
 
     @classmethod
-    def _materialise(cls, inputs: Tensor, targets: Tensor, **shard: int) -> ProbeSet:
+    def _materialise(cls, inputs: Samples, targets: Samples, **shard: int) -> ProbeSet:
         # clone() under inference_mode(False): the probe must never be an inference tensor.
         with torch.inference_mode(False):
-            return cls(inputs.detach().cpu().clone(), targets.detach().cpu().clone(), **shard)
+            own = lambda t: t.detach().cpu().clone()  # noqa: E731
+            return cls(apply(inputs, own), apply(targets, own), **shard)
 
     @classmethod
     def from_tensors(
         cls,
-        inputs: Tensor,
-        targets: Tensor,
+        inputs: Samples,
+        targets: Samples,
         *,
         probe_size: int | None = None,
         seed: int = 0,
@@ -105,11 +108,11 @@ class ProbeSet:
         rank: int = 0,
         world_size: int = 1,
     ) -> ProbeSet:
-        """A seeded random subset of ``probe_size`` rows (``None``: up to ``default_size``)."""
-        if len(inputs) != len(targets):
-            raise ValueError(f"inputs and targets differ in length: {len(inputs)} vs {len(targets)}")
-        index = cls._indices(len(inputs), probe_size, default_size, seed)
-        return cls._materialise(inputs[index], targets[index], rank=rank, world_size=world_size)
+        """A seeded random subset of ``probe_size`` samples (``None``: up to ``default_size``)."""
+        if count(inputs) != count(targets):
+            raise ValueError(f"inputs and targets differ in length: {count(inputs)} vs {count(targets)}")
+        index = cls._indices(count(inputs), probe_size, default_size, seed)
+        return cls._materialise(take(inputs, index), take(targets, index), rank=rank, world_size=world_size)
 
     @classmethod
     def from_dataset(
@@ -160,32 +163,40 @@ class ProbeSet:
                 **shard,
             )
         wanted = default_size if probe_size is None else probe_size
-        inputs, targets, count = [], [], 0
+        inputs, targets, seen = [], [], 0
         with torch.inference_mode(False):
             for batch in loader:
                 x, y = task.split(batch)
                 inputs.append(x)
                 targets.append(y)
-                count += len(x)
-                if count >= wanted:
+                seen += count(x)
+                if seen >= wanted:
                     break
-        if probe_size is not None and count < probe_size:
-            raise _size_error(probe_size, count)
-        if count == 0:
+        if probe_size is not None and seen < probe_size:
+            raise _size_error(probe_size, seen)
+        if seen == 0:
             raise ValueError("the dataloader the probe set is drawn from yielded no samples")
-        return cls._materialise(torch.cat(inputs)[:wanted], torch.cat(targets)[:wanted], **shard)
+        first = slice(0, wanted)
+        return cls._materialise(take(concat(inputs), first), take(concat(targets), first), **shard)
 
     # -- use -----------------------------------------------------------------------------------
 
-    def shard(self, tensor: Tensor) -> Tensor:
-        """This rank's strided part of a tensor aligned with the probe (first dim = probe samples)."""
-        return tensor[self.rank :: self.world_size] if self.world_size > 1 else tensor
+    def shard(self, samples: Samples) -> Samples:
+        """This rank's strided part of samples aligned with the probe (the first axis = probe samples)."""
+        return take(samples, slice(self.rank, None, self.world_size)) if self.world_size > 1 else samples
+
+    def first(self, size: int) -> ProbeSet:
+        """The probe of its first ``size`` samples (itself if it has no more), on the same shard layout."""
+        if size >= len(self):
+            return self
+        head = slice(0, size)
+        return ProbeSet(take(self.inputs, head), take(self.targets, head), rank=self.rank, world_size=self.world_size)
 
     @staticmethod
-    def chunks(tensor: Tensor, batch_size: int, device: torch.device | str | None = None) -> Iterator[Tensor]:
-        """``tensor`` in chunks of ``batch_size`` rows, each moved to ``device``."""
-        for chunk in tensor.split(batch_size):
-            yield chunk.to(device, non_blocking=True) if device is not None else chunk
+    def chunks(samples: Samples, batch_size: int, device: torch.device | str | None = None) -> Iterator[Samples]:
+        """``samples`` in chunks of ``batch_size``, each moved to ``device``."""
+        for chunk in split(samples, batch_size):
+            yield to(chunk, device)
 
     def gather(self, local: Tensor, all_gather: AllGather | None = None) -> Tensor:
         """Reassemble per-sample results of every rank's shard into probe order.
