@@ -59,7 +59,7 @@ def _follower(modules: dict[str, nn.Module], name: str) -> nn.Module | None:
     parent = modules.get(parent_name)
     if not isinstance(parent, nn.Sequential):
         return None
-    children = list(parent._modules.items())
+    children = list(parent.named_children())
     index = [key for key, _ in children].index(child)
     for _, module in children[index + 1 :]:
         if isinstance(module, NORMALISATIONS):
