@@ -21,7 +21,7 @@ from compass_lightning.engine.evaluation import Evaluation
 from compass_lightning.engine.guard import analysis_mode
 from compass_lightning.engine.probe import ProbeSet
 from compass_lightning.reporting.reporter import CompassWarning
-from compass_lightning.tasks import Classification, Task
+from compass_lightning.tasks import Classification, Task, TextClassification
 
 __all__ = [
     "AttackSuccessRate",
@@ -36,6 +36,7 @@ __all__ = [
     "ProbeSet",
     "PruningAnalysis",
     "Task",
+    "TextClassification",
     "__version__",
     "analysis_mode",
 ]

@@ -18,6 +18,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from conftest import EVERY_MODULE, DigitsClassifier, DigitsDataModule, StateBracket, assert_monitor_ran, digits_task, make_trainer
+from text_models import TextCNN, text_compass
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
@@ -69,16 +70,26 @@ def _fit(tmp_path, callbacks, model=None, epochs=2, **kwargs):
 # -- 1. non-interference -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
-def test_training_with_the_compass_is_bit_identical_to_training_without(tmp_path, precision):
+@pytest.mark.parametrize(("precision", "modality"), [("32-true", "image"), ("bf16-mixed", "image"), ("32-true", "text")])
+def test_training_with_the_compass_is_bit_identical_to_training_without(tmp_path, precision, modality):
+    text = modality == "text"  # a TextCNN on token ids, its Compass in embedding space (tests/text_models.py)
+
     def train(callbacks):
-        trainer = _fit(tmp_path, callbacks, epochs=3, logger=False, precision=precision)
+        pl.seed_everything(0)
+        model, data = (TextCNN(), None) if text else (DigitsClassifier(), DigitsDataModule())
+        trainer = make_trainer(tmp_path, callbacks, epochs=3, logger=False, precision=precision)
+        trainer.fit(model, datamodule=data)
         return trainer.lightning_module.state_dict(), trainer.optimizers[0].state_dict()
 
     weights, optimiser = train([])
-    monitor = _monitor("Compass")
+    if text:
+        with pytest.warns(CompassWarning, match="left out of the default"):  # Grad-CAM has no Conv2d here
+            monitor = text_compass()
+    else:
+        monitor = _monitor("Compass")
     watched_weights, watched_optimiser = train([monitor])
-    assert_monitor_ran(monitor, *EVERY_MODULE)  # it did not interfere because it ran, not because it failed
+    # it did not interfere because it ran, not because it failed
+    assert_monitor_ran(monitor, *EVERY_MODULE)  # every module: text's Compass logs them all too
     assert weights.keys() == watched_weights.keys()
     for name, value in weights.items():
         assert torch.equal(value, watched_weights[name]), name

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import compass_lightning as cl
 from compass_lightning.engine.evaluation import Evaluation
 from compass_lightning.engine.probe import ProbeSet
+from compass_lightning.mutation import MUTATIONS, mutate
 from compass_lightning.tasks import Task
 
 FEATURES = 6
@@ -33,16 +34,22 @@ class Tabular:
     def split(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         return batch[0], batch[1]
 
-    def to_space(self, x: Tensor) -> Tensor:
+    mutations = MUTATIONS  # the generic mutants; refusal() keeps only noise
+    default_mutations = ("noise",)
+
+    def to_space(self, x: Tensor, model: nn.Module) -> Tensor:
         return x
 
-    def from_space(self, x: Tensor) -> Tensor:
-        return x
+    def baseline(self, x: Tensor, value: float) -> float:
+        return value
+
+    def mutate(self, name: str, x: Tensor, targets: Tensor, *, classes: int, generator, **params):
+        return mutate(name, x, targets, num_classes=classes, generator=generator, bounds=self.input_range, **params)
 
     def outputs(self, model: nn.Module, x: Tensor) -> Tensor:
         return model(x)
 
-    def space_model(self, model: nn.Module) -> nn.Module:
+    def space_model(self, model: nn.Module, x: Tensor) -> nn.Module:
         return model
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
@@ -71,6 +78,9 @@ class Tabular:
 
     def display(self, x: Tensor) -> Tensor:
         return x.clamp(0, 1).view(len(x), 1, 1, -1)  # one row of grey pixels per sample
+
+    def show(self, x: Tensor) -> Tensor:
+        return self.display(x)
 
 
 def blobs(n: int, seed: int) -> TensorDataset:
@@ -137,15 +147,24 @@ def test_a_new_adapter_runs_mutation_metrics_and_attack_success_rate_in_a_fit(tm
          r"mutations: 'brightness' does not apply to .*feature vectors have no brightness"),
         (lambda: cl.AttackSuccessRate(attacks=["fgsm", "pgd"], task=Tabular()),
          r"attacks: 'pgd' does not apply to .*supports \['fgsm'\]"),
-        (lambda: cl.Compass(task=Tabular()), r"mutation: mutations: 'label_error' does not apply"),
-        (lambda: cl.Compass(task=Tabular(), mutation={"mutations": ["noise"]},
-                            robustness={"attacks": ["fgsm"], "transfer_from": ["snapshot"]}),
+        (lambda: cl.Compass(task=Tabular(), mutation={"mutations": ["noise", "contrast"]}),
+         r"mutation: mutations: 'contrast' does not apply"),
+        (lambda: cl.Compass(task=Tabular(), robustness={"transfer_from": ["snapshot"], "transfer_attacks": ["mifgsm"]}),
          r"robustness: transfer_attacks: 'mifgsm' does not apply"),
     ],
 )
 def test_what_an_adapter_refuses_fails_at_construction_with_its_reason(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_what_does_not_apply_is_left_out_of_the_defaults_with_one_warning_giving_the_reason():
+    with pytest.warns(cl.CompassWarning, match=r"left out of the default attacks, .*'pgd' \(feature vectors have no pgd"):
+        compass = cl.Compass(task=Tabular(), robustness={"transfer_from": ["snapshot"]})
+    assert list(compass.modules["mutation"].mutations) == ["noise"]  # the task's default mutants
+    assert list(compass.modules["robustness"].attacks) == ["fgsm"] and not compass.modules["robustness"].transfer_attacks
+    assert list(compass.modules["pruning"].attacks) == ["fgsm"]
+    assert not any("/pgd/" in t or "transfer" in t for t in compass.expected_tags())
 
 
 def test_an_object_that_is_not_an_adapter_is_refused_naming_what_it_lacks():

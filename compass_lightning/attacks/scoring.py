@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from compass_lightning.attacks._core import ATTACKS
 from compass_lightning.attacks.success import attack_success_rate, robust_accuracy
 from compass_lightning.engine.evaluation import Evaluation, attack_key
+from compass_lightning.engine.samples import Samples
 
 #: ``(clean, adversarial, prediction)`` of the first samples of this process' shard, for pictures.
 Kept = tuple[Tensor, Tensor, Tensor]
@@ -48,9 +49,9 @@ def attack_probe(
     crafter: nn.Module | None = None,
     keep: int = 0,
 ) -> tuple[dict[str, Tensor], Kept | None]:
-    """Craft the attack ``name`` with ``params`` at ``eps`` on ``crafter`` (a model on
-    perturbation-space inputs; ``None``: the evaluated model, white-box) and score it on the
-    evaluated model.
+    """Craft the attack ``name`` with ``params`` at ``eps`` on ``crafter`` (a surrogate model taking
+    the same inputs; ``None``: the evaluated model, white-box) and score it on the evaluated model,
+    both through the task's perturbation space.
 
     Returns per-sample rows of the whole probe, in probe order, on the CPU: ``predicted`` (the
     task's prediction on the adversarial input), ``correct`` (whether it still counts as correct),
@@ -61,14 +62,14 @@ def attack_probe(
     """
     task, probe = evaluation.task, evaluation.probe
     attack = ATTACKS[name]
-    target = task.space_model(evaluation.model)
-    crafter = target if crafter is None else crafter
-    share = evaluation.share and crafter is target
+    share = evaluation.share and crafter is None
     kept: list[Kept] = []
 
-    def run(inputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
-        x = task.to_space(inputs)
-        x_adv = attack.function(crafter, x, targets, eps=eps, bounds=task.input_range, generator=generator, **params)
+    def run(inputs: Samples, targets: Tensor) -> dict[str, Tensor]:
+        target = task.space_model(evaluation.model, inputs)
+        crafting = target if crafter is None else task.space_model(crafter, inputs)
+        x = task.to_space(inputs, evaluation.model)
+        x_adv = attack.function(crafting, x, targets, eps=eps, bounds=task.input_range, generator=generator, **params)
         with torch.no_grad():
             outputs = target(x_adv)
         predicted = task.predictions(outputs)

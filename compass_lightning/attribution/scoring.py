@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from compass_lightning.attribution._core import METHODS
 from compass_lightning.attribution.faithfulness import insertion_deletion
 from compass_lightning.engine.evaluation import Evaluation
+from compass_lightning.engine.samples import Samples
 
 RANDOM = "random"  # the chance baseline: uniformly random attributions
 
@@ -70,13 +71,14 @@ def score_probe(
     attributions of the first ``keep`` samples of this process' shard (for heatmaps).
     """
     task, probe = evaluation.task, evaluation.probe
-    model = task.space_model(evaluation.model)
     predicted = task.predictions(evaluation.outputs(probe.inputs)).cpu()
     kept: list[Tensor] = []
 
-    def run(inputs: Tensor, target: Tensor) -> dict[str, Tensor]:
-        x = task.to_space(inputs)
-        attributions = attribute(name, params, model, x, target, generator, evaluation.batch_size)
+    def run(inputs: Samples, target: Tensor) -> dict[str, Tensor]:
+        model = task.space_model(evaluation.model, inputs)
+        x = task.to_space(inputs, evaluation.model)
+        given = params if "baseline" not in params else {**params, "baseline": task.baseline(x, params["baseline"])}
+        attributions = attribute(name, given, model, x, target, generator, evaluation.batch_size)
         if keep and not kept:
             kept.append(attributions[:keep].detach().cpu())
         insertion, deletion, curve = insertion_deletion(

@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import warnings
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Optional
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Optional, TypeVar
 
 import lightning.pytorch as pl
 import torch
@@ -37,6 +37,7 @@ from compass_lightning.reporting.tags import ERRORS
 from compass_lightning.tasks import Classification, Task
 
 ERRORS_TAG = ERRORS
+Selection = TypeVar("Selection", Mapping[str, Any], tuple, list)
 #: The batch size of an evaluation whose model fails the forward that chooses one (the evaluation then reports the failure).
 FALLBACK_BATCH_SIZE = 128
 
@@ -153,13 +154,28 @@ class CompassCallback(Callback):
         """Raise a ``ValueError`` at fit start if the settings do not fit the model (e.g. a layer
         name it does not have)."""
 
-    def refuse_inapplicable(self, kind: str, names: Iterable[str], argument: str) -> None:
-        """A ``ValueError`` naming ``argument`` and the task's reason for the first of ``names`` (of
-        ``kind``, see :data:`~compass_lightning.tasks.base.KINDS`) that does not apply to the task."""
-        for name in names:
-            reason = self.task.refusal(kind, name)
-            if reason:
-                raise ValueError(f"{argument}: {name!r} does not apply to {self.task!r}: {reason}")
+    def applicable(self, kind: str, selection: Selection, argument: str, *, explicit: bool) -> Selection:
+        """The entries of ``selection`` (names, or a mapping from names) whose ``kind`` (see
+        :data:`~compass_lightning.tasks.base.KINDS`) applies to the task.
+
+        One that does not is a ``ValueError`` naming ``argument`` and the task's reason when the user
+        chose it (``explicit``), and is left out with one warning giving the reason when it came from
+        the defaults, so that a monitor at its defaults runs on any task.
+        """
+        refused = {name: reason for name in selection if (reason := self.task.refusal(kind, name))}
+        if not refused:
+            return selection
+        name, reason = next(iter(refused.items()))
+        if explicit:
+            raise ValueError(f"{argument}: {name!r} does not apply to {self.task!r}: {reason}")
+        rank_zero_warn(
+            f"{type(self).__name__}: left out of the default {argument}, as they do not apply to {self.task!r}: "
+            + "; ".join(f"{n!r} ({r})" for n, r in refused.items()),
+            category=CompassWarning,
+        )
+        if isinstance(selection, Mapping):
+            return {n: value for n, value in selection.items() if n not in refused}
+        return type(selection)(n for n in selection if n not in refused)
 
     def prepare(self, trainer: pl.Trainer) -> None:
         """Fit-start work that needs the trainer, such as sampling training data, so that bad sizes

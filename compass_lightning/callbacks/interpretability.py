@@ -18,11 +18,13 @@ from compass_lightning.engine.checks import check_bool, check_choice, check_int
 from compass_lightning.reporting.figures import heatmap_overlay, labelled_image_grid, line_chart
 from compass_lightning.engine.layers import check_layer_parameters
 from compass_lightning.engine.registry import resolve_selection
+from compass_lightning.engine.samples import take
 from compass_lightning.reporting.tags import tag
 from compass_lightning.tasks import Task
 
 MODULE = "interpretability"
 
+DEFAULT_METHODS = ("saliency", "integrated_gradients", "smoothgrad", "gradcam")
 SCORES = ("insertion", "deletion", "insertion_minus_deletion")
 
 Methods = Union[Sequence[str], Mapping[str, Optional[Mapping[str, Any]]]]
@@ -67,7 +69,7 @@ class AttributionScores(CompassCallback):
 
     def __init__(
         self,
-        methods: Methods = ("saliency", "integrated_gradients", "smoothgrad", "gradcam"),
+        methods: Methods = DEFAULT_METHODS,
         *,
         steps: int = 32,
         baseline: str = "zeros",
@@ -92,7 +94,7 @@ class AttributionScores(CompassCallback):
             fail_fast=fail_fast,
         )
         self.methods = resolve_selection(METHODS, "methods", methods)
-        self.refuse_inapplicable("attribution", self.methods, "methods")
+        self.methods = self.applicable("attribution", self.methods, "methods", explicit=methods != DEFAULT_METHODS)
         self.steps = check_int("steps", steps, minimum=2)
         self.baseline = check_choice("baseline", baseline, SUBSTRATES)
         self.insertion_start = check_choice("insertion_start", insertion_start, SUBSTRATES)
@@ -138,7 +140,9 @@ class AttributionScores(CompassCallback):
                 evaluation.scalars[tag(MODULE, name, "insertion_minus_deletion")] = insertion - deletion
                 curves[name] = (rows["insertion_curve"].mean(dim=0), rows["deletion_curve"].mean(dim=0))
         if shown and kept:
-            evaluation.images["compass/interpretability/heatmaps"] = self._heatmap_grid(trainer, task, probe, kept, shown)
+            grid = self._heatmap_grid(trainer, task, probe, kept, shown)
+            if grid is not None:
+                evaluation.images["compass/interpretability/heatmaps"] = grid
         if evaluation.want_images and curves:
             fractions = torch.linspace(0, 1, self.steps).tolist()
             for index, kind in enumerate(("insertion", "deletion")):
@@ -151,8 +155,10 @@ class AttributionScores(CompassCallback):
                     chance=RANDOM,
                 )
 
-    def _heatmap_grid(self, trainer: pl.Trainer, task: Task, probe: Any, kept: dict[str, Tensor], shown: int) -> Tensor:
-        images = task.display(task.to_space(probe.shard(probe.inputs)[:shown]))
+    def _heatmap_grid(self, trainer: pl.Trainer, task: Task, probe: Any, kept: dict[str, Tensor], shown: int) -> Tensor | None:
+        images = task.show(take(probe.shard(probe.inputs), slice(0, shown)))
+        if images is None:  # the task draws no pictures of its samples
+            return None
         overlays = {name: heatmap_overlay(images, attributions) for name, attributions in kept.items()}
         rows = {f"#{i}": torch.stack([images[i].expand(3, -1, -1), *(o[i] for o in overlays.values())]) for i in range(shown)}
         return labelled_image_grid(

@@ -14,13 +14,13 @@ from typing_extensions import override
 from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData, compass_module
 from compass_lightning.engine.checks import check_int, check_real
 from compass_lightning.reporting.figures import labelled_image_grid
-from compass_lightning.mutation import MUTATIONS, batch_dependence, mutate, shuffle_permutation
+from compass_lightning.engine.samples import apply, take
+from compass_lightning.mutation import batch_dependence, shuffle_permutation
 from compass_lightning.engine.registry import resolve_selection
 from compass_lightning.reporting.reporter import CompassWarning
 from compass_lightning.reporting.tags import MEAN_MUTATION_ACCURACY, tag
 from compass_lightning.tasks import Task
 
-DEFAULT_MUTATIONS = ("label_error", "data_missing", "data_shuffle", "noise", "contrast", "brightness", "random_crop")
 
 Mutations = Union[Sequence[str], Mapping[str, Optional[Mapping[str, Any]]]]
 
@@ -44,8 +44,9 @@ class MutationMetrics(CompassCallback):
     ``pl_module.log``, so ``ModelCheckpoint(monitor="compass/basic/accuracy", mode="max")`` works.
 
     Args:
-        mutations: names of :data:`~compass_lightning.mutation.MUTATIONS`, or a mapping from names
-            to parameter overrides, e.g. ``{"noise": {"sigma": 0.2}, "label_error": None}``.
+        mutations: names of the task's mutants (:data:`~compass_lightning.mutation.MUTATIONS` for
+            images), or a mapping from names to parameter overrides, e.g. ``{"noise": {"sigma": 0.2},
+            "label_error": None}``; ``None``: the task's ``default_mutations`` (for images: all seven).
         image_count: probe images shown per mutant (0: no example grid).
         shuffle_tolerance: the largest probability change ``data_shuffle`` may cause before the
             warning.
@@ -65,7 +66,7 @@ class MutationMetrics(CompassCallback):
 
     def __init__(
         self,
-        mutations: Mutations = DEFAULT_MUTATIONS,
+        mutations: Optional[Mutations] = None,
         *,
         image_count: int = 8,
         shuffle_tolerance: float = 1e-4,
@@ -86,8 +87,9 @@ class MutationMetrics(CompassCallback):
             probe_data=probe_data,
             fail_fast=fail_fast,
         )
-        self.mutations = resolve_selection(MUTATIONS, "mutations", mutations)
-        self.refuse_inapplicable("mutation", self.mutations, "mutations")
+        registry = self.task.mutations
+        self.mutations = resolve_selection(registry, "mutations", self.task.default_mutations if mutations is None else mutations)
+        self.mutations = self.applicable("mutation", self.mutations, "mutations", explicit=mutations is not None)
         self.image_count = check_int("image_count", image_count, minimum=0)
         self.shuffle_tolerance = check_real("shuffle_tolerance", shuffle_tolerance, low=0.0)
 
@@ -95,7 +97,7 @@ class MutationMetrics(CompassCallback):
     def expected_tags(self) -> list[str]:
         tags = [tag("basic", metric) for metric in self.task.metric_names]
         for name in self.mutations:
-            extra = ("accuracy_drop", "batch_dependence") if MUTATIONS[name].permutes else ("accuracy_drop",)
+            extra = ("accuracy_drop", "batch_dependence") if self.task.mutations[name].permutes else ("accuracy_drop",)
             tags += [tag("mutation", name, metric) for metric in (*self.task.metric_names, *extra)]
         return [*tags, MEAN_MUTATION_ACCURACY]
 
@@ -112,48 +114,43 @@ class MutationMetrics(CompassCallback):
 
         # Mutants act on the whole probe on the CPU, where it lives: the random draws are then the
         # same on every device and every DDP rank, and each rank forwards only its shard.
-        pixels = task.to_space(probe.inputs)
         shown = min(self.image_count, len(probe))
-        gallery = {"clean": pixels[:shown]}
+        first = slice(0, shown)
+        gallery = {"clean": take(probe.inputs, first)}
         labels = {"clean": probe.targets[:shown]}
         correct = {"clean": task.correct(clean_logits[:shown], probe.targets[:shown]).cpu()}
         accuracies = []
         for name, params in self.mutations.items():
             with self.isolate(f"mutation {name!r}"):
-                mutated, targets = mutate(
-                    name,
-                    pixels,
-                    probe.targets,
-                    num_classes=task.classes(clean_logits),
-                    generator=self.generator(name),
-                    bounds=task.input_range,
-                    **params,
-                )
-                logits = clean_logits if mutated is pixels else evaluation.outputs(task.from_space(mutated))
+                mutated, targets = task.mutate(name, probe.inputs, probe.targets, classes=task.classes(clean_logits),
+                                               generator=self.generator(name), **params)
+                logits = clean_logits if mutated is probe.inputs else evaluation.outputs(mutated)
                 metrics = task.metrics(logits, targets)
                 prefix = tag("mutation", name)
                 evaluation.scalars.update({f"{prefix}/{metric}": value for metric, value in metrics.items()})
                 evaluation.scalars[f"{prefix}/accuracy_drop"] = clean["accuracy"] - metrics["accuracy"]
                 accuracies.append(metrics["accuracy"])
-                if MUTATIONS[name].permutes:
+                if task.mutations[name].permutes:
                     evaluation.scalars[f"{prefix}/batch_dependence"] = self._batch_dependence(
                         name, clean_logits, logits
                     )
                 elif shown:
                     # copies: a view of the first images would keep every mutant of the whole probe alive
-                    gallery[name], labels[name] = mutated[:shown].clone(), targets[:shown].clone()
+                    gallery[name], labels[name] = apply(take(mutated, first), Tensor.clone), targets[:shown].clone()
                     correct[name] = task.correct(logits[:shown], targets[:shown]).cpu()
         if accuracies:
             evaluation.scalars[MEAN_MUTATION_ACCURACY] = torch.stack(accuracies).mean()
-        if evaluation.want_images and shown:
+        pictures = {name: task.show(samples) for name, samples in gallery.items()} if evaluation.want_images and shown else {}
+        if pictures and all(picture is not None for picture in pictures.values()):
             evaluation.images["compass/mutation/examples"] = labelled_image_grid(
-                {name: task.display(images) for name, images in gallery.items()},
+                pictures,
                 labels,
                 reference="clean",
                 correct=correct,
                 title=f"epoch {trainer.current_epoch}: the same probe images under every mutant\n"
                 "frame: green predicted right, red wrong; label: on red where the mutant changed it",
             )
+        if evaluation.want_images and shown:
             overview = task.overview(clean_logits, probe.targets, title=f"clean probe, epoch {trainer.current_epoch}")
             if overview is not None:
                 evaluation.images["compass/basic/confusion_matrix"] = overview

@@ -32,6 +32,7 @@ from compass_lightning.neurons import (
 from compass_lightning.neurons.deviation import SUMMARY, deviation_similarities
 from compass_lightning.engine.probe import ProbeSet
 from compass_lightning.engine.evaluation import attack_key
+from compass_lightning.engine.samples import take, to
 from compass_lightning.reporting.tags import tag
 from compass_lightning.tasks import Task
 
@@ -143,9 +144,11 @@ class NeuronAnalysis(CompassCallback):
         self.excitability = check_bool("excitability", excitability)
         self.deviation = check_bool("deviation", deviation)
         self.attack = ATTACKS.lookup(attack, "attack").name
-        self.refuse_inapplicable("neurons", self.criteria, "criteria")
-        if deviation:
-            self.refuse_inapplicable("attack", [self.attack], "attack")
+        self.criteria = self.applicable("neurons", self.criteria, "criteria", explicit=tuple(criteria) != CRITERIA)
+        if self.deviation:  # at its default: left out with a warning where the task has no layer deviation
+            self.deviation = bool(self.applicable("neurons", ["deviation"], "analyses", explicit=False))
+        if self.deviation:
+            self.applicable("attack", [self.attack], "attack", explicit=True)
         self.eps = check_real("eps", eps, low=0.0)
         self.image_count = check_int("image_count", image_count, minimum=0)
         self._layer_names: list[str] = []
@@ -190,7 +193,6 @@ class NeuronAnalysis(CompassCallback):
     @override
     def evaluate(self, trainer: pl.Trainer, evaluation: Evaluation) -> None:
         model, probe, task = evaluation.model, evaluation.probe, evaluation.task
-        pixel_model = task.space_model(model)
         layers = select_layers(model, self.layers)
         if not self._layer_names:  # trainer.validate/test: no fit start has resolved them
             self.check_model(model)
@@ -198,11 +200,11 @@ class NeuronAnalysis(CompassCallback):
             self._coverage(trainer, evaluation, layers)
 
         def sensitive(inputs: Tensor, normal: Tensor) -> dict[str, Tensor]:
-            return neuron_sensitivity(pixel_model, task.to_space(inputs), sigma=self.sigma, draws=self.draws,
+            return neuron_sensitivity(task.space_model(model, inputs), task.to_space(inputs, model), sigma=self.sigma, draws=self.draws,
                                       layers=self.layers, normal=normal)
 
         with self.isolate("neuron sensitivity"):
-            normal = self._normal("sensitivity", self.draws, probe.inputs)
+            normal = self._normal("sensitivity", self.draws, evaluation)
             scores = _means(evaluation.per_sample(sensitive, probe.inputs, normal))
             self._log_fraction(evaluation, "sensitivity", scores)
             top = top_neurons(scores)
@@ -212,23 +214,27 @@ class NeuronAnalysis(CompassCallback):
         if self.excitability:
 
             def excitable(inputs: Tensor, targets: Tensor, normal: Tensor) -> dict[str, Tensor]:
-                return neuron_excitability(pixel_model, task.to_space(inputs), targets, sigma=self.sigma,
+                return neuron_excitability(task.space_model(model, inputs), task.to_space(inputs, model), targets, sigma=self.sigma,
                                            draws=1, layers=self.layers, normal=normal)
 
             with self.isolate("neuron excitability"):
-                normal = self._normal("excitability", 1, probe.inputs)
+                normal = self._normal("excitability", 1, evaluation)
                 scores = _means(evaluation.per_sample(excitable, probe.inputs, probe.targets, normal))
                 self._log_fraction(evaluation, "excitability", scores)
         if self.deviation:
             with self.isolate(f"layer deviation under {self.attack}"):
-                self._deviation(trainer, evaluation, pixel_model)
+                self._deviation(trainer, evaluation)
         if evaluation.want_images:
             self._sensitivity_map(evaluation)
 
-    def _normal(self, key: str, draws: int, inputs: Tensor) -> Tensor:
-        """``(N, draws, ...)`` standard normal draws for the whole probe, made on the CPU from the
-        key's generator: the same numbers whatever the device, ``batch_size`` or number of processes."""
-        return torch.randn((len(inputs), draws, *inputs.shape[1:]), generator=self.generator(key))
+    def _normal(self, key: str, draws: int, evaluation: Evaluation) -> Tensor:
+        """``(N, draws, ...)`` standard normal draws in the perturbation space for the whole probe,
+        made on the CPU from the key's generator: the same numbers whatever the device, ``batch_size``
+        or number of processes."""
+        probe = evaluation.probe
+        one = to(take(probe.inputs, slice(0, 1)), evaluation.device)
+        shape = evaluation.task.to_space(one, evaluation.model).shape[1:]  # of one sample in the space
+        return torch.randn((len(probe), draws, *shape), generator=self.generator(key))
 
     def _coverage(self, trainer: pl.Trainer, evaluation: Evaluation, layers: dict) -> None:
         model, probe, task = evaluation.model, evaluation.probe, evaluation.task
@@ -254,18 +260,18 @@ class NeuronAnalysis(CompassCallback):
         evaluation.scalars[f"{PREFIX}/{kind}/fraction"] = fractions.pop("total")
         evaluation.scalars.update({f"{PREFIX}/{kind}/fraction/{layer}": v for layer, v in fractions.items()})
 
-    def _deviation(self, trainer: pl.Trainer, evaluation: Evaluation, pixel_model: nn.Module) -> None:
+    def _deviation(self, trainer: pl.Trainer, evaluation: Evaluation) -> None:
         probe, task = evaluation.probe, evaluation.task
         layers = conv_neuron_layers(evaluation.model, self.layers)
         generator = self.generator(f"deviation/{self.attack}", evaluation.device)  # for random attacks
-        normal = self._normal(f"deviation/{self.attack}/gaussian", 1, probe.inputs)[:, 0]
+        normal = self._normal(f"deviation/{self.attack}/gaussian", 1, evaluation)[:, 0]
         shown = min(self.image_count, len(probe.shard(probe.inputs))) if evaluation.want_images else 0
         kept: dict[str, Any] = {}
 
         def similarities(inputs: Tensor, targets: Tensor, z: Tensor, *made: Tensor) -> dict[str, Tensor]:
-            x = task.to_space(inputs)
+            x = task.to_space(inputs, evaluation.model)
             per_layer, extras = deviation_similarities(
-                pixel_model, x, targets, attack=self.attack, eps=self.eps, layers=layers, bounds=task.input_range,
+                task.space_model(evaluation.model, inputs), x, targets, attack=self.attack, eps=self.eps, layers=layers, bounds=task.input_range,
                 generator=generator, x_adv=made[0] if made else None, normal=z,
             )
             if shown and not kept:

@@ -31,6 +31,9 @@ from compass_lightning.tasks import Task
 MODULE = "pruning"
 
 REPORT_FILE = "pruning_report.csv"
+DEFAULT_METHODS = ("magnitude", "taylor", "obd")
+DEFAULT_ATTACKS = ("fgsm", "pgd")  # of the joint analysis
+DEFAULT_ATTRIBUTION = ("saliency", "integrated_gradients")
 UNPRUNED = "unpruned"
 JOINT = ("asr", "insertion", "deletion")
 #: The finer grid ``max_safe_rate`` is read from: 0.05, 0.10, ..., 0.95.
@@ -105,7 +108,7 @@ class PruningAnalysis(CompassCallback):
 
     def __init__(
         self,
-        methods: Methods = ("magnitude", "taylor", "obd"),
+        methods: Methods = DEFAULT_METHODS,
         *,
         rates: Sequence[float] = (0.35, 0.40, 0.45, 0.50),
         sweep: Sequence[float] = DEFAULT_SWEEP,
@@ -115,10 +118,10 @@ class PruningAnalysis(CompassCallback):
         calibration_data: Optional[ProbeData] = None,
         joint: bool = True,
         joint_rates: Sequence[float] = (0.35, 0.40),
-        attacks: Sequence[str] = ("fgsm", "pgd"),
+        attacks: Sequence[str] = DEFAULT_ATTACKS,
         eps: float = 8 / 255,
         eps_l2: float = 0.5,
-        attribution_methods: Sequence[str] = ("saliency", "integrated_gradients"),
+        attribution_methods: Sequence[str] = DEFAULT_ATTRIBUTION,
         attribution_steps: int = 16,
         attribution_probe_size: Optional[int] = 32,
         save_pruned: bool = False,
@@ -136,7 +139,7 @@ class PruningAnalysis(CompassCallback):
             check_int("every_n_epochs", every_n_epochs, minimum=1)
         self.every_n_epochs = every_n_epochs
         self.methods = resolve_selection(IMPORTANCES, "methods", methods)
-        self.refuse_inapplicable("pruning", self.methods, "methods")
+        self.methods = self.applicable("pruning", self.methods, "methods", explicit=methods != DEFAULT_METHODS)
         in_range = {"low": 0.0, "high": 1.0, "high_open": True}
         self.rates = tuple(sorted(set(check_reals("rates", list(rates) if isinstance(rates, tuple) else rates, **in_range))))
         if not isinstance(sweep, (list, tuple)):
@@ -153,10 +156,11 @@ class PruningAnalysis(CompassCallback):
         # The joint analyses score the pruned copies with the same functions as the robustness and
         # interpretability monitors (attacks.scoring, attribution.scoring).
         self.attacks = resolve_selection(ATTACKS, "attacks", attacks)
-        self.refuse_inapplicable("attack", self.attacks, "attacks")
+        self.attacks = self.applicable("attack", self.attacks, "attacks", explicit=attacks != DEFAULT_ATTACKS)
         self.eps = {"linf": check_real("eps", eps, low=0.0), "l2": check_real("eps_l2", eps_l2, low=0.0)}
         self.attribution_methods = resolve_selection(METHODS, "attribution_methods", attribution_methods)
-        self.refuse_inapplicable("attribution", self.attribution_methods, "attribution_methods")
+        self.attribution_methods = self.applicable("attribution", self.attribution_methods, "attribution_methods",
+                                                   explicit=attribution_methods != DEFAULT_ATTRIBUTION)
         for params in self.attribution_methods.values():
             if "bounds" in params:  # methods that clip to pixel bounds clip to the task's
                 params["bounds"] = self.task.input_range

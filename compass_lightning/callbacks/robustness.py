@@ -25,6 +25,8 @@ from compass_lightning.tasks import Task
 MODULE = "robustness"
 
 SNAPSHOT = "snapshot"
+DEFAULT_ATTACKS = ("fgsm", "pgd")
+DEFAULT_TRANSFER = ("mifgsm",)
 METRICS = ("asr", "robust_accuracy", "mean_linf", "mean_l2")
 
 Attacks = Union[Sequence[str], Mapping[str, Optional[Mapping[str, Any]]]]
@@ -103,12 +105,12 @@ class AttackSuccessRate(CompassCallback):
 
     def __init__(
         self,
-        attacks: Attacks = ("fgsm", "pgd"),
+        attacks: Attacks = DEFAULT_ATTACKS,
         *,
         eps: Union[float, Sequence[float]] = 8 / 255,
         eps_l2: Union[float, Sequence[float]] = 0.5,
         transfer_from: Surrogates = (),
-        transfer_attacks: Attacks = ("mifgsm",),
+        transfer_attacks: Attacks = DEFAULT_TRANSFER,
         snapshot_every: int = 5,
         image_count: int = 8,
         every_n_epochs: int = 1,
@@ -132,9 +134,10 @@ class AttackSuccessRate(CompassCallback):
         self.eps = {"linf": check_reals("eps", eps, low=0.0), "l2": check_reals("eps_l2", eps_l2, low=0.0)}
         self.transfer_from = _surrogate_names(transfer_from)
         self.transfer_attacks = resolve_selection(ATTACKS, "transfer_attacks", transfer_attacks)
-        self.refuse_inapplicable("attack", self.attacks, "attacks")
+        self.attacks = self.applicable("attack", self.attacks, "attacks", explicit=attacks != DEFAULT_ATTACKS)
         if self.transfer_from:  # transfer attacks run only with surrogates
-            self.refuse_inapplicable("attack", self.transfer_attacks, "transfer_attacks")
+            self.transfer_attacks = self.applicable("attack", self.transfer_attacks, "transfer_attacks",
+                                                    explicit=transfer_attacks != DEFAULT_TRANSFER)
         self.snapshot_every = check_int("snapshot_every", snapshot_every, minimum=1)
         self.image_count = check_int("image_count", image_count, minimum=0)
         self._snapshot: nn.Module | None = None
@@ -206,7 +209,7 @@ class AttackSuccessRate(CompassCallback):
         if asrs:
             evaluation.scalars[MEAN_ASR] = mean_attack_success_rate(asrs)
         self._transfer(trainer, evaluation, correct)
-        if shown and examples:
+        if shown and examples and task.display(next(iter(examples.values()))[0]) is not None:  # a task without pictures draws none
             evaluation.images["compass/robustness/examples"] = self._example_grid(
                 trainer, task, probe.targets[:shown], clean[:shown], examples
             )
@@ -249,11 +252,10 @@ class AttackSuccessRate(CompassCallback):
                 surrogate = source.to(evaluation.device)
                 context = analysis_mode(surrogate, seed=self.seed)
             with context:
-                crafter = evaluation.task.space_model(surrogate)
                 for name, params in self.transfer_attacks.items():
                     eps = self._budgets(name)[0]
                     with self.isolate(f"transfer attack {name!r} from {surrogate_name!r}"):
-                        metrics, _ = self._attack(evaluation, name, params, eps, correct, 0, crafter)
+                        metrics, _ = self._attack(evaluation, name, params, eps, correct, 0, surrogate)
                         prefix = tag(MODULE, "transfer", surrogate_name, name)
                         evaluation.scalars.update({f"{prefix}/{m}": v for m, v in metrics.items()})
         if SNAPSHOT in self.transfer_from.values() and trainer.state.fn == "fit":

@@ -1,6 +1,7 @@
-"""Task adapters: the interface (:class:`Task`) and its image-classification implementation."""
+"""Task adapters: the interface (:class:`Task`), image classification and text classification."""
 
 from compass_lightning.tasks.base import KINDS, Task
 from compass_lightning.tasks.classification import Classification, PixelModel
+from compass_lightning.tasks.text import TextClassification
 
-__all__ = ["KINDS", "Classification", "PixelModel", "Task"]
+__all__ = ["KINDS", "Classification", "PixelModel", "Task", "TextClassification"]

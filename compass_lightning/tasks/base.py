@@ -34,28 +34,42 @@ class Task(Protocol):
     """What every task adapter provides (a structural type: subclassing it is optional).
 
     Attributes:
-        input_range: the bounds of the perturbation space; mutants and attacks clip to them.
-        metric_names: the names of the basic metrics :meth:`metrics` returns (``compass/basic/<name>``).
+        input_range: the bounds of the perturbation space; attacks clip to them.
+        metric_names: the names of the basic metrics :meth:`metrics` returns (``compass/basic/<name>``),
+            ``"accuracy"`` among them (the fraction of samples that count as correct).
+        mutations: the registry of the mutants that apply (the image mutants of
+            :data:`~compass_lightning.mutation.MUTATIONS` for images).
+        default_mutations: the mutants ``MutationMetrics`` runs when given none.
     """
 
     input_range: tuple[float, float]
     metric_names: tuple[str, ...]
+    mutations: Any
+    default_mutations: tuple[str, ...]
 
     def split(self, batch: Any) -> tuple[Tensor, Tensor]:
         """``(inputs, targets)`` of a batch, inputs in data space (what the model takes)."""
 
-    def to_space(self, x: Tensor) -> Tensor:
-        """Data space → perturbation space (e.g. undo a normalisation)."""
+    def to_space(self, x: Any, model: nn.Module) -> Tensor:
+        """Data-space inputs → the perturbation space attacks and attributions work in (pixels: undo
+        a normalisation; token ids: the model's embeddings)."""
 
-    def from_space(self, x: Tensor) -> Tensor:
-        """Perturbation space → data space."""
+    def baseline(self, x: Tensor, value: float) -> Tensor | float:
+        """The point attribution baselines start from for perturbation-space inputs ``x``: ``value``
+        everywhere for images; what in ``x`` is not perturbable kept (the token ids of text)."""
+
+    def mutate(self, name: str, x: Any, targets: Tensor, *, classes: int, generator: Any,
+               **params: Any) -> tuple[Any, Tensor]:
+        """The mutant ``name`` (of :attr:`mutations`) applied to data-space inputs and their targets,
+        the result in data space (the inputs themselves when the mutant leaves them alone)."""
 
     def outputs(self, model: Any, x: Tensor) -> Tensor:
         """The model's per-sample outputs for data-space inputs ``x`` (one row per sample),
         checked, with a message saying what was expected."""
 
-    def space_model(self, model: nn.Module) -> nn.Module:
-        """``model`` taking perturbation-space inputs: what attacks and attributions differentiate."""
+    def space_model(self, model: nn.Module, x: Any) -> nn.Module:
+        """``model`` taking perturbation-space inputs of the data-space samples ``x`` (what attacks and
+        attributions differentiate; a text model also needs their token ids and masks)."""
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         """The mean loss of ``outputs`` against ``targets`` (pruning importances, attacks)."""
@@ -80,5 +94,9 @@ class Task(Protocol):
         """Why the analysis ``name`` of ``kind`` (one of :data:`KINDS`) does not apply to this
         task, or ``None`` when it does."""
 
-    def display(self, x: Tensor) -> Tensor:
-        """Perturbation-space samples ``(N, ...)`` as images ``(N, C, H, W)`` in ``[0, 1]``."""
+    def display(self, x: Tensor) -> Tensor | None:
+        """Perturbation-space samples ``(N, ...)`` as images ``(N, C, H, W)`` in ``[0, 1]``, or
+        ``None`` when they are not drawn as images."""
+
+    def show(self, x: Any) -> Tensor | None:
+        """Data-space samples as images ``(N, C, H, W)`` in ``[0, 1]``, or ``None``."""

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from compass_lightning.engine.checks import check_interval
 from compass_lightning.metrics import METRIC_NAMES, classification_metrics, confusion_matrix
+from compass_lightning.mutation import MUTATIONS, mutate
 
 Key = Union[int, str]
 
@@ -182,20 +183,32 @@ class Classification:
 
     # -- the Task interface ------------------------------------------------------------------
 
-    def to_space(self, x: Tensor) -> Tensor:
-        """Data space → perturbation space: :meth:`to_pixels`."""
+    #: The image mutants; MutationMetrics runs these by default.
+    mutations = MUTATIONS
+    default_mutations = ("label_error", "data_missing", "data_shuffle", "noise", "contrast", "brightness", "random_crop")
+
+    def to_space(self, x: Tensor, model: nn.Module | None = None) -> Tensor:
+        """Data space → perturbation space: :meth:`to_pixels` (the model does not matter)."""
         return self.to_pixels(x)
 
-    def from_space(self, x: Tensor) -> Tensor:
-        """Perturbation space → data space: :meth:`from_pixels`."""
-        return self.from_pixels(x)
+    def baseline(self, x: Tensor, value: float) -> float:
+        """A constant image (black for 0)."""
+        return value
+
+    def mutate(self, name: str, x: Tensor, targets: Tensor, *, classes: int, generator: torch.Generator | None,
+               **params: Any) -> tuple[Tensor, Tensor]:
+        """:func:`~compass_lightning.mutation.mutate` in pixel space, back in data space."""
+        pixels = self.to_pixels(x)
+        mutated, targets = mutate(name, pixels, targets, num_classes=classes, generator=generator,
+                                  bounds=self.input_range, **params)
+        return (x if mutated is pixels else self.from_pixels(mutated)), targets
 
     def outputs(self, model: Callable[[Tensor], Any], x: Tensor) -> Tensor:
         """The per-sample outputs: :meth:`logits`."""
         return self.logits(model, x)
 
-    def space_model(self, model: nn.Module) -> PixelModel:
-        """The model on perturbation-space inputs: :meth:`pixel_model`."""
+    def space_model(self, model: nn.Module, x: Tensor | None = None) -> PixelModel:
+        """The model on perturbation-space inputs: :meth:`pixel_model` (the samples do not matter)."""
         return self.pixel_model(model)
 
     @property
@@ -233,6 +246,10 @@ class Classification:
         """Pixel-space images mapped from ``input_range`` to ``[0, 1]``."""
         low, high = self.input_range
         return ((x - low) / (high - low)).clamp(0, 1)
+
+    def show(self, x: Tensor) -> Tensor:
+        """Data-space images in ``[0, 1]``: :meth:`display` of :meth:`to_pixels`."""
+        return self.display(self.to_pixels(x))
 
 
 class PixelModel(nn.Module):

@@ -1,0 +1,279 @@
+"""The text-classification task adapter: token ids in, perturbations in the model's embedding space.
+
+A text sample is a row of token ids ``(L,)``. Attacks and attributions act on its embeddings, read
+at the output of the model's embedding module and put back there by a forward hook, so any model
+works unchanged (a TextCNN, an LSTM, a Hugging Face transformer).
+
+**The perturbation space.** Attacks and attributions take tensors, and many of them (integrated
+gradients, SmoothGrad, insertion/deletion) put several variants of different samples through the
+model in one batch, so every row must say which tokens it stands for. A sample's point in the space
+is therefore a ``(1 + D) × 1 × L`` tensor:
+
+* channels ``1..D``: the embeddings relative to the reference token's (``mask_id``, else
+  ``pad_id``), divided by the embedding scale — the RMS of the embedding matrix' entries — so that
+  ``eps`` is in units of that scale whatever the model (an L∞ ``eps`` of 0.5 moves each coordinate
+  by at most half the typical embedding coordinate);
+* channel 0: the token ids, as ``(id + 1) · 2^16`` (read back rounded; no gradient flows to it, so
+  attacks and attributions leave it alone). A position whose id channel is zeroed — what deletion
+  and the zero baseline do — becomes the reference token (with ``mask_id``) or padding hidden by
+  the attention mask (without).
+
+Positions of padding and of ``special_ids`` are never perturbed: the model always sees their clean
+embeddings. With channels as the first dimension and tokens as the width, the generic machinery
+treats a sentence as a one-pixel-high image: attributions summed over channels are per-token
+scores, deletion replaces the most important tokens by the reference token.
+
+Written here because no library maps token models to a perturbation space that batched attacks and
+Captum-style attributions can share (Captum's layer methods do it per method, TextAttack per attack).
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Embedding(10, 4, padding_idx=0), nn.Flatten(), nn.Linear(12, 2))
+    >>> task = TextClassification(pad_id=0, mask_id=1)
+    >>> ids = torch.tensor([[5, 6, 0], [7, 0, 0]])
+    >>> z = task.to_space(ids, model)
+    >>> z.shape                                   # (N, 1 + D, 1, L)
+    torch.Size([2, 5, 1, 3])
+    >>> torch.allclose(task.space_model(model, ids)(z), task.outputs(model, ids))
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from compass_lightning.engine.checks import check_int
+from compass_lightning.metrics import METRIC_NAMES, classification_metrics
+from compass_lightning.mutation_text import TEXT_MUTATIONS, mutate_tokens
+
+Key = Union[int, str]
+ID_SCALE = float(2**16)
+
+#: What does not apply to text, and why (refused at construction with this reason).
+REFUSED: dict[str, dict[str, str]] = {
+    "attack": {
+        **{name: "it transforms images (resizing, translation, the image spectrum)" for name in ("difgsm", "tifgsm", "ssa")},
+        **{name: "it guides the attack by an image feature layer" for name in ("naa", "ata")},
+        "cw": "it optimises in a box-bounded space, and embeddings are unbounded",
+    },
+    "attribution": {
+        **{name: "it needs a Conv2d feature map" for name in ("gradcam", "agi")},
+        **{name: "not yet checked against Captum's layer methods on token models"
+           for name in ("deeplift", "fast_ig", "guided_ig", "big", "rise")},
+    },
+    "neurons": {"deviation": "Grad-CAM layer deviation needs Conv2d feature maps"},
+}
+
+
+def logits_of(output: Any) -> Tensor:
+    """The logits of a model's output: the tensor itself, a Hugging Face output's ``.logits``, or the
+    first item of a tuple."""
+    if isinstance(output, Tensor):
+        return output
+    if hasattr(output, "logits"):
+        return output.logits
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    raise TypeError(f"the model returned a {type(output).__name__}, not logits (a tensor, .logits or a tuple)")
+
+
+class TextClassification:
+    """Adapter for classifiers of token-id sequences, returning logits ``(N, C)``.
+
+    Args:
+        input_key: where the token ids ``(N, L)`` are in a batch (an index of a tuple batch or a key
+            of a dict batch).
+        target_key: where the integer class targets are.
+        embedding: the name of the embedding module (default: the model's
+            ``get_input_embeddings()`` for Hugging Face models, else the first ``nn.Embedding``).
+        pad_id: the padding token id (never perturbed; hidden by the attention mask).
+        mask_id: the token deleted tokens become (``None``: deleted tokens become hidden padding).
+        unk_id: the token the ``data_missing`` mutant writes (default: ``mask_id``, else ``pad_id``).
+        special_ids: tokens never perturbed, replaced or deleted (e.g. ``[CLS]``, ``[SEP]``).
+        attention_mask: the keyword the model takes its attention mask by (e.g. ``"attention_mask"``
+            for Hugging Face models); the adapter passes ``ids != pad_id`` there. ``None``: no mask.
+        vocabulary_size: the number of token ids (default: the embedding's) — what token mutants draw from.
+
+    Example:
+        >>> task = TextClassification(pad_id=0, mask_id=1, special_ids=[2])
+        >>> task.refusal("attack", "tifgsm")
+        'it transforms images (resizing, translation, the image spectrum)'
+    """
+
+    input_range = (-float("inf"), float("inf"))
+    mutations = TEXT_MUTATIONS
+    default_mutations = ("label_error", "data_missing", "data_shuffle", "token_replace", "token_swap")
+
+    def __init__(
+        self,
+        input_key: Key = 0,
+        target_key: Key = 1,
+        *,
+        embedding: Optional[str] = None,
+        pad_id: int = 0,
+        mask_id: Optional[int] = None,
+        unk_id: Optional[int] = None,
+        special_ids: Sequence[int] = (),
+        attention_mask: Optional[str] = None,
+        vocabulary_size: Optional[int] = None,
+    ) -> None:
+        for name, key in (("input_key", input_key), ("target_key", target_key)):
+            if not isinstance(key, (int, str)) or isinstance(key, bool):
+                raise TypeError(f"{name} must be an int (tuple batches) or a str (dict batches), got {key!r}")
+        if input_key == target_key:
+            raise ValueError(f"input_key and target_key are both {input_key!r}; the ids and the labels are apart")
+        self.input_key, self.target_key = input_key, target_key
+        self.embedding = embedding
+        self.pad_id = check_int("pad_id", pad_id, minimum=0)
+        self.mask_id = None if mask_id is None else check_int("mask_id", mask_id, minimum=0)
+        self.unk_id = None if unk_id is None else check_int("unk_id", unk_id, minimum=0)
+        self.special_ids = tuple(check_int("special_ids", i, minimum=0) for i in special_ids)
+        self.attention_mask = attention_mask
+        self.vocabulary_size = None if vocabulary_size is None else check_int("vocabulary_size", vocabulary_size, minimum=2)
+
+    def __repr__(self) -> str:
+        return f"TextClassification(pad_id={self.pad_id}, mask_id={self.mask_id}, special_ids={list(self.special_ids)})"
+
+    # -- batches and the model ------------------------------------------------------------------
+
+    def split(self, batch: Any) -> tuple[Tensor, Tensor]:
+        ids, targets = batch[self.input_key], batch[self.target_key]
+        if not isinstance(ids, Tensor) or ids.dtype not in (torch.int64, torch.int32) or ids.ndim != 2:
+            raise TypeError(f"TextClassification expects integer token ids (N, L) at key {self.input_key!r} of the batch")
+        return ids, targets
+
+    def embedding_module(self, model: nn.Module) -> nn.Embedding:
+        """The module whose output is the token embeddings."""
+        model = getattr(model, "wrapped", model)
+        if self.embedding is not None:
+            modules = dict(model.named_modules())
+            if self.embedding not in modules:
+                raise ValueError(f"embedding: the model has no module {self.embedding!r}")
+            return modules[self.embedding]
+        if hasattr(model, "get_input_embeddings"):
+            return model.get_input_embeddings()
+        found = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+        if found is None:
+            raise ValueError("embedding: the model has no nn.Embedding; name its embedding module")
+        return found
+
+    def _call(self, model: nn.Module, ids: Tensor) -> Tensor:
+        kwargs = {self.attention_mask: (ids != self.pad_id).long()} if self.attention_mask else {}
+        return logits_of(model(ids, **kwargs))
+
+    def outputs(self, model: nn.Module, ids: Tensor) -> Tensor:
+        """The logits ``(N, C)`` for token ids ``(N, L)``."""
+        return self._call(model, ids)
+
+    def fixed(self, ids: Tensor) -> Tensor:
+        """Whether each position is padding or a special token (never perturbed)."""
+        keep = torch.tensor([self.pad_id, *self.special_ids], device=ids.device)
+        return torch.isin(ids, keep)
+
+    # -- the perturbation space -----------------------------------------------------------------
+
+    def _frame(self, model: nn.Module) -> tuple[nn.Module, Tensor, Tensor]:
+        """The embedding module, the reference embedding and the scale."""
+        embedding = self.embedding_module(model)
+        weight = embedding.weight
+        reference_id = self.mask_id if self.mask_id is not None else self.pad_id
+        reference = weight[reference_id].detach()
+        scale = weight.detach().float().pow(2).mean().sqrt().clamp_min(1e-12)
+        return embedding, reference, scale
+
+    def to_space(self, ids: Tensor, model: nn.Module) -> Tensor:
+        """Token ids ``(N, L)`` → their points ``(N, 1 + D, 1, L)`` (see the module docstring)."""
+        embedding, reference, scale = self._frame(model)
+        with torch.no_grad():
+            vectors = (embedding(ids).float() - reference) / scale
+        channel = ((ids + 1).float() * ID_SCALE)[:, None]
+        return torch.cat([channel, vectors.transpose(1, 2)], dim=1).unsqueeze(2)
+
+    def baseline(self, z: Tensor, value: float) -> Tensor:
+        """The embedding channels at ``value`` (0: the reference token), the token ids kept: an
+        integrated-gradients path then changes the embeddings only."""
+        base = torch.full_like(z, value)
+        base[:, 0] = z[:, 0]
+        return base
+
+    def space_model(self, model: nn.Module, ids: Any = None) -> TextSpaceModel:
+        """``model`` on points of the perturbation space (every row carries its token ids)."""
+        return TextSpaceModel(model, self)
+
+    # -- what counts ----------------------------------------------------------------------------
+
+    metric_names = METRIC_NAMES
+
+    def metrics(self, logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        return classification_metrics(logits, targets, self.classes(logits))
+
+    def classes(self, logits: Tensor) -> int:
+        return logits.shape[1]
+
+    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return torch.nn.functional.cross_entropy(logits, targets)
+
+    def predictions(self, logits: Tensor) -> Tensor:
+        return logits.argmax(dim=1)
+
+    def correct(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return self.predictions(logits) == targets.to(logits.device)
+
+    def overview(self, logits: Tensor, targets: Tensor, title: str) -> None:
+        return None
+
+    def refusal(self, kind: str, name: str) -> str | None:
+        return REFUSED.get(kind, {}).get(name)
+
+    def display(self, x: Tensor) -> None:
+        return None  # token pictures come with the text pictures (not yet drawn)
+
+    def show(self, x: Tensor) -> None:
+        return None
+
+    # -- mutants --------------------------------------------------------------------------------
+
+    def mutate(self, name: str, ids: Tensor, targets: Tensor, *, classes: int, generator: torch.Generator | None,
+               **params: Any) -> tuple[Tensor, Tensor]:
+        """A text mutant of :data:`~compass_lightning.mutation_text.TEXT_MUTATIONS` on token ids."""
+        fill = self.unk_id if self.unk_id is not None else (self.mask_id if self.mask_id is not None else self.pad_id)
+        vocabulary = self.vocabulary_size or int(ids.max()) + 1
+        return mutate_tokens(name, ids, targets, num_classes=classes, generator=generator, fixed=self.fixed(ids),
+                             fill_id=fill, vocabulary_size=vocabulary, **params)
+
+
+class TextSpaceModel(nn.Module):
+    """A text model on points of :class:`TextClassification`'s perturbation space.
+
+    Reads each row's token ids from channel 0, rebuilds its embeddings from channels ``1..D``
+    (clean ones at padding and special positions), and runs the model on the ids with its
+    embedding module's output replaced by them. The model is not registered as a submodule, as
+    for :class:`~compass_lightning.tasks.classification.PixelModel`.
+    """
+
+    def __init__(self, model: nn.Module, task: TextClassification) -> None:
+        super().__init__()
+        self.__dict__["wrapped"] = model
+        self.task = task
+
+    def forward(self, z: Tensor) -> Tensor:
+        task = self.task
+        embedding, reference, scale = task._frame(self.wrapped)
+        ids = (z[:, 0, 0].detach() / ID_SCALE).round().long() - 1
+        deleted = ids < 0
+        ids = torch.where(deleted, task.mask_id if task.mask_id is not None else task.pad_id, ids)
+        vectors = z[:, 1:, 0].transpose(1, 2) * scale + reference
+        with torch.no_grad():
+            clean = embedding(ids)
+        vectors = torch.where(task.fixed(ids)[..., None], clean.to(vectors.dtype), vectors).to(clean.dtype)
+        handle = embedding.register_forward_hook(lambda module, inputs, output: vectors)
+        try:
+            return task._call(self.wrapped, ids)
+        finally:
+            handle.remove()
+
