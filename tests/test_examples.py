@@ -1,4 +1,5 @@
-"""The ResNet-18 example: its generated data is deterministic and learnable, and a --fast run logs the Compass."""
+"""The examples: the ResNet-18 one's generated data is deterministic and learnable, and a --fast run of
+each (ResNet-18, digits, text) logs every module of the Compass and writes only under its log directory."""
 
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from conftest import EVERY_MODULE, assert_monitor_ran, read_events
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import cifar_like  # noqa: E402
 import digits  # noqa: E402
+import text  # noqa: E402
 
 
 def test_synthetic_cifar_is_deterministic_balanced_and_in_range():
@@ -37,7 +39,7 @@ def test_synthetic_cifar_is_learnable_by_a_linear_probe_on_simple_features():
     assert 0.3 < accuracy, accuracy  # far above chance (0.1): there is structure to learn
 
 
-@pytest.mark.parametrize("example", [cifar_like, digits], ids=["cifar_like", "digits"])
+@pytest.mark.parametrize("example", [cifar_like, digits, text], ids=["cifar_like", "digits", "text"])
 def test_fast_run_logs_every_module_of_the_compass_and_writes_only_under_its_logdir(tmp_path, monkeypatch, example):
     work = tmp_path / "work"
     work.mkdir()
@@ -48,3 +50,12 @@ def test_fast_run_logs_every_module_of_the_compass_and_writes_only_under_its_log
     assert {"compass/basic/accuracy", "compass/robustness/fgsm/asr", "compass/neurons/coverage/nc",
             "compass/pruning/magnitude/max_safe_rate", "compass/score/accuracy", "compass/errors"} <= scalars
     assert list(work.iterdir()) == []
+
+
+def test_the_text_example_reads_the_real_sentences_of_the_installed_gensim_wheel():
+    words, labels = text.sentences()
+    assert len(words) == 200 and sum(labels) == 100  # 100 negative, 100 positive Rotten Tomatoes snippets
+    assert words[0][:3] == ["simplistic", ",", "silly"]
+    data = text.Reviews()
+    assert len(data.train_set) == 150 and len(data.val_set) == 50
+    assert int(data.train_set.tensors[0].max()) < len(data.vocabulary) + 3

@@ -172,3 +172,26 @@ def test_a_hugging_face_model_works_unchanged_and_its_token_ig_equals_captums():
         ids, baselines=baseline_ids, target=target, n_steps=32, method="gausslegendre").sum(dim=2)
     assert torch.allclose(ours, reference, atol=1e-5)
     assert torch.equal(ours[TASK.fixed(ids)], torch.zeros_like(ours[TASK.fixed(ids)]))  # padding and [CLS]
+
+
+def test_projection_to_real_tokens_counts_what_an_embedding_attack_really_changes():
+    from compass_lightning.attacks.scoring import attack_metrics, attack_probe
+    from compass_lightning.engine.evaluation import Evaluation
+    from compass_lightning.engine.probe import ProbeSet
+
+    torch.manual_seed(0)
+    model = TextCNN().eval()
+    ids, y = _probe(16)
+    assert torch.equal(TASK.nearest_tokens(TASK.to_space(ids, model), ids, model), ids)  # clean points are real
+    evaluation = Evaluation(model, ProbeSet(ids, y), TASK, batch_size=8)
+    clean = TASK.correct(evaluation.outputs(ids), y).cpu()
+    rates = {}
+    for eps in (0.01, 50.0):
+        rows, _ = attack_probe(evaluation, "fgsm", {}, eps, torch.Generator().manual_seed(0))
+        rates[eps] = attack_metrics(clean, rows)
+    assert rates[0.01]["token_change_rate"] == 0 and rates[0.01]["projected_asr"] == 0  # too small to reach a token
+    assert 0 < rates[50.0]["token_change_rate"] <= 1  # far enough to land on other tokens
+    with pytest.raises(ValueError, match="transfer_from: transfer attacks do not apply"):
+        cl.AttackSuccessRate(task=TASK, transfer_from=["snapshot"])
+    assert {"compass/robustness/fgsm/token_change_rate", "compass/robustness/fgsm/projected_asr"} <= set(
+        cl.AttackSuccessRate(attacks=["fgsm"], task=TASK).expected_tags())

@@ -84,10 +84,13 @@ def attack_probe(
         }
         if share:
             rows["x_adv"] = x_adv.detach()
+        rows.update(task.project(x_adv.detach(), inputs, targets, evaluation.model))  # e.g. the tokens really changed
         return rows
 
     rows = {key: value.cpu() for key, value in evaluation.per_sample(run, probe.inputs, probe.targets).items()}
-    rows["correct"] = rows["correct"].bool()
+    for key in ("correct", "projected_correct"):
+        if key in rows:
+            rows[key] = rows[key].bool()
     if share:
         evaluation.shared.put(attack_key(name, eps, params), rows.pop("x_adv").to(probe.inputs.dtype))
     return rows, (kept[0] if kept else None)
@@ -95,10 +98,17 @@ def attack_probe(
 
 def attack_metrics(clean_correct: Tensor, rows: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The logged metrics of one attack from :func:`attack_probe`'s rows and whether each sample was
-    correct before it: ``asr``, ``robust_accuracy``, ``mean_linf``, ``mean_l2``."""
-    return {
+    correct before it: ``asr``, ``robust_accuracy``, ``mean_linf``, ``mean_l2``; for a task whose
+    adversarial points are not real inputs (text) also ``token_change_rate`` and ``projected_asr``,
+    the ASR of the nearest real inputs."""
+    metrics = {
         "asr": attack_success_rate(clean_correct, rows["correct"]),
         "robust_accuracy": robust_accuracy(rows["correct"]),
         "mean_linf": rows["linf"].mean(),
         "mean_l2": rows["l2"].mean(),
     }
+    if "token_change_rate" in rows:
+        metrics["token_change_rate"] = rows["token_change_rate"].mean()
+    if "projected_correct" in rows:
+        metrics["projected_asr"] = attack_success_rate(clean_correct, rows["projected_correct"])
+    return metrics

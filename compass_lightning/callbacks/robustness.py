@@ -135,6 +135,8 @@ class AttackSuccessRate(CompassCallback):
         self.transfer_from = _surrogate_names(transfer_from)
         self.transfer_attacks = resolve_selection(ATTACKS, "transfer_attacks", transfer_attacks)
         self.attacks = self.applicable("attack", self.attacks, "attacks", explicit=attacks != DEFAULT_ATTACKS)
+        if self.transfer_from and (reason := self.task.refusal("attack", "transfer")):
+            raise ValueError(f"transfer_from: transfer attacks do not apply to {self.task!r}: {reason}")
         if self.transfer_from:  # transfer attacks run only with surrogates
             self.transfer_attacks = self.applicable("attack", self.transfer_attacks, "transfer_attacks",
                                                     explicit=transfer_attacks != DEFAULT_TRANSFER)
@@ -155,6 +157,10 @@ class AttackSuccessRate(CompassCallback):
             "transfer_from": sorted(self.transfer_from),
         }
 
+    def _metrics(self) -> tuple[str, ...]:
+        """The metrics of every attack: :data:`METRICS` and what the task adds (text: the tokens changed)."""
+        return (*METRICS, *self.task.adversarial_metrics)
+
     def _budgets(self, name: str) -> tuple[float, ...]:
         return self.eps[ATTACKS[name].norm]
 
@@ -164,11 +170,11 @@ class AttackSuccessRate(CompassCallback):
         for name in self.attacks:
             budgets = self._budgets(name)
             prefixes = [()] + ([(_eps_tag(e),) for e in budgets] if len(budgets) > 1 else [])
-            tags += [tag(MODULE, name, *prefix, metric) for prefix in prefixes for metric in METRICS]
+            tags += [tag(MODULE, name, *prefix, metric) for prefix in prefixes for metric in self._metrics()]
         tags.append(MEAN_ASR)
         for surrogate in self.transfer_from:
             for name in self.transfer_attacks:
-                tags += [tag(MODULE, "transfer", surrogate, name, metric) for metric in METRICS]
+                tags += [tag(MODULE, "transfer", surrogate, name, metric) for metric in self._metrics()]
         return tags
 
     @override

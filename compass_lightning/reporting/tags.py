@@ -61,7 +61,8 @@ METRICS: dict[str, Metric] = {
     "accuracy_drop": _FRACTION_DOWN, "batch_dependence": Metric("lower", "probability"),
     # robustness
     "asr": _FRACTION_DOWN, "mean_asr": _FRACTION_DOWN, "robust_accuracy": _FRACTION_UP,
-    "mean_linf": Metric(None, "pixel units"), "mean_l2": Metric(None, "pixel units"),
+    "mean_linf": Metric(None, "perturbation-space units"), "mean_l2": Metric(None, "perturbation-space units"),
+    "token_change_rate": Metric(None, "fraction of tokens"), "projected_asr": _FRACTION_DOWN,
     # interpretability
     "insertion": Metric("higher", "AUC"), "deletion": Metric("lower", "AUC"),
     "insertion_minus_deletion": Metric("higher", "AUC"),

@@ -40,12 +40,14 @@ class Task(Protocol):
         mutations: the registry of the mutants that apply (the image mutants of
             :data:`~compass_lightning.mutation.MUTATIONS` for images).
         default_mutations: the mutants ``MutationMetrics`` runs when given none.
+        adversarial_metrics: the tags :meth:`project`'s rows add to every attack (none for images).
     """
 
     input_range: tuple[float, float]
     metric_names: tuple[str, ...]
     mutations: Any
     default_mutations: tuple[str, ...]
+    adversarial_metrics: tuple[str, ...]
 
     def split(self, batch: Any) -> tuple[Tensor, Tensor]:
         """``(inputs, targets)`` of a batch, inputs in data space (what the model takes)."""
@@ -53,6 +55,12 @@ class Task(Protocol):
     def to_space(self, x: Any, model: nn.Module) -> Tensor:
         """Data-space inputs → the perturbation space attacks and attributions work in (pixels: undo
         a normalisation; token ids: the model's embeddings)."""
+
+    def project(self, x_adv: Tensor, x: Any, targets: Tensor, model: nn.Module) -> dict[str, Tensor]:
+        """Per-sample rows about adversarial points ``x_adv`` of the data-space samples ``x`` that the
+        space alone does not show: ``token_change_rate`` (a fraction per sample) and
+        ``projected_correct`` (whether the real input nearest to ``x_adv`` still counts as correct),
+        as a text attack needs; ``{}`` where every point is a real input (pixels)."""
 
     def baseline(self, x: Tensor, value: float) -> Tensor | float:
         """The point attribution baselines start from for perturbation-space inputs ``x``: ``value``

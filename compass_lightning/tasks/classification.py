@@ -191,6 +191,12 @@ class Classification:
         """Data space → perturbation space: :meth:`to_pixels` (the model does not matter)."""
         return self.to_pixels(x)
 
+    adversarial_metrics: tuple[str, ...] = ()
+
+    def project(self, x_adv: Tensor, x: Tensor, targets: Tensor, model: nn.Module) -> dict[str, Tensor]:
+        """Nothing: an adversarial image is a real input."""
+        return {}
+
     def baseline(self, x: Tensor, value: float) -> float:
         """A constant image (black for 0)."""
         return value

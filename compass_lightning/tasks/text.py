@@ -60,6 +60,7 @@ REFUSED: dict[str, dict[str, str]] = {
         **{name: "it transforms images (resizing, translation, the image spectrum)" for name in ("difgsm", "tifgsm", "ssa")},
         **{name: "it guides the attack by an image feature layer" for name in ("naa", "ata")},
         "cw": "it optimises in a box-bounded space, and embeddings are unbounded",
+        "transfer": "a surrogate embeds tokens in a space of its own, so its adversarial embeddings mean nothing to the model",
     },
     "attribution": {
         **{name: "it needs a Conv2d feature map" for name in ("gradcam", "agi")},
@@ -193,6 +194,37 @@ class TextClassification:
             vectors = (embedding(ids).float() - reference) / scale
         channel = ((ids + 1).float() * ID_SCALE)[:, None]
         return torch.cat([channel, vectors.transpose(1, 2)], dim=1).unsqueeze(2)
+
+    #: What an embedding-space attack really does to the text: see :meth:`project`.
+    adversarial_metrics = ("token_change_rate", "projected_asr")
+
+    def project(self, z_adv: Tensor, ids: Tensor, targets: Tensor, model: nn.Module) -> dict[str, Tensor]:
+        """The adversarial embeddings projected to their nearest vocabulary entries (Euclidean; never
+        to padding or a special token; fixed positions kept): per sample, the fraction of its free
+        tokens that change (``token_change_rate``), and whether the projected — real — input still
+        counts as correct (``projected_correct``; its mean over the correct samples is the ASR of
+        real inputs, which embedding-space ASR alone overstates)."""
+        projected = self.nearest_tokens(z_adv, ids, model)
+        free = ~self.fixed(ids)
+        change = ((projected != ids) & free).sum(dim=1) / free.sum(dim=1).clamp_min(1)
+        with torch.no_grad():
+            outputs = self.outputs(model, projected)
+        return {"token_change_rate": change.float(), "projected_correct": self.correct(outputs, targets).float()}
+
+    def nearest_tokens(self, z: Tensor, ids: Tensor, model: nn.Module, chunk: int = 1024) -> Tensor:
+        """The vocabulary id nearest to each position's embedding in ``z`` (fixed positions keep theirs)."""
+        embedding, reference, scale = self._frame(model)
+        weight = embedding.weight.detach().float()
+        vectors = (z[:, 1:, 0].transpose(1, 2).detach().float() * scale + reference.float()).reshape(-1, weight.shape[1])
+        allowed = torch.ones(len(weight), dtype=torch.bool, device=weight.device)
+        allowed[[self.pad_id, *self.special_ids]] = False
+        squared = weight.pow(2).sum(dim=1)
+        nearest = []
+        for part in vectors.split(chunk):  # (chunk, V) distances at a time: bounded memory for large vocabularies
+            distance = squared[None] - 2 * part @ weight.T
+            nearest.append(distance.masked_fill(~allowed, float("inf")).argmin(dim=1))
+        projected = torch.cat(nearest).view_as(ids)
+        return torch.where(self.fixed(ids), ids, projected)
 
     def baseline(self, z: Tensor, value: float) -> Tensor:
         """The embedding channels at ``value`` (0: the reference token), the token ids kept: an
