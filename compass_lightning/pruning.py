@@ -1,6 +1,6 @@
 """Pruning without fine-tuning (AI-Compass module 5): how much of a model is redundant.
 
-Importance scores rank the prunable weights (those of ``Conv2d`` and ``Linear`` modules);
+Importance scores rank the prunable weights (those of ``Conv2d``, ``Conv1d`` and ``Linear`` modules);
 :func:`prune` zeroes the lowest ones on a copy, globally (unstructured, through
 ``torch.nn.utils.prune`` with ``importance_scores``) or whole filters (``structured=True``). The
 pruning rate is the fraction of prunable weights set to zero. Everything happens on deep copies:
@@ -39,7 +39,7 @@ from compass_lightning.engine.registry import Check, Operation, Registry
 
 Batches = Iterable[tuple[Tensor, Tensor]]
 LossFn = Callable[[Tensor, Tensor], Tensor]
-PRUNABLE = (nn.Conv2d, nn.Linear)
+PRUNABLE = (nn.Conv2d, nn.Conv1d, nn.Linear)  # Conv1d: the convolutions of text models
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def _importance(name: str, *, changes_weights: bool = False, **checks: Check) ->
 
 
 def prunable(model: nn.Module) -> dict[str, nn.Module]:
-    """``{module name: module}`` of the ``Conv2d`` and ``Linear`` modules, in registration order."""
+    """``{module name: module}`` of the ``Conv2d``, ``Conv1d`` and ``Linear`` modules, in registration order."""
     return {name: module for name, module in model.named_modules() if isinstance(module, PRUNABLE)}
 
 
@@ -333,7 +333,7 @@ class PruningSweep:
 
 
 def sparsity(model: nn.Module) -> float:
-    """The fraction of prunable (``Conv2d``/``Linear``) weights that are exactly zero."""
+    """The fraction of prunable (``Conv2d``/``Conv1d``/``Linear``) weights that are exactly zero."""
     weights = list(_weights(model).values())
     total = sum(w.numel() for w in weights)
     return sum(int((w == 0).sum()) for w in weights) / total if total else 0.0

@@ -43,6 +43,11 @@ class Tabular:
     def baseline(self, x: Tensor, value: float) -> float:
         return value
 
+    adversarial_metrics = ()  # an adversarial feature vector is a real input
+
+    def project(self, x_adv: Tensor, x: Tensor, targets: Tensor, model: nn.Module) -> dict[str, Tensor]:
+        return {}
+
     def mutate(self, name: str, x: Tensor, targets: Tensor, *, classes: int, generator, **params):
         return mutate(name, x, targets, num_classes=classes, generator=generator, bounds=self.input_range, **params)
 

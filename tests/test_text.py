@@ -144,6 +144,12 @@ def test_the_compass_on_a_textcnn_logs_every_module_it_does_not_refuse(tmp_path)
                        "compass/neurons/coverage/nc", "compass/pruning/magnitude/max_safe_rate")
     fit = [r for r in compass.history if r["stage"] == "fit"]
     assert fit[-2]["metrics"]["compass/basic/accuracy"] > 0.8  # the cue tokens are learnt
+    # the Conv1d is analysed and pruned too, and every attack says how many real tokens it changes
+    assert {"compass/neurons/coverage/nc/conv", "compass/neurons/sensitivity/fraction/conv"} <= set(fit[0]["metrics"])
+    assert 0 <= fit[0]["metrics"]["compass/robustness/pgd/token_change_rate"] <= 1
+    from compass_lightning.pruning import prunable
+
+    assert "conv" in prunable(trainer.lightning_module)
 
 
 def _tiny_bert():
@@ -195,3 +201,50 @@ def test_projection_to_real_tokens_counts_what_an_embedding_attack_really_change
         cl.AttackSuccessRate(task=TASK, transfer_from=["snapshot"])
     assert {"compass/robustness/fgsm/token_change_rate", "compass/robustness/fgsm/projected_asr"} <= set(
         cl.AttackSuccessRate(attacks=["fgsm"], task=TASK).expected_tags())
+
+
+def _trained_textcnn(tmp_path) -> TextCNN:
+    pl.seed_everything(0)
+    model = TextCNN()
+    make_trainer(tmp_path, [], epochs=3, logger=False).fit(model)
+    return model.eval()
+
+
+def test_hotflip_flips_at_most_k_real_tokens_never_padding_or_specials_and_succeeds_more_with_k(tmp_path):
+    model = _trained_textcnn(tmp_path)
+    ids, y = sentences(64, 7).tensors
+    z = TASK.to_space(ids, model)
+    space = TASK.space_model(model)
+    clean = space(z).argmax(1) == y
+    rates = []
+    for k in (1, 2, 4):
+        adv = run_attack("hotflip", space, z, y, eps=0.0, bounds=TASK.input_range, k=k)
+        flipped = (adv[:, 0, 0] / ID_SCALE).round().long() - 1
+        changed = flipped != ids
+        assert (changed.sum(dim=1) <= k).all()
+        assert not changed[TASK.fixed(ids)].any()  # padding and [CLS] never flipped
+        assert not torch.isin(flipped[changed], torch.tensor([PAD, CLS])).any() and (flipped < VOCAB).all()
+        # a real input: its embedding channels are those of its tokens, so the projection finds them again
+        assert torch.equal(TASK.nearest_tokens(adv, ids, model), flipped)
+        assert torch.allclose(space(adv), model(flipped), atol=1e-5)
+        fooled = (space(adv).argmax(1) != y) & clean
+        rates.append(float(fooled.sum() / clean.sum()))
+    assert clean.float().mean() > 0.8 and rates == sorted(rates) and rates[-1] > rates[0]  # more flips, more success
+
+
+def test_hotflip_in_the_robustness_monitor_is_real_and_refused_for_images(tmp_path):
+    from compass_lightning.attacks.scoring import attack_metrics, attack_probe
+    from compass_lightning.engine.evaluation import Evaluation
+    from compass_lightning.engine.probe import ProbeSet
+
+    model = _trained_textcnn(tmp_path)
+    ids, y = sentences(32, 7).tensors
+    evaluation = Evaluation(model, ProbeSet(ids, y), TASK, batch_size=16)
+    clean = TASK.correct(evaluation.outputs(ids), y).cpu()
+    rows, _ = attack_probe(evaluation, "hotflip", {"k": 2}, 0.0, torch.Generator())
+    metrics = attack_metrics(clean, rows)
+    assert metrics["projected_asr"] == metrics["asr"]  # every hotflip example is a real token sequence
+    free = (~TASK.fixed(ids)).sum(dim=1).float()
+    assert 0 < metrics["token_change_rate"] <= (2 / free).mean() + 1e-6
+    with pytest.raises(ValueError, match="attacks: 'hotflip' does not apply to Classification.*flips tokens"):
+        cl.AttackSuccessRate(attacks=["hotflip"], task=cl.Classification())

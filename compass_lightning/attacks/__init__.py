@@ -22,6 +22,7 @@ deepfool   L2    DeepFool, budgeted by eps
 ssa        L∞    spectrum simulation attack (transfer)
 naa        L∞    neuron attribution-based attack (transfer)
 ata        L∞    attention-guided transfer attack (transfer)
+hotflip    —     HotFlip: at most ``k`` first-order token flips (text models only)
 ========== ===== ==========================================================================
 
 Example:
@@ -42,6 +43,7 @@ from torch import Tensor
 
 from compass_lightning.attacks._core import ATTACKS, Attack, Model
 from compass_lightning.attacks.gradient import difgsm, fgsm, ifgsm, mifgsm, pgd, pgd_l2, sinifgsm, tifgsm
+from compass_lightning.attacks.hotflip import hotflip
 from compass_lightning.attacks.minimal import cw, deepfool
 from compass_lightning.attacks.success import attack_success_rate, mean_attack_success_rate, robust_accuracy
 from compass_lightning.attacks.transfer import ata, naa, ssa
@@ -69,6 +71,7 @@ __all__ = [
     "ata",
     "attack_success_rate",
     "cw",
+    "hotflip",
     "deepfool",
     "difgsm",
     "fgsm",

@@ -135,7 +135,7 @@ class AttackSuccessRate(CompassCallback):
         self.transfer_from = _surrogate_names(transfer_from)
         self.transfer_attacks = resolve_selection(ATTACKS, "transfer_attacks", transfer_attacks)
         self.attacks = self.applicable("attack", self.attacks, "attacks", explicit=attacks != DEFAULT_ATTACKS)
-        if self.transfer_from and (reason := self.task.refusal("attack", "transfer")):
+        if self.transfer_from and (reason := self.task.refusal("transfer", "surrogates")):
             raise ValueError(f"transfer_from: transfer attacks do not apply to {self.task!r}: {reason}")
         if self.transfer_from:  # transfer attacks run only with surrogates
             self.transfer_attacks = self.applicable("attack", self.transfer_attacks, "transfer_attacks",

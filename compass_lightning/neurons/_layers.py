@@ -1,7 +1,8 @@
 """Which layers the neuron analyses look at, and recording their neurons with forward hooks.
 
-A *neuron* is a channel of a ``Conv2d`` (its spatial mean) or a unit of a ``Linear``. By default
-every ``Conv2d`` and ``Linear`` is selected; where such a layer is followed inside an
+A *neuron* is a channel of a ``Conv2d`` or ``Conv1d`` (its spatial or temporal mean — over every
+position, padding included, for text) or a unit of a ``Linear``. By default every ``Conv2d``,
+``Conv1d`` and ``Linear`` is selected; where such a layer is followed inside an
 ``nn.Sequential`` by an activation module (normalisation layers in between allowed), the
 activation's output is observed, so neurons are read after their non-linearity, as the coverage
 and sensitivity definitions intend.
@@ -69,19 +70,19 @@ def _follower(modules: dict[str, nn.Module], name: str) -> nn.Module | None:
 
 
 def select_layers(model: nn.Module, names: Sequence[str] | None = None, *, argument: str = "layers") -> dict[str, Layer]:
-    """``{name: Layer}``: every ``Conv2d`` and ``Linear`` (read after a following activation), or
+    """``{name: Layer}``: every ``Conv2d``, ``Conv1d`` and ``Linear`` (read after a following activation), or
     exactly the modules named (read as they are). An unknown name is a ``ValueError`` listing the
     model's layers."""
     modules = dict(unwrap(model).named_modules())
     if names is None:
-        chosen = [n for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Linear)) and n]
+        chosen = [n for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Conv1d, nn.Linear)) and n]
         if not chosen:
-            raise ValueError(f"{argument}: the model has no Conv2d or Linear layer; name layers from: {_names(modules)}")
+            raise ValueError(f"{argument}: the model has no Conv2d, Conv1d or Linear layer; name layers from: {_names(modules)}")
         followers = {n: _follower(modules, n) for n in chosen}
         shared = {id(f) for f in followers.values() if f is not None and sum(g is f for g in followers.values()) > 1}
         # an activation instance reused after several layers cannot tell their outputs apart: read those raw
         observed = {n: f if f is not None and id(f) not in shared else modules[n] for n, f in followers.items()}
-        return {n: Layer(n, observed[n], isinstance(modules[n], nn.Conv2d)) for n in chosen}
+        return {n: Layer(n, observed[n], isinstance(modules[n], (nn.Conv2d, nn.Conv1d))) for n in chosen}
     missing = [n for n in names if n not in modules or not n]
     if missing:
         raise ValueError(f"{argument}: the model has no layer {missing[0]!r}; its layers: {_names(modules)}")

@@ -26,7 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 from torch import Tensor, nn
 
 #: The kinds of analysis a task may refuse, the first argument of :meth:`Task.refusal`.
-KINDS = ("mutation", "attack", "attribution", "neurons", "pruning")
+KINDS = ("mutation", "attack", "transfer", "attribution", "neurons", "pruning")
 
 
 @runtime_checkable

@@ -245,7 +245,9 @@ class Classification:
         return self.predictions(logits) == targets.to(logits.device)
 
     def refusal(self, kind: str, name: str) -> str | None:
-        """``None``: every mutant, attack and analysis applies to image classifiers."""
+        """``None`` for every mutant, attack and analysis but the token attack ``hotflip``."""
+        if kind == "attack" and name == "hotflip":
+            return "it flips tokens: a text attack (use TextClassification)"
         return None
 
     def display(self, x: Tensor) -> Tensor:

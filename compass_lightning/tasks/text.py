@@ -60,8 +60,8 @@ REFUSED: dict[str, dict[str, str]] = {
         **{name: "it transforms images (resizing, translation, the image spectrum)" for name in ("difgsm", "tifgsm", "ssa")},
         **{name: "it guides the attack by an image feature layer" for name in ("naa", "ata")},
         "cw": "it optimises in a box-bounded space, and embeddings are unbounded",
-        "transfer": "a surrogate embeds tokens in a space of its own, so its adversarial embeddings mean nothing to the model",
     },
+    "transfer": {"surrogates": "a surrogate embeds tokens in a space of its own, so its adversarial embeddings mean nothing to the model"},
     "attribution": {
         **{name: "it needs a Conv2d feature map" for name in ("gradcam", "agi")},
         **{name: "not yet checked against Captum's layer methods on token models"
