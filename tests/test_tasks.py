@@ -87,6 +87,9 @@ class Tabular:
     def show(self, x: Tensor) -> Tensor:
         return self.display(x)
 
+    def attribution_figure(self, x, attributions, predicted, targets, title):
+        return None  # no attribution picture for feature vectors
+
 
 def blobs(n: int, seed: int) -> TensorDataset:
     """Two Gaussian blobs in feature space, squashed into [0, 1]."""

@@ -14,7 +14,7 @@ import compass_lightning as cl
 from compass_lightning.attacks import ATTACKS, run_attack
 from compass_lightning.attribution import METHODS
 from compass_lightning.mutation_text import mutate_tokens
-from compass_lightning.tasks.text import ID_SCALE
+from compass_lightning.tasks.text import point_ids
 
 
 def _probe(n: int = 6) -> tuple[Tensor, Tensor]:
@@ -27,12 +27,12 @@ def test_the_space_round_trips_and_the_space_model_is_the_model():
     model = TextCNN().eval()
     ids, _ = _probe()
     z = TASK.to_space(ids, model)
-    assert z.shape == (len(ids), 1 + 8, 1, LENGTH)
-    assert torch.equal((z[:, 0, 0] / ID_SCALE).round().long() - 1, ids)
+    assert z.shape == (len(ids), 2 + 8, 1, LENGTH)
+    assert torch.equal(point_ids(z)[0], ids)
     assert torch.allclose(TASK.space_model(model)(z), model(ids), atol=1e-6)
     # the scale: one unit is the RMS of the embedding matrix' entries
     weight = model.embedding.weight.detach()
-    assert torch.allclose(z[:, 1:, 0].transpose(1, 2) * weight.pow(2).mean().sqrt() + weight[MASK], model.embedding(ids).detach(), atol=1e-5)
+    assert torch.allclose(z[:, 2:, 0].transpose(1, 2) * weight.pow(2).mean().sqrt() + weight[MASK], model.embedding(ids).detach(), atol=1e-5)
 
 
 def test_embedding_space_fgsm_equals_its_closed_form_on_a_bag_of_embeddings():
@@ -49,8 +49,8 @@ def test_embedding_space_fgsm_equals_its_closed_form_on_a_bag_of_embeddings():
     direction = (scale * (probabilities - nn.functional.one_hot(y, 3)) @ model.linear.weight.detach()).sign()
     perturbable = ~TASK.fixed(ids)
     expected = eps * direction[:, :, None] * perturbable[:, None, :]
-    assert torch.allclose(adv[:, 1:, 0] - z[:, 1:, 0], expected, atol=1e-6)
-    assert torch.equal(adv[:, 0], z[:, 0])  # the token ids travel unchanged
+    assert torch.allclose(adv[:, 2:, 0] - z[:, 2:, 0], expected, atol=1e-6)
+    assert torch.equal(adv[:, :2], z[:, :2])  # the token ids travel unchanged
 
 
 @pytest.mark.parametrize("name", ["fgsm", "ifgsm", "pgd", "mifgsm", "sinifgsm", "pgd_l2", "deepfool"])
@@ -62,14 +62,14 @@ def test_every_text_attack_stays_within_eps_keeps_the_ids_and_never_moves_paddin
     eps = 0.5 if ATTACKS[name].norm == "linf" else 2.0
     g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
     adv = run_attack(name, TASK.space_model(model), z, y, eps=eps, bounds=TASK.input_range, generator=g())
-    delta = (adv - z)[:, 1:]
+    delta = (adv - z)[:, 2:]
     size = delta.abs().amax() if ATTACKS[name].norm == "linf" else delta.flatten(1).norm(dim=1).max()
     assert size <= eps + 1e-4
-    assert torch.equal((adv[:, 0, 0] / ID_SCALE).round().long() - 1, ids)  # the probe's ids unchanged
+    assert torch.equal(point_ids(adv)[0], ids)  # the probe's ids unchanged
     # padding and special positions: whatever the attack wrote there, the model sees their clean embeddings
     reset = adv.clone()
     fixed = TASK.fixed(ids)
-    reset[:, 1:, 0] = torch.where(fixed[:, None, :], z[:, 1:, 0], adv[:, 1:, 0])
+    reset[:, 2:, 0] = torch.where(fixed[:, None, :], z[:, 2:, 0], adv[:, 2:, 0])
     space = TASK.space_model(model)
     assert torch.equal(space(reset), space(adv))
     again = run_attack(name, TASK.space_model(model), z, y, eps=eps, bounds=TASK.input_range, generator=g())
@@ -86,17 +86,20 @@ def test_token_integrated_gradients_equal_captums_layer_integrated_gradients_and
     z = TASK.to_space(ids, model)
     ours = METHODS["integrated_gradients"].function(TASK.space_model(model), z, target, steps=64,
                                                     baseline=TASK.baseline(z, 0.0))
-    tokens = ours[:, 1:, 0].sum(dim=1)  # summed over the embedding dimension
-    assert torch.equal(ours[:, 0], torch.zeros_like(ours[:, 0]))  # nothing on the id channel
+    tokens = ours[:, 2:, 0].sum(dim=1)  # summed over the embedding dimension
+    assert torch.equal(ours[:, :2], torch.zeros_like(ours[:, :2]))  # nothing on the id channels
     baseline_ids = torch.where(TASK.fixed(ids), ids, torch.full_like(ids, MASK))
     reference = LayerIntegratedGradients(model, model.embedding).attribute(
         ids, baselines=baseline_ids, target=target, n_steps=64, method="gausslegendre").sum(dim=2)
     assert torch.allclose(tokens, reference, atol=1e-5)
+    # a constant zero baseline scales the id channels along the path, and their ratio keeps the ids
+    constant = METHODS["integrated_gradients"].function(TASK.space_model(model), z, target, steps=64)
+    assert torch.allclose(constant[:, 2:, 0].sum(dim=1), reference, atol=1e-4)
     # completeness: the tokens' attributions sum to f(x) - f(baseline), up to the quadrature error of
     # a max-pooled ReLU network, which shrinks with the steps
     gap = (model(ids).gather(1, target[:, None]) - model(baseline_ids).gather(1, target[:, None])).squeeze(1).detach()
     fine = METHODS["integrated_gradients"].function(TASK.space_model(model), z, target, steps=512,
-                                                    baseline=TASK.baseline(z, 0.0))[:, 1:, 0].sum(dim=(1, 2))
+                                                    baseline=TASK.baseline(z, 0.0))[:, 2:, 0].sum(dim=(1, 2))
     assert (fine - gap).abs().max() < (tokens.sum(dim=1) - gap).abs().max() and torch.allclose(fine, gap, atol=2e-3)
 
 
@@ -172,7 +175,7 @@ def test_a_hugging_face_model_works_unchanged_and_its_token_ig_equals_captums():
     assert torch.allclose(task.space_model(model)(z), logits, atol=1e-5)  # the word embeddings replaced by a hook
     target = logits.argmax(dim=1)
     ours = METHODS["integrated_gradients"].function(task.space_model(model), z, target, steps=32,
-                                                    baseline=task.baseline(z, 0.0))[:, 1:, 0].sum(dim=1)
+                                                    baseline=task.baseline(z, 0.0))[:, 2:, 0].sum(dim=1)
     baseline_ids = torch.where(task.fixed(ids), ids, torch.full_like(ids, MASK))
     reference = LayerIntegratedGradients(lambda i: task.outputs(model, i), model.get_input_embeddings()).attribute(
         ids, baselines=baseline_ids, target=target, n_steps=32, method="gausslegendre").sum(dim=2)
@@ -219,7 +222,7 @@ def test_hotflip_flips_at_most_k_real_tokens_never_padding_or_specials_and_succe
     rates = []
     for k in (1, 2, 4):
         adv = run_attack("hotflip", space, z, y, eps=0.0, bounds=TASK.input_range, k=k)
-        flipped = (adv[:, 0, 0] / ID_SCALE).round().long() - 1
+        flipped = point_ids(adv)[0]
         changed = flipped != ids
         assert (changed.sum(dim=1) <= k).all()
         assert not changed[TASK.fixed(ids)].any()  # padding and [CLS] never flipped
@@ -248,3 +251,22 @@ def test_hotflip_in_the_robustness_monitor_is_real_and_refused_for_images(tmp_pa
     assert 0 < metrics["token_change_rate"] <= (2 / free).mean() + 1e-6
     with pytest.raises(ValueError, match="attacks: 'hotflip' does not apply to Classification.*flips tokens"):
         cl.AttackSuccessRate(attacks=["hotflip"], task=cl.Classification())
+
+
+def test_token_heatmaps_draw_every_sentence_and_method_with_the_decoded_tokens():
+    from compass_lightning.reporting.text_figures import tokens_of
+
+    torch.manual_seed(0)
+    model = TextCNN().eval()
+    ids, y = _probe(3)
+    vocabulary = [f"w{i}" for i in range(VOCAB)]
+    task = cl.TextClassification(pad_id=PAD, mask_id=MASK, special_ids=[CLS], decode=vocabulary)
+    z = task.to_space(ids, model)
+    target = model(ids).argmax(1)
+    maps = {name: METHODS[name].function(task.space_model(model), z, target) for name in ("saliency", "input_x_gradient")}
+    picture = task.attribution_figure(ids, maps, target, y, title="epoch 0")
+    assert picture.shape[0] == 3 and picture.shape[1] > 6 * 20 and bool(0 <= picture.min() <= picture.max() <= 1)
+    assert (picture < 0.99).any(dim=0).float().mean() > 0.02  # coloured boxes and text, not a blank page
+    words = tokens_of(ids, vocabulary, PAD)
+    assert [len(w) for w in words] == (ids != PAD).sum(1).tolist() and words[0][0] == "w2"  # [CLS] is id 2
+    assert tokens_of(ids[:1], lambda row: [f"<{i}>" for i in row], PAD)[0][0] == "<2>"

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from compass_lightning.attacks._core import Model, register
 from compass_lightning.engine.checks import at_least_one
-from compass_lightning.tasks.text import ID_SCALE, TextSpaceModel
+from compass_lightning.tasks.text import TextSpaceModel, point_ids
 
 
 def _first_order_scores(gradient: Tensor, current: Tensor, weight: Tensor, chunk: int = 4096) -> Tensor:
@@ -40,10 +40,10 @@ def hotflip(model: Model, x: Tensor, y: Tensor, *, eps: float = 0.0, bounds=None
     if not isinstance(model, TextSpaceModel):
         raise TypeError("hotflip flips tokens: it needs a text model (compass_lightning.TextClassification's space_model)")
     task = model.task
-    embedding, reference, scale = task._frame(model.wrapped)
+    embedding, reference, scale = task.embedding_frame(model.wrapped)
     weight = embedding.weight.detach().to(x.dtype)
     z = x.detach().clone()
-    ids = (z[:, 0, 0] / ID_SCALE).round().long() - 1
+    ids = point_ids(z)[0]
     flippable = ~task.fixed(ids)
     allowed = torch.ones(len(weight), dtype=torch.bool, device=x.device)
     allowed[[task.pad_id, *task.special_ids]] = False
@@ -55,7 +55,7 @@ def hotflip(model: Model, x: Tensor, y: Tensor, *, eps: float = 0.0, bounds=None
         (gradient,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), z)
         z = z.detach()
         active = logits.detach().argmax(dim=1) == y  # a sample already fooled stops flipping
-        scores = _first_order_scores(gradient[:, 1:, 0].transpose(1, 2) / scale, weight[ids], weight)
+        scores = _first_order_scores(gradient[:, 2:, 0].transpose(1, 2) / scale, weight[ids], weight)
         scores = scores.masked_fill(~allowed, -torch.inf).masked_fill(~flippable[..., None], -torch.inf)
         scores.scatter_(2, ids[..., None], -torch.inf)  # a flip changes the token
         best, choice = scores.flatten(1).max(dim=1)
@@ -66,6 +66,6 @@ def hotflip(model: Model, x: Tensor, y: Tensor, *, eps: float = 0.0, bounds=None
         n, i, v = rows[flip], position[flip], token[flip]
         ids[n, i] = v
         flippable[n, i] = False  # each position flips at most once
-        z[n, 0, 0, i] = (v + 1).to(z.dtype) * ID_SCALE
-        z[n, 1:, 0, i] = ((weight[v] - reference.to(z.dtype)) / scale).to(z.dtype)
+        z[n, 0, 0, i] = (v + 1).to(z.dtype) * z[n, 1, 0, i]  # the id channels' ratio: the new token
+        z[n, 2:, 0, i] = ((weight[v] - reference.to(z.dtype)) / scale).to(z.dtype)
     return z

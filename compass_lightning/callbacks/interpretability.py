@@ -15,7 +15,7 @@ from compass_lightning.attribution.faithfulness import SUBSTRATES
 from compass_lightning.attribution.scoring import RANDOM, score_probe
 from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData, compass_module
 from compass_lightning.engine.checks import check_bool, check_choice, check_int
-from compass_lightning.reporting.figures import heatmap_overlay, labelled_image_grid, line_chart
+from compass_lightning.reporting.figures import line_chart
 from compass_lightning.engine.layers import check_layer_parameters
 from compass_lightning.engine.registry import resolve_selection
 from compass_lightning.engine.samples import take
@@ -140,9 +140,15 @@ class AttributionScores(CompassCallback):
                 evaluation.scalars[tag(MODULE, name, "insertion_minus_deletion")] = insertion - deletion
                 curves[name] = (rows["insertion_curve"].mean(dim=0), rows["deletion_curve"].mean(dim=0))
         if shown and kept:
-            grid = self._heatmap_grid(trainer, task, probe, kept, shown)
-            if grid is not None:
-                evaluation.images["compass/interpretability/heatmaps"] = grid
+            first = slice(0, shown)
+            predicted = task.predictions(evaluation.outputs(probe.inputs))
+            figure = task.attribution_figure(
+                take(probe.shard(probe.inputs), first), kept, probe.shard(predicted.cpu())[first],
+                probe.shard(probe.targets)[first],
+                title=f"epoch {trainer.current_epoch}: attributions for the predicted class (bright = important)",
+            )
+            if figure is not None:
+                evaluation.images["compass/interpretability/heatmaps"] = figure
         if evaluation.want_images and curves:
             fractions = torch.linspace(0, 1, self.steps).tolist()
             for index, kind in enumerate(("insertion", "deletion")):
@@ -154,15 +160,3 @@ class AttributionScores(CompassCallback):
                     title=f"mean {kind} curve per method, epoch {trainer.current_epoch}",
                     chance=RANDOM,
                 )
-
-    def _heatmap_grid(self, trainer: pl.Trainer, task: Task, probe: Any, kept: dict[str, Tensor], shown: int) -> Tensor | None:
-        images = task.show(take(probe.shard(probe.inputs), slice(0, shown)))
-        if images is None:  # the task draws no pictures of its samples
-            return None
-        overlays = {name: heatmap_overlay(images, attributions) for name, attributions in kept.items()}
-        rows = {f"#{i}": torch.stack([images[i].expand(3, -1, -1), *(o[i] for o in overlays.values())]) for i in range(shown)}
-        return labelled_image_grid(
-            rows,
-            columns=["input", *overlays],
-            title=f"epoch {trainer.current_epoch}: attributions for the predicted class (bright = important)",
-        )

@@ -108,3 +108,8 @@ class Task(Protocol):
 
     def show(self, x: Any) -> Tensor | None:
         """Data-space samples as images ``(N, C, H, W)`` in ``[0, 1]``, or ``None``."""
+
+    def attribution_figure(self, x: Any, attributions: dict[str, Tensor], predicted: Tensor, targets: Tensor,
+                           title: str) -> Tensor | None:
+        """A picture ``(3, H, W)`` of the attributions of each method for the data-space samples ``x``
+        (heatmap overlays for images, coloured tokens for text), or ``None``."""

@@ -259,6 +259,17 @@ class Classification:
         """Data-space images in ``[0, 1]``: :meth:`display` of :meth:`to_pixels`."""
         return self.display(self.to_pixels(x))
 
+    def attribution_figure(self, x: Tensor, attributions: dict[str, Tensor], predicted: Tensor, targets: Tensor,
+                           title: str) -> Tensor:
+        """A grid: one row per image, the image then its heatmap overlay for each method."""
+        from compass_lightning.reporting.figures import heatmap_overlay, labelled_image_grid
+
+        images = self.show(x)
+        overlays = {name: heatmap_overlay(images, maps) for name, maps in attributions.items()}
+        rows = {f"#{i}": torch.stack([images[i].expand(3, -1, -1), *(o[i] for o in overlays.values())])
+                for i in range(len(images))}
+        return labelled_image_grid(rows, columns=["input", *overlays], title=title)
+
 
 class PixelModel(nn.Module):
     """A model that takes pixel-space inputs: normalises them, then returns ``task.logits``.

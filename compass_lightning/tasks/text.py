@@ -7,16 +7,18 @@ works unchanged (a TextCNN, an LSTM, a Hugging Face transformer).
 **The perturbation space.** Attacks and attributions take tensors, and many of them (integrated
 gradients, SmoothGrad, insertion/deletion) put several variants of different samples through the
 model in one batch, so every row must say which tokens it stands for. A sample's point in the space
-is therefore a ``(1 + D) × 1 × L`` tensor:
+is therefore a ``(2 + D) × 1 × L`` tensor:
 
-* channels ``1..D``: the embeddings relative to the reference token's (``mask_id``, else
+* channels ``2..D+1``: the embeddings relative to the reference token's (``mask_id``, else
   ``pad_id``), divided by the embedding scale — the RMS of the embedding matrix' entries — so that
   ``eps`` is in units of that scale whatever the model (an L∞ ``eps`` of 0.5 moves each coordinate
   by at most half the typical embedding coordinate);
-* channel 0: the token ids, as ``(id + 1) · 2^16`` (read back rounded; no gradient flows to it, so
-  attacks and attributions leave it alone). A position whose id channel is zeroed — what deletion
-  and the zero baseline do — becomes the reference token (with ``mask_id``) or padding hidden by
-  the attention mask (without).
+* channels 0 and 1: the token ids as a ratio, ``(id + 1) · u`` over ``u = 2^20``, read back
+  rounded (no gradient flows to them, so attacks and attributions leave them alone). A ratio
+  survives what the analyses do to a whole point — scaling (SI-NI-FGSM, an integrated-gradients
+  path from zero), small noise (SmoothGrad, neuron sensitivity) — and a position whose channels are
+  zeroed (deletion, the zero substrate) becomes the reference token (with ``mask_id``) or padding
+  hidden by the attention mask (without).
 
 Positions of padding and of ``special_ids`` are never perturbed: the model always sees their clean
 embeddings. With channels as the first dimension and tokens as the width, the generic machinery
@@ -33,8 +35,10 @@ Example:
     >>> task = TextClassification(pad_id=0, mask_id=1)
     >>> ids = torch.tensor([[5, 6, 0], [7, 0, 0]])
     >>> z = task.to_space(ids, model)
-    >>> z.shape                                   # (N, 1 + D, 1, L)
-    torch.Size([2, 5, 1, 3])
+    >>> z.shape                                   # (N, 2 + D, 1, L)
+    torch.Size([2, 6, 1, 3])
+    >>> point_ids(z)[0].tolist()
+    [[5, 6, 0], [7, 0, 0]]
     >>> torch.allclose(task.space_model(model, ids)(z), task.outputs(model, ids))
     True
 """
@@ -52,7 +56,16 @@ from compass_lightning.metrics import METRIC_NAMES, classification_metrics
 from compass_lightning.mutation_text import TEXT_MUTATIONS, mutate_tokens
 
 Key = Union[int, str]
-ID_SCALE = float(2**16)
+ID_SCALE = float(2**20)
+
+
+def point_ids(z: Tensor) -> tuple[Tensor, Tensor]:
+    """The token ids ``(N, L)`` of points ``z`` of the space, and where a token was deleted (its id
+    channels zeroed; its id is then -1)."""
+    unit = z[:, 1, 0].detach()
+    deleted = unit.abs() < 0.5
+    ids = (z[:, 0, 0].detach() / unit.masked_fill(deleted, 1.0)).round().long() - 1
+    return ids.masked_fill(deleted, -1), deleted
 
 #: What does not apply to text, and why (refused at construction with this reason).
 REFUSED: dict[str, dict[str, str]] = {
@@ -99,6 +112,9 @@ class TextClassification:
         attention_mask: the keyword the model takes its attention mask by (e.g. ``"attention_mask"``
             for Hugging Face models); the adapter passes ``ids != pad_id`` there. ``None``: no mask.
         vocabulary_size: the number of token ids (default: the embedding's) — what token mutants draw from.
+        decode: how ids become token strings in pictures: a callable of a list of ids (e.g. a
+            tokenizer's ``convert_ids_to_tokens``) or a sequence indexed by id (a vocabulary list);
+            ``None``: the ids themselves.
 
     Example:
         >>> task = TextClassification(pad_id=0, mask_id=1, special_ids=[2])
@@ -122,6 +138,7 @@ class TextClassification:
         special_ids: Sequence[int] = (),
         attention_mask: Optional[str] = None,
         vocabulary_size: Optional[int] = None,
+        decode: Any = None,
     ) -> None:
         for name, key in (("input_key", input_key), ("target_key", target_key)):
             if not isinstance(key, (int, str)) or isinstance(key, bool):
@@ -136,6 +153,9 @@ class TextClassification:
         self.special_ids = tuple(check_int("special_ids", i, minimum=0) for i in special_ids)
         self.attention_mask = attention_mask
         self.vocabulary_size = None if vocabulary_size is None else check_int("vocabulary_size", vocabulary_size, minimum=2)
+        if decode is not None and not (callable(decode) or isinstance(decode, Sequence)):
+            raise TypeError(f"decode must be a callable of a list of ids or a sequence of token strings, got {decode!r}")
+        self.decode = decode
 
     def __repr__(self) -> str:
         return f"TextClassification(pad_id={self.pad_id}, mask_id={self.mask_id}, special_ids={list(self.special_ids)})"
@@ -178,8 +198,9 @@ class TextClassification:
 
     # -- the perturbation space -----------------------------------------------------------------
 
-    def _frame(self, model: nn.Module) -> tuple[nn.Module, Tensor, Tensor]:
-        """The embedding module, the reference embedding and the scale."""
+    def embedding_frame(self, model: nn.Module) -> tuple[nn.Module, Tensor, Tensor]:
+        """The embedding module, the reference token's embedding and the embedding scale: the frame of
+        the perturbation space (see the module docstring)."""
         embedding = self.embedding_module(model)
         weight = embedding.weight
         reference_id = self.mask_id if self.mask_id is not None else self.pad_id
@@ -188,12 +209,12 @@ class TextClassification:
         return embedding, reference, scale
 
     def to_space(self, ids: Tensor, model: nn.Module) -> Tensor:
-        """Token ids ``(N, L)`` → their points ``(N, 1 + D, 1, L)`` (see the module docstring)."""
-        embedding, reference, scale = self._frame(model)
+        """Token ids ``(N, L)`` → their points ``(N, 2 + D, 1, L)`` (see the module docstring)."""
+        embedding, reference, scale = self.embedding_frame(model)
         with torch.no_grad():
             vectors = (embedding(ids).float() - reference) / scale
-        channel = ((ids + 1).float() * ID_SCALE)[:, None]
-        return torch.cat([channel, vectors.transpose(1, 2)], dim=1).unsqueeze(2)
+        code = torch.stack([(ids + 1).float() * ID_SCALE, torch.full(ids.shape, ID_SCALE, device=ids.device)], dim=1)
+        return torch.cat([code, vectors.transpose(1, 2)], dim=1).unsqueeze(2)
 
     #: What an embedding-space attack really does to the text: see :meth:`project`.
     adversarial_metrics = ("token_change_rate", "projected_asr")
@@ -213,9 +234,9 @@ class TextClassification:
 
     def nearest_tokens(self, z: Tensor, ids: Tensor, model: nn.Module, chunk: int = 1024) -> Tensor:
         """The vocabulary id nearest to each position's embedding in ``z`` (fixed positions keep theirs)."""
-        embedding, reference, scale = self._frame(model)
+        embedding, reference, scale = self.embedding_frame(model)
         weight = embedding.weight.detach().float()
-        vectors = (z[:, 1:, 0].transpose(1, 2).detach().float() * scale + reference.float()).reshape(-1, weight.shape[1])
+        vectors = (z[:, 2:, 0].transpose(1, 2).detach().float() * scale + reference.float()).reshape(-1, weight.shape[1])
         allowed = torch.ones(len(weight), dtype=torch.bool, device=weight.device)
         allowed[[self.pad_id, *self.special_ids]] = False
         squared = weight.pow(2).sum(dim=1)
@@ -230,7 +251,7 @@ class TextClassification:
         """The embedding channels at ``value`` (0: the reference token), the token ids kept: an
         integrated-gradients path then changes the embeddings only."""
         base = torch.full_like(z, value)
-        base[:, 0] = z[:, 0]
+        base[:, :2] = z[:, :2]
         return base
 
     def space_model(self, model: nn.Module, ids: Any = None) -> TextSpaceModel:
@@ -268,6 +289,21 @@ class TextClassification:
     def show(self, x: Tensor) -> None:
         return None
 
+    def attribution_figure(self, ids: Tensor, attributions: dict[str, Tensor], predicted: Tensor, targets: Tensor,
+                           title: str) -> Tensor:
+        """The sentences, one block per sample and method, each token on a background coloured by its
+        attribution (summed over the embedding), with the predicted and the true class."""
+        from compass_lightning.reporting.text_figures import token_heatmap, tokens_of
+
+        words = tokens_of(ids, self.decode, self.pad_id)
+        rows = []
+        for i, tokens in enumerate(words):
+            kept = (ids[i] != self.pad_id).cpu()
+            for name, maps in attributions.items():
+                scores = maps[i, 2:, 0].sum(dim=0).cpu()[kept]
+                rows.append((f"#{i} {name}: predicted {int(predicted[i])}, true {int(targets[i])}", tokens, scores))
+        return token_heatmap(rows, title=title + "\nred: for the predicted class, blue: against it")
+
     # -- mutants --------------------------------------------------------------------------------
 
     def mutate(self, name: str, ids: Tensor, targets: Tensor, *, classes: int, generator: torch.Generator | None,
@@ -282,7 +318,7 @@ class TextClassification:
 class TextSpaceModel(nn.Module):
     """A text model on points of :class:`TextClassification`'s perturbation space.
 
-    Reads each row's token ids from channel 0, rebuilds its embeddings from channels ``1..D``
+    Reads each row's token ids from channels 0 and 1, rebuilds its embeddings from the others
     (clean ones at padding and special positions), and runs the model on the ids with its
     embedding module's output replaced by them. The model is not registered as a submodule, as
     for :class:`~compass_lightning.tasks.classification.PixelModel`.
@@ -295,11 +331,10 @@ class TextSpaceModel(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         task = self.task
-        embedding, reference, scale = task._frame(self.wrapped)
-        ids = (z[:, 0, 0].detach() / ID_SCALE).round().long() - 1
-        deleted = ids < 0
+        embedding, reference, scale = task.embedding_frame(self.wrapped)
+        ids, deleted = point_ids(z)
         ids = torch.where(deleted, task.mask_id if task.mask_id is not None else task.pad_id, ids)
-        vectors = z[:, 1:, 0].transpose(1, 2) * scale + reference
+        vectors = z[:, 2:, 0].transpose(1, 2) * scale + reference
         with torch.no_grad():
             clean = embedding(ids)
         vectors = torch.where(task.fixed(ids)[..., None], clean.to(vectors.dtype), vectors).to(clean.dtype)
