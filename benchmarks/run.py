@@ -38,6 +38,7 @@ import memory  # noqa: E402
 import neurons  # noqa: E402
 import overhead  # noqa: E402
 import pruning  # noqa: E402
+import tokens  # noqa: E402
 from common import Row, arguments, machine, table  # noqa: E402
 
 
@@ -57,13 +58,14 @@ def parts(device: torch.device, quick: bool) -> dict[str, Callable[[], list[Row]
         "attribution": lambda: attribution.rows(device, 3 if quick else 5),
         "pruning": lambda: pruning.rows(device, 3 if quick else 5),
         "neurons": lambda: neurons.rows(device, 2 if quick else 3),
+        "text": lambda: tokens.rows(device, 3 if quick else 5),
     }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = arguments(__doc__)
     parser.add_argument("--only", nargs="*", default=None, help="parts to run: overhead attacks attribution pruning "
-                        "neurons scaling (default: all)")
+                        "neurons text scaling (default: all)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     started = time.perf_counter()
