@@ -328,17 +328,23 @@ class TextSpaceModel(nn.Module):
         super().__init__()
         self.__dict__["wrapped"] = model
         self.task = task
+        # once per space model, not per forward: the weights do not change while an analysis runs
+        # (a pruned copy gets a space model of its own)
+        self.frame = task.embedding_frame(model)
 
     def forward(self, z: Tensor) -> Tensor:
         task = self.task
-        embedding, reference, scale = task.embedding_frame(self.wrapped)
+        embedding, reference, scale = self.frame
         ids, deleted = point_ids(z)
         ids = torch.where(deleted, task.mask_id if task.mask_id is not None else task.pad_id, ids)
         vectors = z[:, 2:, 0].transpose(1, 2) * scale + reference
-        with torch.no_grad():
-            clean = embedding(ids)
-        vectors = torch.where(task.fixed(ids)[..., None], clean.to(vectors.dtype), vectors).to(clean.dtype)
-        handle = embedding.register_forward_hook(lambda module, inputs, output: vectors)
+        fixed = task.fixed(ids)[..., None]
+
+        def replace(module: nn.Module, inputs: object, output: Tensor) -> Tensor:
+            # the model's own lookup of the ids is the clean embedding: kept at the fixed positions
+            return torch.where(fixed, output, vectors.to(output.dtype))
+
+        handle = embedding.register_forward_hook(replace)
         try:
             return task._call(self.wrapped, ids)
         finally:
