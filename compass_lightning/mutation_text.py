@@ -40,6 +40,7 @@ from torch import Tensor
 
 from compass_lightning.engine.checks import probability
 from compass_lightning.engine.registry import Check, Registry
+from compass_lightning.engine.rng import draw
 from compass_lightning.mutation import MUTATIONS, Mutant
 
 TEXT_MUTATIONS: Registry[Mutant] = Registry("mutation")
@@ -56,8 +57,7 @@ def _text_mutant(name: str, *, permutes: bool = False, **checks: Check) -> Calla
 
 def _chosen(fixed: Tensor, p: float, generator: torch.Generator | None) -> Tensor:
     """``round(p · free)`` random non-fixed positions of every row (``free``: its non-fixed count)."""
-    device = generator.device if generator is not None else fixed.device
-    scores = torch.rand(fixed.shape, generator=generator, device=device).to(fixed.device).masked_fill(fixed, -1.0)
+    scores = draw(torch.rand, tuple(fixed.shape), generator, fixed).masked_fill(fixed, -1.0)
     order = scores.argsort(dim=1, descending=True)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(fixed.shape[1], device=fixed.device).expand_as(order))
     wanted = torch.round(p * (~fixed).sum(dim=1, keepdim=True).float())

@@ -45,8 +45,7 @@ def hotflip(model: Model, x: Tensor, y: Tensor, *, eps: float = 0.0, bounds=None
     z = x.detach().clone()
     ids = point_ids(z)[0]
     flippable = ~task.fixed(ids)
-    allowed = torch.ones(len(weight), dtype=torch.bool, device=x.device)
-    allowed[[task.pad_id, *task.special_ids]] = False
+    allowed = task.substitutes(len(weight), x.device)
     rows = torch.arange(len(z), device=z.device)
     for _ in range(k):
         z.requires_grad_(True)

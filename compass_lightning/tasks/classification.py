@@ -9,27 +9,17 @@ space, and normalises again before the model.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from compass_lightning.engine.checks import check_interval
-from compass_lightning.metrics import METRIC_NAMES, classification_metrics, confusion_matrix
+from compass_lightning.metrics import confusion_matrix
 from compass_lightning.mutation import MUTATIONS, mutate
+from compass_lightning.tasks.logits import Key, LogitsAdapter, describe
 
-Key = Union[int, str]
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, Tensor):
-        return f"a tensor of shape {tuple(value.shape)}"
-    if isinstance(value, Mapping):
-        return f"a {type(value).__name__} with keys {list(value)}"
-    if isinstance(value, (tuple, list)):
-        return f"a {type(value).__name__} of {len(value)} items ({', '.join(type(v).__name__ for v in value)})"
-    return f"a {type(value).__name__}"
 
 
 def _as_channel_vector(name: str, value: float | Sequence[float] | None) -> Tensor | None:
@@ -41,12 +31,13 @@ def _as_channel_vector(name: str, value: float | Sequence[float] | None) -> Tens
     return vector
 
 
-class Classification:
+class Classification(LogitsAdapter):
     """Adapter for classifiers whose forward returns logits of shape ``(N, C)``.
 
-    Its perturbation space is pixel space (:meth:`to_pixels`/:meth:`from_pixels`, also reachable by
-    the :class:`~compass_lightning.tasks.base.Task` names :meth:`to_space`/:meth:`from_space`), a
-    sample is correct when the arg-max class is its target, and every mutant and analysis applies.
+    Its perturbation space is pixel space (:meth:`to_pixels`/:meth:`from_pixels`; the
+    :class:`~compass_lightning.tasks.base.Task` name is :meth:`to_space`), a sample is correct when
+    the arg-max class is its target (:class:`~compass_lightning.tasks.logits.LogitsAdapter`), and
+    every mutant and analysis applies but the token attack ``hotflip``.
 
     Args:
         input_key: where the inputs are in a batch: an index into a tuple/list batch or a key of a
@@ -78,13 +69,9 @@ class Classification:
         std: float | Sequence[float] | None = None,
         input_range: tuple[float, float] = (0.0, 1.0),
     ) -> None:
-        for name, key in (("input_key", input_key), ("target_key", target_key)):
-            if not isinstance(key, (int, str)) or isinstance(key, bool):
-                raise TypeError(f"{name} must be an int (tuple batches) or a str (dict batches), got {key!r}")
+        super().__init__(input_key, target_key)
         if (mean is None) != (std is None):
             raise ValueError("mean and std must be given together (both None: the data is already in pixel space)")
-        self.input_key = input_key
-        self.target_key = target_key
         self.mean = _as_channel_vector("mean", mean)
         self.std = _as_channel_vector("std", std)
         if self.std is not None and not (self.std > 0).all():
@@ -106,32 +93,6 @@ class Classification:
     def normalised(self) -> bool:
         """Whether the data is normalised, i.e. data space differs from pixel space."""
         return self.mean is not None
-
-    # -- batches -----------------------------------------------------------------------------
-
-    def _get(self, batch: Any, key: Key, what: str) -> Tensor:
-        try:
-            value = batch[key]
-        except (KeyError, IndexError, TypeError) as error:
-            raise TypeError(
-                f"cannot read the {what} at key {key!r} from the batch, which is {_describe(batch)}; "
-                f"set Classification({what[:-1] if what.endswith('s') else what}_key=...) to where they are"
-            ) from error
-        if not isinstance(value, Tensor):
-            raise TypeError(f"the {what} at key {key!r} of the batch must be a tensor, got {_describe(value)}")
-        return value
-
-    def inputs(self, batch: Any) -> Tensor:
-        """The model inputs of a batch (in data space)."""
-        return self._get(batch, self.input_key, "inputs")
-
-    def targets(self, batch: Any) -> Tensor:
-        """The integer class targets of a batch."""
-        return self._get(batch, self.target_key, "targets")
-
-    def split(self, batch: Any) -> tuple[Tensor, Tensor]:
-        """``(inputs, targets)`` of a batch."""
-        return self.inputs(batch), self.targets(batch)
 
     # -- spaces ------------------------------------------------------------------------------
 
@@ -167,7 +128,7 @@ class Classification:
         if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
             raise TypeError(
                 f"Classification expects the model to return logits of shape (N, C) = ({x.shape[0]}, C) "
-                f"for an input batch of shape {tuple(x.shape)}, but it returned {_describe(out)}. "
+                f"for an input batch of shape {tuple(x.shape)}, but it returned {describe(out)}. "
                 "Make forward() return the logits tensor (e.g. return out['logits'] or out[0]), "
                 "or subclass Classification and override logits(model, x)."
             )
@@ -176,10 +137,6 @@ class Classification:
     def pixel_model(self, model: nn.Module) -> PixelModel:
         """``model`` with the normalisation composed in front: pixel-space inputs to logits."""
         return PixelModel(model, self)
-
-    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
-        """Mean cross-entropy of ``logits`` against ``targets``."""
-        return torch.nn.functional.cross_entropy(logits, targets)
 
     # -- the Task interface ------------------------------------------------------------------
 
@@ -217,32 +174,11 @@ class Classification:
         """The model on perturbation-space inputs: :meth:`pixel_model` (the samples do not matter)."""
         return self.pixel_model(model)
 
-    @property
-    def metric_names(self) -> tuple[str, ...]:
-        """The names of :func:`~compass_lightning.metrics.classification_metrics`."""
-        return METRIC_NAMES
-
-    def metrics(self, logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
-        """:func:`~compass_lightning.metrics.classification_metrics` over the classes of ``logits``."""
-        return classification_metrics(logits, targets, self.classes(logits))
-
-    def classes(self, logits: Tensor) -> int:
-        """The number of classes: the width of the logits."""
-        return logits.shape[1]
-
     def overview(self, logits: Tensor, targets: Tensor, title: str) -> Tensor:
         """The confusion matrix of the predictions."""
         from compass_lightning.reporting.figures import confusion_matrix_figure
 
         return confusion_matrix_figure(confusion_matrix(logits, targets, self.classes(logits)), title=title)
-
-    def predictions(self, logits: Tensor) -> Tensor:
-        """The predicted class of each sample."""
-        return logits.argmax(dim=1)
-
-    def correct(self, logits: Tensor, targets: Tensor) -> Tensor:
-        """Whether the predicted class of each sample is its target."""
-        return self.predictions(logits) == targets.to(logits.device)
 
     def refusal(self, kind: str, name: str) -> str | None:
         """``None`` for every mutant, attack and analysis but the token attack ``hotflip``."""

@@ -46,16 +46,15 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
 from compass_lightning.engine.checks import check_int
-from compass_lightning.metrics import METRIC_NAMES, classification_metrics
 from compass_lightning.mutation_text import TEXT_MUTATIONS, mutate_tokens
+from compass_lightning.tasks.logits import Key, LogitsAdapter
 
-Key = Union[int, str]
 ID_SCALE = float(2**20)
 
 
@@ -66,6 +65,7 @@ def point_ids(z: Tensor) -> tuple[Tensor, Tensor]:
     deleted = unit.abs() < 0.5
     ids = (z[:, 0, 0].detach() / unit.masked_fill(deleted, 1.0)).round().long() - 1
     return ids.masked_fill(deleted, -1), deleted
+
 
 #: What does not apply to text, and why (refused at construction with this reason).
 REFUSED: dict[str, dict[str, str]] = {
@@ -96,7 +96,7 @@ def logits_of(output: Any) -> Tensor:
     raise TypeError(f"the model returned a {type(output).__name__}, not logits (a tensor, .logits or a tuple)")
 
 
-class TextClassification:
+class TextClassification(LogitsAdapter):
     """Adapter for classifiers of token-id sequences, returning logits ``(N, C)``.
 
     Args:
@@ -140,12 +140,9 @@ class TextClassification:
         vocabulary_size: Optional[int] = None,
         decode: Any = None,
     ) -> None:
-        for name, key in (("input_key", input_key), ("target_key", target_key)):
-            if not isinstance(key, (int, str)) or isinstance(key, bool):
-                raise TypeError(f"{name} must be an int (tuple batches) or a str (dict batches), got {key!r}")
+        super().__init__(input_key, target_key)
         if input_key == target_key:
             raise ValueError(f"input_key and target_key are both {input_key!r}; the ids and the labels are apart")
-        self.input_key, self.target_key = input_key, target_key
         self.embedding = embedding
         self.pad_id = check_int("pad_id", pad_id, minimum=0)
         self.mask_id = None if mask_id is None else check_int("mask_id", mask_id, minimum=0)
@@ -163,8 +160,9 @@ class TextClassification:
     # -- batches and the model ------------------------------------------------------------------
 
     def split(self, batch: Any) -> tuple[Tensor, Tensor]:
-        ids, targets = batch[self.input_key], batch[self.target_key]
-        if not isinstance(ids, Tensor) or ids.dtype not in (torch.int64, torch.int32) or ids.ndim != 2:
+        """``(ids, targets)`` of a batch, the ids checked to be integer ``(N, L)``."""
+        ids, targets = super().split(batch)
+        if ids.dtype not in (torch.int64, torch.int32) or ids.ndim != 2:
             raise TypeError(f"TextClassification expects integer token ids (N, L) at key {self.input_key!r} of the batch")
         return ids, targets
 
@@ -183,13 +181,21 @@ class TextClassification:
             raise ValueError("embedding: the model has no nn.Embedding; name its embedding module")
         return found
 
-    def _call(self, model: nn.Module, ids: Tensor) -> Tensor:
+    def outputs(self, model: nn.Module, ids: Tensor) -> Tensor:
+        """The logits ``(N, C)`` for token ids ``(N, L)`` (with the attention mask, if the model takes one)."""
         kwargs = {self.attention_mask: (ids != self.pad_id).long()} if self.attention_mask else {}
         return logits_of(model(ids, **kwargs))
 
-    def outputs(self, model: nn.Module, ids: Tensor) -> Tensor:
-        """The logits ``(N, C)`` for token ids ``(N, L)``."""
-        return self._call(model, ids)
+    @property
+    def reference_id(self) -> int:
+        """The token a deleted position becomes, and the origin of the embedding space."""
+        return self.mask_id if self.mask_id is not None else self.pad_id
+
+    def substitutes(self, vocabulary_size: int, device: torch.device) -> Tensor:
+        """``(V,)`` whether each token id may replace another (not padding, not a special token)."""
+        allowed = torch.ones(vocabulary_size, dtype=torch.bool, device=device)
+        allowed[[self.pad_id, *self.special_ids]] = False
+        return allowed
 
     def fixed(self, ids: Tensor) -> Tensor:
         """Whether each position is padding or a special token (never perturbed)."""
@@ -203,8 +209,7 @@ class TextClassification:
         the perturbation space (see the module docstring)."""
         embedding = self.embedding_module(model)
         weight = embedding.weight
-        reference_id = self.mask_id if self.mask_id is not None else self.pad_id
-        reference = weight[reference_id].detach()
+        reference = weight[self.reference_id].detach()
         scale = weight.detach().float().pow(2).mean().sqrt().clamp_min(1e-12)
         return embedding, reference, scale
 
@@ -237,8 +242,7 @@ class TextClassification:
         embedding, reference, scale = self.embedding_frame(model)
         weight = embedding.weight.detach().float()
         vectors = (z[:, 2:, 0].transpose(1, 2).detach().float() * scale + reference.float()).reshape(-1, weight.shape[1])
-        allowed = torch.ones(len(weight), dtype=torch.bool, device=weight.device)
-        allowed[[self.pad_id, *self.special_ids]] = False
+        allowed = self.substitutes(len(weight), weight.device)
         squared = weight.pow(2).sum(dim=1)
         nearest = []
         for part in vectors.split(chunk):  # (chunk, V) distances at a time: bounded memory for large vocabularies
@@ -258,24 +262,7 @@ class TextClassification:
         """``model`` on points of the perturbation space (every row carries its token ids)."""
         return TextSpaceModel(model, self)
 
-    # -- what counts ----------------------------------------------------------------------------
-
-    metric_names = METRIC_NAMES
-
-    def metrics(self, logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
-        return classification_metrics(logits, targets, self.classes(logits))
-
-    def classes(self, logits: Tensor) -> int:
-        return logits.shape[1]
-
-    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return torch.nn.functional.cross_entropy(logits, targets)
-
-    def predictions(self, logits: Tensor) -> Tensor:
-        return logits.argmax(dim=1)
-
-    def correct(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return self.predictions(logits) == targets.to(logits.device)
+    # -- pictures and refusals ------------------------------------------------------------------
 
     def overview(self, logits: Tensor, targets: Tensor, title: str) -> None:
         return None
@@ -309,7 +296,7 @@ class TextClassification:
     def mutate(self, name: str, ids: Tensor, targets: Tensor, *, classes: int, generator: torch.Generator | None,
                **params: Any) -> tuple[Tensor, Tensor]:
         """A text mutant of :data:`~compass_lightning.mutation_text.TEXT_MUTATIONS` on token ids."""
-        fill = self.unk_id if self.unk_id is not None else (self.mask_id if self.mask_id is not None else self.pad_id)
+        fill = self.unk_id if self.unk_id is not None else self.reference_id
         vocabulary = self.vocabulary_size or int(ids.max()) + 1
         return mutate_tokens(name, ids, targets, num_classes=classes, generator=generator, fixed=self.fixed(ids),
                              fill_id=fill, vocabulary_size=vocabulary, **params)
@@ -336,7 +323,7 @@ class TextSpaceModel(nn.Module):
         task = self.task
         embedding, reference, scale = self.frame
         ids, deleted = point_ids(z)
-        ids = torch.where(deleted, task.mask_id if task.mask_id is not None else task.pad_id, ids)
+        ids = torch.where(deleted, task.reference_id, ids)
         vectors = z[:, 2:, 0].transpose(1, 2) * scale + reference
         fixed = task.fixed(ids)[..., None]
 
@@ -346,7 +333,7 @@ class TextSpaceModel(nn.Module):
 
         handle = embedding.register_forward_hook(replace)
         try:
-            return task._call(self.wrapped, ids)
+            return task.outputs(self.wrapped, ids)
         finally:
             handle.remove()
 
