@@ -215,10 +215,11 @@ class AttackSuccessRate(CompassCallback):
         if asrs:
             evaluation.scalars[MEAN_ASR] = mean_attack_success_rate(asrs)
         self._transfer(trainer, evaluation, correct)
-        if shown and examples and task.display(next(iter(examples.values()))[0]) is not None:  # a task without pictures draws none
-            evaluation.images["compass/robustness/examples"] = self._example_grid(
-                trainer, task, probe.targets[:shown], clean[:shown], examples
-            )
+        grid = None
+        if shown and examples:
+            grid = self._example_grid(trainer, task, probe.targets[:shown], clean[:shown], examples)
+        if grid is not None:  # a task without pictures of its samples draws none
+            evaluation.images["compass/robustness/examples"] = grid
         for norm, curves in sweeps.items():
             if evaluation.want_images and curves:
                 evaluation.images[f"compass/robustness/eps_sweep{'_l2' if norm == 'l2' else ''}"] = line_chart(
@@ -310,9 +311,11 @@ class AttackSuccessRate(CompassCallback):
         targets: Tensor,
         clean_predictions: Tensor,
         examples: dict[str, tuple[Tensor, Tensor, Tensor]],
-    ) -> Tensor:
+    ) -> Tensor | None:
         first = next(iter(examples.values()))
         rows = {"clean": task.display(first[0])}
+        if rows["clean"] is None:
+            return None
         labels = {"clean": clean_predictions}
         correct = {"clean": clean_predictions == targets}
         for name, (x, x_adv, predicted) in examples.items():
