@@ -88,7 +88,7 @@ def rows(device: torch.device, repeats: int, *, probe_size: int = 256, batch_siz
         for rate in grid:
             copy_ = copy.deepcopy(model)
             torch_prune.global_unstructured(
-                [(m, "weight") for m in prunable(copy_).values()], torch_prune.L1Unstructured, amount=rate
+                [(e.module, e.attribute) for e in prunable(copy_).values()], torch_prune.L1Unstructured, amount=rate
             )
             with torch.no_grad():
                 accuracies.append(float(sum((copy_(c).argmax(1).cpu() == t).sum() for c, t in zip(probe_chunks, y.split(batch_size)))))

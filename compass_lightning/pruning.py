@@ -1,9 +1,11 @@
 """Pruning without fine-tuning (AI-Compass module 5): how much of a model is redundant.
 
-Importance scores rank the prunable weights (those of ``Conv2d``, ``Conv1d`` and ``Linear`` modules);
-:func:`prune` zeroes the lowest ones on a copy, globally (unstructured, through
-``torch.nn.utils.prune`` with ``importance_scores``) or whole filters (``structured=True``). The
-pruning rate is the fraction of prunable weights set to zero. Everything happens on deep copies:
+Importance scores rank the prunable weights (see :func:`prunable`: the weights of ``Conv2d``,
+``Conv1d``, ``Linear`` and ``Embedding`` modules, the input and recurrent weights of ``RNN``/``LSTM``/
+``GRU`` modules and the input projection of ``MultiheadAttention``); :func:`prune` zeroes the
+lowest ones on a copy, globally (unstructured, through ``torch.nn.utils.prune`` on the named
+parameters) or whole rows (``structured=True``: filters, units, tokens' embeddings). The
+pruning rate is the fraction of all prunable weights set to zero. Everything happens on deep copies:
 the trained model's weights, ``.grad`` and modes are never touched.
 
 ==========  ===========================================================================
@@ -39,7 +41,28 @@ from compass_lightning.engine.registry import Check, Operation, Registry
 
 Batches = Iterable[tuple[Tensor, Tensor]]
 LossFn = Callable[[Tensor, Tensor], Tensor]
-PRUNABLE = (nn.Conv2d, nn.Conv1d, nn.Linear)  # Conv1d: the convolutions of text models
+#: Modules whose ``weight`` is prunable (Conv1d and Embedding: those of text models).
+PRUNABLE = (nn.Conv2d, nn.Conv1d, nn.Linear, nn.Embedding)
+
+
+@dataclass(frozen=True)
+class Prunable:
+    """One prunable parameter: its owner module and the attribute it is under there (what
+    ``torch.nn.utils.prune`` takes).
+
+    Example:
+        >>> lstm = nn.LSTM(3, 2)
+        >>> entry = prunable(lstm)["weight_hh_l0"]
+        >>> entry.attribute, tuple(entry.weight.shape)
+        ('weight_hh_l0', (8, 2))
+    """
+
+    module: nn.Module
+    attribute: str
+
+    @property
+    def weight(self) -> Tensor:
+        return getattr(self.module, self.attribute)
 
 
 @dataclass(frozen=True)
@@ -67,18 +90,37 @@ def _importance(name: str, *, changes_weights: bool = False, **checks: Check) ->
     return add
 
 
-def prunable(model: nn.Module) -> dict[str, nn.Module]:
-    """``{module name: module}`` of the ``Conv2d``, ``Conv1d`` and ``Linear`` modules, in registration order."""
-    return {name: module for name, module in model.named_modules() if isinstance(module, PRUNABLE)}
+def _attributes(module: nn.Module) -> list[str]:
+    """The prunable parameters a module owns directly (biases and normalisation never: they are few
+    and pruning them is not what the papers' rates count)."""
+    if isinstance(module, PRUNABLE):
+        return ["weight"]
+    if isinstance(module, nn.RNNBase):  # every layer and direction: weight_ih_l0, weight_hh_l0_reverse, ...
+        return [name for name in module._flat_weights_names if name.startswith("weight_")]
+    if isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
+        return ["in_proj_weight"]  # its out_proj is a Linear of its own
+    return []
 
 
-def weight_name(module_name: str) -> str:
-    """The parameter name of a prunable module's weight (``"weight"`` for the root module)."""
-    return f"{module_name}.weight" if module_name else "weight"
+def prunable(model: nn.Module) -> dict[str, Prunable]:
+    """``{parameter name: Prunable}`` of every prunable weight of ``model`` (see the module
+    docstring), in registration order.
+
+    Example:
+        >>> net = nn.Sequential(nn.Embedding(10, 4), nn.LSTM(4, 3), nn.Linear(3, 2))
+        >>> list(prunable(net))
+        ['0.weight', '1.weight_ih_l0', '1.weight_hh_l0', '2.weight']
+    """
+    found = {}
+    for name, module in model.named_modules():
+        for attribute in _attributes(module):
+            if isinstance(getattr(module, attribute, None), Tensor):
+                found[f"{name}.{attribute}" if name else attribute] = Prunable(module, attribute)
+    return found
 
 
 def _weights(model: nn.Module) -> dict[str, Tensor]:
-    return {weight_name(name): module.weight for name, module in prunable(model).items()}
+    return {name: entry.weight for name, entry in prunable(model).items()}
 
 
 def _gradients(model: nn.Module, batches: Batches, loss_fn: LossFn, *, squared_per_sample: bool) -> dict[str, Tensor]:
@@ -186,7 +228,7 @@ def _asl(
 def importance(
     model: nn.Module, method: str, batches: Batches, *, loss_fn: LossFn | None = None, **params: object
 ) -> dict[str, Tensor]:
-    """Importance scores ``{"<module>.weight": scores}`` of every prunable weight, computed on a deep
+    """Importance scores ``{parameter name: scores}`` of every prunable weight, computed on a deep
     copy (the live model's weights, ``.grad``, ``requires_grad`` and modes are never touched).
 
     ``batches`` yields ``(inputs, targets)`` in the model's input space; ``loss_fn`` defaults to
@@ -211,22 +253,22 @@ def importance(
         return entry.function(working, batches, loss_fn=loss_fn or F.cross_entropy, **params)
 
 
-def _check_scores(modules: dict[str, nn.Module], scores: dict[str, Tensor]) -> None:
-    missing = [weight_name(name) for name in modules if weight_name(name) not in scores]
+def _check_scores(modules: dict[str, Prunable], scores: dict[str, Tensor]) -> None:
+    missing = [name for name in modules if name not in scores]
     if missing:
         raise ValueError(f"scores lack {', '.join(missing)}; compute them with importance() on this model")
 
 
-def _global_order(modules: dict[str, nn.Module], scores: dict[str, Tensor]) -> Tensor:
+def _global_order(modules: dict[str, Prunable], scores: dict[str, Tensor]) -> Tensor:
     """Positions in the concatenated prunable weights, lowest score first (ties by position)."""
     if not modules:
         return torch.zeros(0, dtype=torch.long)
     device = next(iter(modules.values())).weight.device
-    flat = torch.cat([scores[weight_name(n)].reshape(-1).to(device, torch.float64) for n in modules])
+    flat = torch.cat([scores[n].reshape(-1).to(device, torch.float64) for n in modules])
     return torch.argsort(flat, stable=True)
 
 
-def _unstructured_masks(modules: dict[str, nn.Module], order: Tensor, rate: float) -> dict[str, Tensor]:
+def _unstructured_masks(modules: dict[str, Prunable], order: Tensor, rate: float) -> dict[str, Tensor]:
     mask = torch.ones(len(order), device=order.device)
     mask[order[: round(rate * len(order))]] = 0  # the count torch.nn.utils.prune uses
     sizes = [m.weight.numel() for m in modules.values()]
@@ -234,17 +276,18 @@ def _unstructured_masks(modules: dict[str, nn.Module], order: Tensor, rate: floa
 
 
 def masks(model: nn.Module, scores: dict[str, Tensor], rate: float, *, structured: bool = False) -> dict[str, Tensor]:
-    """``{module name: 0/1 mask}`` of the prunable weights that :func:`prune` keeps at ``rate``.
+    """``{parameter name: 0/1 mask}`` of the prunable weights that :func:`prune` keeps at ``rate``.
 
     Unstructured: the ``round(rate · n)`` weights with the lowest scores over all ``n`` prunable
     weights are masked (the count ``torch.nn.utils.prune`` uses), ties broken by position.
-    Structured: whole output filters (rows of ``Linear``), lowest mean score first, skipping a filter
-    that would exceed ``rate`` of all prunable weights; the last ``Linear`` (the classes) stays whole.
+    Structured: whole rows — output filters, a ``Linear``'s or a recurrent gate's units, a token's
+    embedding — lowest mean score first, skipping a row that would exceed ``rate`` of all prunable
+    weights; the last ``Linear`` (the classes) stays whole.
 
     Example:
         >>> import torch
         >>> net = torch.nn.Linear(2, 2)
-        >>> masks(net, {"weight": torch.tensor([[4.0, 1.0], [3.0, 2.0]])}, 0.5)[""]
+        >>> masks(net, {"weight": torch.tensor([[4.0, 1.0], [3.0, 2.0]])}, 0.5)["weight"]
         tensor([[1., 0.],
                 [1., 0.]])
     """
@@ -258,12 +301,12 @@ def masks(model: nn.Module, scores: dict[str, Tensor], rate: float, *, structure
     keep = {n: torch.ones_like(m.weight) for n, m in modules.items()}
     if rate == 0 or not modules:
         return keep
-    last_linear = [n for n, m in modules.items() if isinstance(m, nn.Linear)][-1:]
+    last_linear = [n for n, m in modules.items() if isinstance(m.module, nn.Linear)][-1:]
     candidates = [n for n in modules if n not in last_linear]
     if not candidates:
         return keep
     # one host transfer for every filter's mean score, then a greedy fill of the budget
-    means = torch.cat([scores[weight_name(n)].flatten(1).float().mean(dim=1).cpu() for n in candidates]).tolist()
+    means = torch.cat([scores[n].flatten(1).float().mean(dim=1).cpu() for n in candidates]).tolist()
     owners = [(n, i) for n in candidates for i in range(modules[n].weight.shape[0])]
     budget = rate * sum(w.numel() for w in weights)
     for index in sorted(range(len(owners)), key=means.__getitem__):
@@ -289,9 +332,9 @@ def prune(model: nn.Module, scores: dict[str, Tensor], rate: float, *, structure
     """
     keep = masks(model, scores, rate, structured=structured)
     pruned = copy.deepcopy(model)
-    for name, module in prunable(pruned).items():
-        torch_prune.custom_from_mask(module, "weight", keep[name])
-        torch_prune.remove(module, "weight")
+    for name, entry in prunable(pruned).items():
+        torch_prune.custom_from_mask(entry.module, entry.attribute, keep[name])
+        torch_prune.remove(entry.module, entry.attribute)
     return pruned
 
 
@@ -327,13 +370,13 @@ class PruningSweep:
             keep = masks(self.model, self.scores, rate, structured=True)
         else:
             keep = _unstructured_masks(self._modules, self._order, _rate("rate", rate))
-        for name, module in self._modules.items():
-            torch.mul(self._original[name], keep[name], out=module.weight.data)
+        for name, entry in self._modules.items():
+            torch.mul(self._original[name], keep[name], out=entry.weight.data)
         return self.model
 
 
 def sparsity(model: nn.Module) -> float:
-    """The fraction of prunable (``Conv2d``/``Conv1d``/``Linear``) weights that are exactly zero."""
+    """The fraction of the prunable weights (:func:`prunable`) that are exactly zero."""
     weights = list(_weights(model).values())
     total = sum(w.numel() for w in weights)
     return sum(int((w == 0).sum()) for w in weights) / total if total else 0.0

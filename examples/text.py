@@ -33,7 +33,7 @@ from compass_lightning.reporting.summary import run_report
 
 PAD, MASK, UNK = 0, 1, 2
 LENGTH = 32
-ATTACKS = ("fgsm", "ifgsm", "mifgsm", "sinifgsm", "pgd")
+ATTACKS = ("fgsm", "ifgsm", "mifgsm", "sinifgsm", "pgd", "hotflip")  # AI-Compass' five, and a token attack
 MUTANTS = ("label_error", "data_missing", "data_shuffle", "token_replace", "token_swap")
 
 

@@ -1,9 +1,9 @@
 """Helper for test_ddp.py: validate the digits model with MutationMetrics or the Compass (every module,
-deterministic settings) on 1 or 2 CPU processes; ``fail_on_rank_1``: MutationMetrics whose model
-call fails on the second process only. Each process prints ``rank R errors E`` at the end, and
+deterministic settings) on 1 or 2 CPU processes; ``text``: the Compass on the TextCNN of
+``text_models.py``; ``fail_on_rank_1``: MutationMetrics whose model call fails on the second process only. Each process prints ``rank R errors E`` at the end, and
 ``rank R warning ...`` for each compass warning.
 
-    python tests/ddp_run.py DEVICES LOGDIR [mutation|compass|fail_on_rank_1]
+    python tests/ddp_run.py DEVICES LOGDIR [mutation|compass|text|fail_on_rank_1]
 """
 
 import logging
@@ -19,6 +19,17 @@ from digits import DigitsClassifier, DigitsDataModule, digits_task  # noqa: E402
 
 import compass_lightning as cl  # noqa: E402
 from digits import DIGITS_MEAN, DIGITS_STD  # noqa: E402
+from text_models import TASK, TextCNN  # noqa: E402
+
+#: every module, with its attacks and attributions deterministic so that runs compare exactly
+DETERMINISTIC = {
+    "robustness": {"attacks": ["fgsm", "ifgsm"], "image_count": 2},
+    "interpretability": {"methods": ["saliency", "integrated_gradients"], "random_baseline": False, "steps": 8,
+                         "probe_size": 24, "image_count": 2},
+    "neurons": {"profile_size": 64, "image_count": 2},
+    "pruning": {"methods": ["magnitude", "taylor"], "rates": [0.4], "sweep": [0.2], "joint_rates": [0.4],
+                "attacks": ["fgsm"], "attribution_methods": ["saliency"], "calibration_size": 48},
+}
 
 
 class FailsOnRankOne(cl.Classification):
@@ -42,16 +53,12 @@ if __name__ == "__main__":
     elif which == "fail_on_rank_1":
         monitor = cl.MutationMetrics(task=FailsOnRankOne(mean=[DIGITS_MEAN], std=[DIGITS_STD]), probe_size=101,
                                      batch_size=16, mutations=["noise"])
-    else:  # every module, with its attacks and attributions deterministic so that runs compare exactly
-        monitor = cl.Compass(
-            task=digits_task(), probe_size=61, batch_size=16,
-            robustness={"attacks": ["fgsm", "ifgsm"], "image_count": 2},
-            interpretability={"methods": ["saliency", "integrated_gradients"], "random_baseline": False, "steps": 8,
-                              "probe_size": 24, "image_count": 2},
-            neurons={"profile_size": 64, "image_count": 2},
-            pruning={"methods": ["magnitude", "taylor"], "rates": [0.4], "sweep": [0.2], "joint_rates": [0.4],
-                     "attacks": ["fgsm"], "attribution_methods": ["saliency"], "calibration_size": 48},
-        )
+    elif which == "text":
+        model = TextCNN()
+        monitor = cl.Compass(task=TASK, probe_size=61, batch_size=16, mutation={"mutations": ["token_replace", "data_missing"]},
+                             **DETERMINISTIC)
+    else:
+        monitor = cl.Compass(task=digits_task(), probe_size=61, batch_size=16, **DETERMINISTIC)
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=devices,
@@ -65,8 +72,11 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", cl.CompassWarning)
-        trainer.validate(model, datamodule=DigitsDataModule(), verbose=False)
-    print(f"rank {trainer.global_rank} errors {monitor.error_count}", flush=True)
-    for warning in caught:
-        if issubclass(warning.category, cl.CompassWarning):
-            print(f"rank {trainer.global_rank} warning {warning.message}", flush=True)
+        trainer.validate(model, datamodule=None if which == "text" else DigitsDataModule(), verbose=False)
+    # one write per line: print() writes the text and its newline apart, and two processes sharing
+    # stdout can then interleave them ("rank 0 errors 1rank 1 errors 1")
+    lines = [f"rank {trainer.global_rank} errors {monitor.error_count}"]
+    lines += [f"rank {trainer.global_rank} warning {w.message}" for w in caught if issubclass(w.category, cl.CompassWarning)]
+    for line in lines:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()

@@ -48,9 +48,10 @@ def test_two_processes_log_what_one_process_logs_and_write_files_once(tmp_path):
     ]
 
 
-def test_every_module_under_two_processes_logs_what_one_process_logs(tmp_path):
-    (single,) = _validate(1, tmp_path / "single", "compass")
-    (ddp,) = _validate(2, tmp_path / "ddp", "compass")
+@pytest.mark.parametrize("which", ["compass", "text"])  # the digits CNN, and the TextCNN on token ids
+def test_every_module_under_two_processes_logs_what_one_process_logs(tmp_path, which):
+    (single,) = _validate(1, tmp_path / "single", which)
+    (ddp,) = _validate(2, tmp_path / "ddp", which)
     assert_monitor_ran([single, ddp], *EVERY_MODULE)
     assert single["metrics"].keys() == ddp["metrics"].keys()
     modules = {tag.split("/")[1] for tag in single["metrics"]}

@@ -1,4 +1,5 @@
-"""What the monitors promise, one test (family) per promise, for every callback.
+"""What the monitors promise, one test (family) per promise, for every callback (and for the Compass on
+token models: the TextCNN and AB-LSTM of ``text_models.py``).
 
 1. Non-interference: training with the Compass is bit-identical to training without it (fp32, bf16-mixed).
 2. State: every flag, buffer, parameter, ``.grad`` and ``requires_grad`` is as before each evaluation.
@@ -18,7 +19,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from conftest import EVERY_MODULE, DigitsClassifier, DigitsDataModule, StateBracket, assert_monitor_ran, digits_task, make_trainer
-from text_models import TextCNN, text_compass
+from text_models import ABLSTM, TextCNN, text_compass
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
@@ -53,17 +54,27 @@ CALLBACKS = {  # each with small settings, so that the whole promise list runs i
     "Compass": lambda **kw: Compass(**{**SMALL_MODULES, "probe_size": 32, **kw}),
 }
 #: Evaluations in a 2-epoch fit: every epoch, pruning at the end, the Compass both.
-EVALUATIONS = {name: 2 for name in CALLBACKS} | {"PruningAnalysis": 1, "Compass": 3}
+EVALUATIONS = {name: 2 for name in CALLBACKS} | {"PruningAnalysis": 1, "Compass": 3, "Compass-text": 3}
+
+
+#: The cases of the promises 2, 4 and 5: every callback on the digits, and the Compass on a text model.
+CASES = [*sorted(CALLBACKS), "Compass-text"]
 
 
 def _monitor(name, **kwargs):
+    if name == "Compass-text":  # every module that applies to text; Grad-CAM's are left out with a warning
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "left out of the default", CompassWarning)
+            return text_compass(**kwargs)
     return CALLBACKS[name](task=digits_task(), **kwargs)
 
 
-def _fit(tmp_path, callbacks, model=None, epochs=2, **kwargs):
+def _fit(tmp_path, callbacks, model=None, epochs=2, datamodule=None, **kwargs):
     pl.seed_everything(0)
     trainer = make_trainer(tmp_path, callbacks, epochs=epochs, **kwargs)
-    trainer.fit(model or DigitsClassifier(), datamodule=DigitsDataModule())
+    model = model or DigitsClassifier()
+    # a text model brings its own loaders
+    trainer.fit(model, datamodule=datamodule or (DigitsDataModule() if isinstance(model, DigitsClassifier) else None))
     return trainer
 
 
@@ -112,11 +123,19 @@ class AwkwardDigits(DigitsClassifier):
         self.net[3].requires_grad_(False)  # the second convolution, frozen
 
 
-@pytest.mark.parametrize("name", sorted(CALLBACKS))
+class AwkwardLSTM(ABLSTM):
+    """The AB-LSTM with Dropout on its embeddings (StateBracket adds gradients and a frozen embedding)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Sequential(self.embedding, nn.Dropout(0.3))
+
+
+@pytest.mark.parametrize("name", CASES)
 def test_every_callback_leaves_the_model_as_found(tmp_path, name):
     bracket = StateBracket(hooks=("on_validation_epoch_end", "on_train_end"))
     monitor = _monitor(name)
-    _fit(tmp_path, bracket.around(monitor), model=AwkwardDigits())
+    _fit(tmp_path, bracket.around(monitor), model=AwkwardLSTM() if name == "Compass-text" else AwkwardDigits())
     assert bracket.checked == 4  # sanity check, two validation epochs, end of fit
     assert_monitor_ran(monitor)
 
@@ -137,20 +156,31 @@ class UnshuffledDigits(DigitsDataModule):
         return torch.utils.data.DataLoader(self.train_set, batch_size=self.batch_size, shuffle=False)
 
 
-@pytest.mark.parametrize("name", sorted(CALLBACKS))
+class UnshuffledTextCNN(TextCNN):
+    shuffle = False
+
+
+@pytest.mark.parametrize("name", CASES)
 def test_a_resumed_run_logs_the_values_of_an_uninterrupted_run(tmp_path, name):
     extra = {"every_n_epochs": 1} if name == "PruningAnalysis" else {}
     extra |= {"robustness": {**SMALL_MODULES["robustness"], "transfer_from": ["snapshot"], "snapshot_every": 1}} if name == "Compass" else {}
+    text = name == "Compass-text"
+
+    def fit(directory, monitor, *others, epochs, **kwargs):
+        model, data = (UnshuffledTextCNN(), None) if text else (DigitsClassifier(), UnshuffledDigits())
+        trainer = make_trainer(directory, [monitor, *others], epochs=epochs)
+        trainer.fit(model, datamodule=data, **kwargs)
+        return trainer
+
     whole = _monitor(name, **extra)
     pl.seed_everything(0)
-    make_trainer(tmp_path / "whole", [whole], epochs=4).fit(DigitsClassifier(), datamodule=UnshuffledDigits())
+    fit(tmp_path / "whole", whole, epochs=4)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     pl.seed_everything(0)
-    make_trainer(tmp_path / "first", [_monitor(name, **extra), checkpoint], epochs=2).fit(DigitsClassifier(), datamodule=UnshuffledDigits())
+    fit(tmp_path / "first", _monitor(name, **extra), checkpoint, epochs=2)
     resumed = _monitor(name, **extra)
     pl.seed_everything(1)  # another seed: nothing after the resume may depend on the global RNG
-    trainer = make_trainer(tmp_path / "second", [resumed], epochs=4)
-    trainer.fit(DigitsClassifier(), datamodule=UnshuffledDigits(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    trainer = fit(tmp_path / "second", resumed, epochs=4, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert _stages(resumed.history) == _stages(whole.history)
     assert _stages(read_history(trainer.logger.log_dir)) == _stages(whole.history)  # the file too, once each
     assert_monitor_ran(whole)
@@ -211,10 +241,19 @@ def injected(monkeypatch):
     monkeypatch.setattr(Evaluation, "per_sample", original)
 
 
-@pytest.mark.parametrize("cause", sorted(CAUSES))
-@pytest.mark.parametrize("name", sorted(CALLBACKS))
+class NaNTextCNN(TextCNN):
+    def forward(self, ids):
+        return super().forward(ids) * float("nan") if not self.training else super().forward(ids)
+
+
+#: The faults of a text model: its own causes (a device or an output-type fault is the same for any model).
+TEXT_CAUSES = {"injected": (TextCNN, RuntimeError, "injected failure"), "nan_logits": (NaNTextCNN, FloatingPointError, "NaN or infinite outputs")}
+FAULTS = [(name, cause) for name in sorted(CALLBACKS) for cause in sorted(CAUSES)] + [("Compass-text", c) for c in TEXT_CAUSES]
+
+
+@pytest.mark.parametrize(("name", "cause"), FAULTS)
 def test_a_fault_warns_once_counts_and_training_and_checkpoints_go_on(tmp_path, name, cause, request):
-    model_cls, _, message = CAUSES[cause]
+    model_cls, _, message = (TEXT_CAUSES if name == "Compass-text" else CAUSES)[cause]
     if cause == "injected":
         request.getfixturevalue("injected")
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)

@@ -19,6 +19,7 @@ import compass_lightning as cl
 from compass_lightning.engine.evaluation import Evaluation
 from compass_lightning.engine.probe import ProbeSet
 from compass_lightning.mutation import MUTATIONS, mutate
+from compass_lightning.reporting.figures import adversarial_grid
 from compass_lightning.tasks import Task
 
 FEATURES = 6
@@ -44,6 +45,7 @@ class Tabular:
         return value
 
     adversarial_metrics = ()  # an adversarial feature vector is a real input
+    budgets = {"linf": 0.2, "l2": 0.5}  # in feature units
 
     def project(self, x_adv: Tensor, x: Tensor, targets: Tensor, model: nn.Module) -> dict[str, Tensor]:
         return {}
@@ -81,6 +83,12 @@ class Tabular:
             return f"feature vectors have no {name}; this task supports {sorted(self.applies[kind])}"
         return None
 
+    def positions(self, x: Tensor) -> None:
+        return None  # no sequence positions
+
+    def perturbable(self, x: Tensor) -> None:
+        return None  # every feature
+
     def display(self, x: Tensor) -> Tensor:
         return x.clamp(0, 1).view(len(x), 1, 1, -1)  # one row of grey pixels per sample
 
@@ -89,6 +97,12 @@ class Tabular:
 
     def attribution_figure(self, x, attributions, predicted, targets, title):
         return None  # no attribution picture for feature vectors
+
+    def attribution_text(self, x, attributions, predicted, targets):
+        return None
+
+    def adversarial_figure(self, x, adversarial, targets, predicted, title, model):
+        return adversarial_grid(self.display, self.input_range, x, adversarial, targets, predicted, title)
 
 
 def blobs(n: int, seed: int) -> TensorDataset:

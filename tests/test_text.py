@@ -3,17 +3,23 @@ Captum's layer methods, and the Compass on a TextCNN in a fit."""
 
 from __future__ import annotations
 
+import copy
+import math
+
 import lightning.pytorch as pl
 import pytest
 import torch
 from conftest import assert_monitor_ran, make_trainer
-from text_models import CLS, LENGTH, MASK, PAD, TASK, VOCAB, BagOfEmbeddings, TextCNN, sentences, text_compass
+from text_models import (
+    BERT_TASK, CLS, LENGTH, MASK, PAD, TASK, VOCAB, ABLSTM, BagOfEmbeddings, TextCNN, TinyBert, sentences, text_compass, tiny_bert,
+)
 from torch import Tensor, nn
 
 import compass_lightning as cl
 from compass_lightning.attacks import ATTACKS, run_attack
 from compass_lightning.attribution import METHODS
 from compass_lightning.mutation_text import mutate_tokens
+from compass_lightning.pruning import prunable
 from compass_lightning.tasks.text import point_ids
 
 
@@ -53,7 +59,7 @@ def test_embedding_space_fgsm_equals_its_closed_form_on_a_bag_of_embeddings():
     assert torch.equal(adv[:, :2], z[:, :2])  # the token ids travel unchanged
 
 
-@pytest.mark.parametrize("name", ["fgsm", "ifgsm", "pgd", "mifgsm", "sinifgsm", "pgd_l2", "deepfool"])
+@pytest.mark.parametrize("name", ["fgsm", "ifgsm", "pgd", "mifgsm", "sinifgsm", "pgd_l2", "cw", "deepfool"])
 def test_every_text_attack_stays_within_eps_keeps_the_ids_and_never_moves_padding_or_specials(name):
     torch.manual_seed(0)
     model = TextCNN().eval()
@@ -133,41 +139,47 @@ def test_image_methods_are_refused_for_text_with_the_reason_and_defaults_leave_t
     assert "gradcam" not in scores.methods
     with pytest.raises(ValueError, match="mutation.*'brightness'"):
         cl.MutationMetrics(mutations=["brightness"], task=TASK)
+    # an image budget (8/255) means nothing in embedding space: the task gives its own defaults
+    assert cl.AttackSuccessRate(task=TASK, attacks=["fgsm"]).eps == {"linf": (0.5,), "l2": (2.0,)}
+    assert cl.AttackSuccessRate(attacks=["fgsm"]).eps == {"linf": (8 / 255,), "l2": (0.5,)}
+    assert cl.PruningAnalysis(task=TASK).eps == {"linf": 0.5, "l2": 2.0}
 
 
-def test_the_compass_on_a_textcnn_logs_every_module_it_does_not_refuse(tmp_path):
+MODELS = {  # model, task, a layer of its own the neuron analysis must read, weights pruning must count
+    "textcnn": (TextCNN, TASK, "conv", "conv.weight"),
+    "ablstm": (ABLSTM, TASK, "lstm", "lstm.weight_hh_l0_reverse"),
+    "bert": (TinyBert, BERT_TASK, "bert.bert.encoder.layer.0", "bert.bert.encoder.layer.0.attention.self.query.weight"),
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_the_compass_on_each_text_model_logs_every_module_it_does_not_refuse(tmp_path, name):
+    model_class, task, layer, weight = MODELS[name]
     with pytest.warns(cl.CompassWarning, match="left out of the default"):
-        compass = text_compass()
+        compass = text_compass(task)
     assert not compass.modules["neurons"].deviation  # Grad-CAM deviation has no Conv2d here: left out, said so
     pl.seed_everything(0)
     trainer = make_trainer(tmp_path, [compass], epochs=2)
-    trainer.fit(TextCNN())
+    model = model_class()
+    trainer.fit(model)
     assert_monitor_ran(compass, "compass/basic/accuracy", "compass/mutation/token_swap/accuracy",
                        "compass/robustness/pgd/asr", "compass/interpretability/integrated_gradients/insertion",
                        "compass/neurons/coverage/nc", "compass/pruning/magnitude/max_safe_rate")
     fit = [r for r in compass.history if r["stage"] == "fit"]
-    assert fit[-2]["metrics"]["compass/basic/accuracy"] > 0.8  # the cue tokens are learnt
-    # the Conv1d is analysed and pruned too, and every attack says how many real tokens it changes
-    assert {"compass/neurons/coverage/nc/conv", "compass/neurons/sensitivity/fraction/conv"} <= set(fit[0]["metrics"])
+    if name == "textcnn":
+        assert fit[-2]["metrics"]["compass/basic/accuracy"] > 0.8  # the cue tokens are learnt
+    for record in compass.history:
+        assert not [k for k, v in record["metrics"].items() if v is not None and not math.isfinite(v)], record["stage"]
+    # its own layers are analysed and pruned too, and every attack says how many real tokens it changes
+    assert {f"compass/neurons/coverage/nc/{layer}", f"compass/neurons/sensitivity/fraction/{layer}"} <= set(fit[0]["metrics"])
     assert 0 <= fit[0]["metrics"]["compass/robustness/pgd/token_change_rate"] <= 1
-    from compass_lightning.pruning import prunable
-
-    assert "conv" in prunable(trainer.lightning_module)
-
-
-def _tiny_bert():
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=LENGTH, num_labels=2, pad_token_id=PAD)
-    return BertForSequenceClassification(config).eval()  # random weights: nothing is downloaded
+    assert {"embedding.weight" if name != "bert" else "bert.bert.embeddings.word_embeddings.weight", weight} <= set(prunable(model))
 
 
 def test_a_hugging_face_model_works_unchanged_and_its_token_ig_equals_captums():
     from captum.attr import LayerIntegratedGradients
 
-    model = _tiny_bert()
+    model = tiny_bert()
     task = cl.TextClassification(pad_id=PAD, mask_id=MASK, special_ids=[CLS], attention_mask="attention_mask")
     ids, _ = _probe()
     z = task.to_space(ids, model)
@@ -270,3 +282,154 @@ def test_token_heatmaps_draw_every_sentence_and_method_with_the_decoded_tokens()
     words = tokens_of(ids, vocabulary, PAD)
     assert [len(w) for w in words] == (ids != PAD).sum(1).tolist() and words[0][0] == "w2"  # [CLS] is id 2
     assert tokens_of(ids[:1], lambda row: [f"<{i}>" for i in row], PAD)[0][0] == "<2>"
+
+
+def test_neuron_means_cover_real_tokens_only_so_more_padding_changes_nothing():
+    from compass_lightning.neurons import neuron_sensitivity, neuron_values, select_layers
+
+    torch.manual_seed(0)
+    ids, _ = _probe(4)
+    longer = torch.cat([ids, torch.full((len(ids), 6), PAD)], dim=1)  # the same sentences, more padding
+    for model in (TextCNN(), ABLSTM()):  # a Conv1d (windows over tokens) and a BiLSTM's output sequence
+        model.eval()
+        layers = select_layers(model)
+        assert ("lstm" in layers) == isinstance(model, ABLSTM) and ("conv" in layers) == isinstance(model, TextCNN)
+        short, _ = neuron_values(model, ids, layers, TASK.positions(ids))
+        long, _ = neuron_values(model, longer, layers, TASK.positions(longer))
+        inner = "conv" if isinstance(model, TextCNN) else "lstm"
+        # a unidirectional reading would be exact; the BiLSTM's reverse pass crosses the padding, so only its
+        # forward half is invariant, and without the mask the means would shrink by the padding's share
+        units = slice(None) if inner == "conv" else slice(0, 8)
+        assert torch.allclose(short[inner][:, units], long[inner][:, units], atol=1e-6), type(model).__name__
+        unmasked, _ = neuron_values(model, longer, layers)
+        assert not torch.allclose(unmasked[inner][:, units], short[inner][:, units], atol=1e-3)
+    # the sensitivity reads the same masks through the space model: padding never counts
+    z = TASK.to_space(ids, model)
+    scores = neuron_sensitivity(TASK.space_model(model), z, draws=2, generator=torch.Generator().manual_seed(0),
+                                valid=TASK.positions(ids))
+    assert set(scores) == set(layers) and all(torch.isfinite(s).all() for s in scores.values())
+
+
+def test_pruning_counts_embedding_and_recurrent_weights_as_torch_global_pruning_does():
+    from torch.nn.utils import prune as torch_prune
+
+    from compass_lightning.pruning import importance, prune, sparsity
+
+    torch.manual_seed(0)
+    model = ABLSTM().eval()
+    entries = prunable(model)
+    assert list(entries) == ["embedding.weight", "lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.weight_ih_l0_reverse",
+                             "lstm.weight_hh_l0_reverse", "score.weight", "head.weight"]
+    ours = prune(model, importance(model, "magnitude", []), 0.5)
+    reference = copy.deepcopy(model)
+    torch_prune.global_unstructured([(e.module, e.attribute) for e in prunable(reference).values()],
+                                    torch_prune.L1Unstructured, amount=0.5)
+    for name, entry in prunable(reference).items():
+        assert torch.equal(prunable(ours)[name].weight == 0, entry.weight == 0), name
+    total = sum(e.weight.numel() for e in entries.values())
+    assert abs(sparsity(ours) * total - round(0.5 * total)) <= 1 and sparsity(model) < 0.05  # the original untouched
+    ids, _ = _probe(4)
+    assert torch.isfinite(ours(ids)).all()  # the pruned LSTM still runs
+    structured = prune(model, importance(model, "magnitude", []), 0.3, structured=True)
+    for name, entry in prunable(structured).items():  # whole rows: a token's embedding, a gate unit, a filter
+        rows = entry.weight.flatten(1) == 0
+        assert torch.equal(rows.all(dim=1), rows.any(dim=1)), name
+
+
+class OneToken(nn.Module):
+    """Reads the token at position 1 only (the first after [CLS])."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(VOCAB, 6, padding_idx=PAD)
+        self.linear = nn.Linear(6, 2)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.linear(self.embedding(ids)[:, 1])
+
+
+def test_token_deletion_reaches_the_floor_and_insertion_the_top_when_the_read_token_ranks_first():
+    from compass_lightning.attribution import insertion_deletion
+    from compass_lightning.attribution.scoring import substrate
+
+    torch.manual_seed(0)
+    model = OneToken().eval()
+    ids, _ = _probe(6)
+    free = TASK.perturbable(ids)
+    z = TASK.to_space(ids, model)
+    space = TASK.space_model(model)
+    target = TASK.outputs(model, ids).argmax(dim=1)
+    scores = torch.rand(ids.shape) * free  # every other token below the read one, which ranks first
+    scores[:, 1] = 2.0
+    attributions = torch.zeros_like(z)
+    attributions[:, 2] = scores[:, None]
+    n = free.sum(dim=1).float()
+    insertion, deletion, curves = insertion_deletion(space, z, attributions, target=target, steps=5,
+                                                     baseline=substrate(TASK, z, "zeros"), insertion_start=substrate(TASK, z, "zeros"),
+                                                     valid=free)
+    with torch.no_grad():
+        top = TASK.outputs(model, ids).softmax(1).gather(1, target[:, None])[:, 0]
+        masked = ids.clone()
+        masked[:, 1] = MASK
+        floor = TASK.outputs(model, masked).softmax(1).gather(1, target[:, None])[:, 0]
+    # the curves run over each sentence's own tokens: the read token goes at the first of its n steps
+    # (5 points evenly over n >= 4 tokens: the first step past 0 changes round(n / 4) >= 1 tokens)
+    assert torch.allclose(curves["deletion"][:, 0], top, atol=1e-6) and torch.allclose(curves["deletion"][:, -1], floor, atol=1e-6)
+    assert torch.allclose(curves["deletion"][:, 1:], floor[:, None].expand(-1, 4), atol=1e-6)
+    assert torch.allclose(curves["insertion"][:, 1:], top[:, None].expand(-1, 4), atol=1e-6)
+    step = 1 / 4
+    assert torch.allclose(deletion, floor + (top - floor) * step / 2, atol=1e-6)
+    assert torch.allclose(insertion, top - (top - floor) * step / 2, atol=1e-6)
+    # padding and [CLS] are never touched: the all-deleted input is each sentence with its free tokens masked
+    assert torch.allclose(curves["insertion"][:, 0], floor, atol=1e-6) and (n < LENGTH - 1).any()
+
+
+def test_adversarial_examples_are_drawn_as_the_tokens_they_project_to_with_the_changes_marked(monkeypatch, tmp_path):
+    import compass_lightning.reporting.text_figures as text_figures
+    from compass_lightning.reporting.text_figures import tokens_of
+
+    torch.manual_seed(0)
+    model = TextCNN().eval()
+    ids, y = _probe(2)
+    vocabulary = [f"w{i}" for i in range(VOCAB)]
+    task = cl.TextClassification(pad_id=PAD, mask_id=MASK, special_ids=[CLS], decode=vocabulary)
+    z = task.to_space(ids, model)
+    # an "attack" that moves the first word of each sentence exactly onto the embedding of token 20
+    x_adv = z.clone()
+    x_adv[:, 2:, 0, 1] = task.to_space(torch.full_like(ids, 20), model)[:, 2:, 0, 1]
+    drawn = []
+    monkeypatch.setattr(text_figures, "token_heatmap", lambda rows, title: drawn.append((rows, title)) or torch.zeros(3, 1, 1))
+    predicted = model(ids).argmax(1)
+    task.adversarial_figure(z, {"fgsm": (x_adv, predicted)}, y, predicted, "epoch 0", model)
+    rows, title = drawn[0]
+    assert len(rows) == 4 and "nearest tokens" in title
+    label, tokens, changed = rows[1]
+    assert label.startswith("#0 fgsm: predicted") and "(1 changed)" in label
+    assert tokens[1] == "w20" and tokens[0] == "w2" and changed.tolist() == [0, 1] + [0] * (len(tokens) - 2)
+    assert rows[0][1] == tokens_of(ids[:1], vocabulary, PAD)[0] and rows[0][2].abs().sum() == 0
+    # through the monitor: the examples image is logged for text
+    monkeypatch.undo()
+    monitor = cl.AttackSuccessRate(task=TASK, attacks=["fgsm", "hotflip"], probe_size=16, image_count=2, eps=[0.5])
+    trainer = make_trainer(tmp_path, [monitor], epochs=1, logger=pl.loggers.CSVLogger(tmp_path))
+    trainer.fit(TextCNN())
+    assert list(tmp_path.rglob("compass_images/compass/robustness/examples/*.png"))
+
+
+def test_token_heatmaps_are_coloured_text_in_the_html_report(tmp_path):
+    from compass_lightning.reporting.summary import run_report
+
+    vocabulary = [f"w{i}" for i in range(VOCAB)]
+    vocabulary[20] = "<b>bold</b>"  # a token that must be escaped, not rendered
+    task = cl.TextClassification(pad_id=PAD, mask_id=MASK, special_ids=[CLS], decode=vocabulary)
+    monitor = cl.AttributionScores(task=task, methods=["saliency"], probe_size=4, image_count=2, steps=4, every_n_epochs=1,
+                                   random_baseline=False)
+    pl.seed_everything(0)
+    trainer = make_trainer(tmp_path, [monitor], epochs=1)
+    trainer.fit(TextCNN())
+    page, _ = run_report(trainer.logger.log_dir)
+    assert "<h2>Token attributions</h2>" in page and "compass/interpretability/heatmaps" in page
+    labels = [part.split("</b>")[0] for part in page.split("<div class=tokens><b>")[1:]]
+    assert page.count("<div class=tokens>") == 2, labels  # two sentences x one method
+    assert "<b>#0 saliency: predicted" in page and "<b>bold</b>" not in page
+    spans = page.split("<div class=tokens>")[1].split("</div>")[0]
+    assert 'class=token style="background:rgb(' in spans and ">w2</span>" in spans  # [CLS] is id 2, drawn first

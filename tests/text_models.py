@@ -27,7 +27,29 @@ def sentences(n: int, seed: int) -> TensorDataset:
     return TensorDataset(ids, labels)
 
 
-class TextCNN(pl.LightningModule):
+class TokenClassifier(pl.LightningModule):
+    """Training on :func:`sentences`; subclasses define the network."""
+
+    lr = 0.02
+    shuffle = True  # False: training batches in a fixed order (a resumed fit then trains as an uninterrupted one)
+
+    def training_step(self, batch, batch_idx):
+        return nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+    def train_dataloader(self):
+        return DataLoader(sentences(256, 0), batch_size=32, shuffle=self.shuffle)
+
+    def val_dataloader(self):
+        return DataLoader(sentences(64, 1), batch_size=32)
+
+
+class TextCNN(TokenClassifier):
     """Embedding → Conv1d → max over time → Linear, as AI-Compass' TextCNN."""
 
     def __init__(self, dim: int = 8) -> None:
@@ -40,20 +62,48 @@ class TextCNN(pl.LightningModule):
         features = self.conv(self.embedding(ids).transpose(1, 2)).amax(dim=2)
         return self.head(features)
 
+
+class ABLSTM(TokenClassifier):
+    """Attention-based bidirectional LSTM (AI-Compass' AB-LSTM): BiLSTM states, additive attention
+    over them with padding masked, a linear layer."""
+
+    def __init__(self, dim: int = 8, hidden: int = 8) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(VOCAB, dim, padding_idx=PAD)
+        self.lstm = nn.LSTM(dim, hidden, batch_first=True, bidirectional=True)
+        self.score = nn.Linear(2 * hidden, 1)
+        self.head = nn.Linear(2 * hidden, 2)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        states, _ = self.lstm(self.embedding(ids))
+        weights = self.score(torch.tanh(states)).squeeze(2).masked_fill(ids == PAD, -1e4).softmax(dim=1)
+        return self.head((weights.unsqueeze(2) * states).sum(dim=1))
+
+
+def tiny_bert():
+    """A Hugging Face BERT classifier of random weights and a tiny configuration (nothing downloaded)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=LENGTH, num_labels=2, pad_token_id=PAD)
+    return BertForSequenceClassification(config).eval()
+
+
+class TinyBert(TokenClassifier):
+    """:func:`tiny_bert` trained in Lightning, taking the attention mask by keyword as Hugging Face models do."""
+
+    lr = 0.005
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bert = tiny_bert().train()
+
+    def forward(self, ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return self.bert(input_ids=ids, attention_mask=attention_mask).logits
+
     def training_step(self, batch, batch_idx):
-        return nn.functional.cross_entropy(self(batch[0]), batch[1])
-
-    def validation_step(self, batch, batch_idx):
-        pass
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=0.02)
-
-    def train_dataloader(self):
-        return DataLoader(sentences(256, 0), batch_size=32, shuffle=True)
-
-    def val_dataloader(self):
-        return DataLoader(sentences(64, 1), batch_size=32)
+        return nn.functional.cross_entropy(self(batch[0], (batch[0] != PAD).long()), batch[1])
 
 
 class BagOfEmbeddings(nn.Module):
@@ -69,14 +119,15 @@ class BagOfEmbeddings(nn.Module):
 
 
 TASK = cl.TextClassification(pad_id=PAD, mask_id=MASK, special_ids=[CLS])
+BERT_TASK = cl.TextClassification(pad_id=PAD, mask_id=MASK, special_ids=[CLS], attention_mask="attention_mask")
 
 
 
 
-def text_compass(**kwargs) -> cl.Compass:
-    """A Compass on the TextCNN with small probes: every module that applies to text."""
+def text_compass(task: cl.TextClassification = TASK, **kwargs) -> cl.Compass:
+    """A Compass with small probes: every module that applies to text."""
     return cl.Compass(
-        task=TASK, probe_size=32, interpretability={"every_n_epochs": 1, "probe_size": 8, "steps": 8},
+        task=task, probe_size=32, interpretability={"every_n_epochs": 1, "probe_size": 8, "steps": 8},
         neurons={"profile_size": 64}, pruning={"rates": [0.4], "sweep": [], "joint_rates": [0.4], "calibration_size": 64},
         **kwargs,
     )

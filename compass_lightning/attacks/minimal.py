@@ -7,6 +7,8 @@ attack success rate reads "fooled within ``eps``"; ``eps=float("inf")`` gives th
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -40,18 +42,31 @@ def cw(
     Defaults follow torchattacks; unlike torchattacks, the
     best other logit excludes the true class properly (torchattacks' ``(1 - onehot) * logits`` takes
     a 0 for the true class when all other logits are negative), and inputs at the bounds are moved
-    a hair inside so their tanh-space variable is finite.
+    a hair inside so their tanh-space variable is finite. Without a box (infinite ``bounds``, e.g.
+    embeddings) the search runs on the input itself: the change of variables exists only to keep
+    inputs inside the box (Carlini & Wagner's Section V.A lists it among ways to do so).
     """
     eps, (low, high) = check_budget(eps, bounds)
     x = x.detach()
-    unit = ((x - low) / (high - low) * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6)
-    w = torch.atanh(unit).requires_grad_(True)
+    if math.isfinite(low) and math.isfinite(high):
+        unit = ((x - low) / (high - low) * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6)
+        w = torch.atanh(unit).requires_grad_(True)
+
+        def to_input(w: Tensor) -> Tensor:
+            return low + (high - low) * (torch.tanh(w) + 1) / 2
+    elif math.isinf(low) and math.isinf(high):
+        w = x.clone().requires_grad_(True)
+
+        def to_input(w: Tensor) -> Tensor:
+            return w
+    else:
+        raise ValueError(f"bounds: cw needs both bounds finite (a box) or both infinite (no box), got {bounds}")
     optimiser = torch.optim.Adam([w], lr=lr)
     best = x.clone()
     best_l2 = torch.full((len(x),), float("inf"), device=x.device, dtype=x.dtype)
     previous = float("inf")
     for step in range(steps):
-        x_adv = low + (high - low) * (torch.tanh(w) + 1) / 2
+        x_adv = to_input(w)
         l2 = (x_adv - x).flatten(1).pow(2).sum(dim=1)
         logits = model(x_adv)
         true_class = F.one_hot(y, num_classes=logits.shape[1]).bool()

@@ -8,6 +8,12 @@ evenly spaced fractions of the pixels, from none to all, and its area is the tra
 normalised to [0, 1]. The ``2 * steps`` masked images of every sample are made a forward batch at a
 time, so the model always sees ``batch_size`` images (the size that suits the device) whatever the
 number of steps, and memory is bounded by one batch.
+
+``valid`` restricts both to the positions that may change — for text, the tokens that are neither
+padding nor special: the others are never deleted or inserted, and the fractions are of each
+sample's own valid positions (a sentence of 5 tokens in a batch padded to 12 has 5 deletion steps,
+not 12). The substrates may be given as tensors (for text: every token's embedding at the mask
+token's, its id kept).
 """
 
 from __future__ import annotations
@@ -23,7 +29,11 @@ from compass_lightning.engine.checks import check_choice, check_int
 SUBSTRATES = ("zeros", "blur")
 
 
-def _substrate(name: str, kind: str, x: Tensor) -> Tensor:
+def _substrate(name: str, kind: str | Tensor, x: Tensor) -> Tensor:
+    if isinstance(kind, Tensor):
+        if kind.shape != x.shape:
+            raise ValueError(f"{name}: a substrate tensor must have the inputs' shape {tuple(x.shape)}, got {tuple(kind.shape)}")
+        return kind.detach()
     if check_choice(name, kind, SUBSTRATES) == "zeros":
         return torch.zeros_like(x)
     # RISE's insertion substrate: a Gaussian blur, kernel 11 and sigma 5
@@ -43,9 +53,10 @@ def insertion_deletion(
     *,
     target: Tensor | None = None,
     steps: int = 32,
-    baseline: str = "zeros",
-    insertion_start: str = "zeros",
+    baseline: str | Tensor = "zeros",
+    insertion_start: str | Tensor = "zeros",
     batch_size: int | None = None,
+    valid: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """Insertion and deletion AUC of every sample, and the curves.
 
@@ -55,9 +66,11 @@ def insertion_deletion(
         attributions: of the shape of ``x`` (or ``(N, H, W)``); larger means more important.
         target: the class whose probability is scored; default: the prediction on ``x``.
         steps: points per curve (>= 2), from 0 to all pixels.
-        baseline: what deleted pixels become: ``"zeros"`` (black) or ``"blur"``.
-        insertion_start: what insertion starts from: ``"zeros"`` or ``"blur"``.
+        baseline: what deleted pixels become: ``"zeros"`` (black), ``"blur"`` or a tensor of ``x``'s shape.
+        insertion_start: what insertion starts from: ``"zeros"``, ``"blur"`` or a tensor of ``x``'s shape.
         batch_size: masked images per forward pass (``N * 2 * steps`` are scored in all); ``None``: all at once.
+        valid: ``(N, H, W)`` or ``(N, H * W)``, the positions that may change (see the module
+            docstring); ``None``: all.
 
     Returns:
         ``(insertion_auc, deletion_auc, {"insertion": (N, steps), "deletion": (N, steps)})``.
@@ -77,10 +90,16 @@ def insertion_deletion(
     total = n * 2 * steps
     batch_size = total if batch_size is None else check_int("batch_size", batch_size, minimum=1)
     scores = (attributions.sum(dim=1) if attributions.ndim == 4 else attributions).reshape(n, pixels)
+    sizes = torch.full((n,), pixels, device=x.device)
+    if valid is not None:
+        valid = valid.reshape(n, pixels).to(x.device, torch.bool)
+        scores = scores.masked_fill(~valid, -float("inf"))  # ranked last, and never reached: see counts
+        sizes = valid.sum(dim=1)
     order = scores.argsort(dim=1, descending=True, stable=True)
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(pixels, device=x.device).expand(n, -1))
-    counts = torch.round(torch.arange(steps, device=x.device, dtype=torch.float64) * pixels / (steps - 1)).long()
+    # (N, steps): how many of each sample's (valid) positions are changed at each step
+    counts = torch.round(torch.arange(steps, device=x.device, dtype=torch.float64) * sizes[:, None] / (steps - 1)).long()
     removed = _substrate("baseline", baseline, x)
     inserted_from = _substrate("insertion_start", insertion_start, x)
     probabilities = []
@@ -90,7 +109,7 @@ def insertion_deletion(
         # Image j of the flat sequence is sample j // (2 steps), deletion (first half) or insertion, step j % steps.
         for index in torch.arange(total, device=x.device).split(batch_size):
             sample, deleting, step = index // (2 * steps), (index // steps) % 2 == 0, index % steps
-            mask = (rank[sample] < counts[step, None]).view(-1, 1, height, width)
+            mask = (rank[sample] < counts[sample, step, None]).view(-1, 1, height, width)
             deleting = deleting.view(-1, 1, 1, 1)
             # deletion: the first pixels become the baseline; insertion: the first pixels are the input's
             chosen = torch.where(deleting, removed[sample], x[sample])

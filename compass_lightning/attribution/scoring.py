@@ -32,6 +32,7 @@ from compass_lightning.attribution._core import METHODS
 from compass_lightning.attribution.faithfulness import insertion_deletion
 from compass_lightning.engine.evaluation import Evaluation
 from compass_lightning.engine.samples import Samples
+from compass_lightning.tasks.base import Task
 
 RANDOM = "random"  # the chance baseline: uniformly random attributions
 
@@ -50,6 +51,17 @@ def attribute(
         # steps times the memory of a batch, and slower per image on a CPU
         params["internal_batch_size"] = batch_size
     return METHODS[name].function(model, x, target, **params)
+
+
+def substrate(task: Task, x: Tensor, kind: str) -> str | Tensor:
+    """What deleted features become: the task's zero baseline where it is a tensor (for text, the
+    mask token's embedding with the ids kept, so padding and special tokens stay as they are),
+    else ``kind`` itself (``"zeros"``: black pixels, ``"blur"``)."""
+    if kind == "zeros":
+        base = task.baseline(x, 0.0)
+        if isinstance(base, Tensor):
+            return base
+    return kind
 
 
 def score_probe(
@@ -82,8 +94,9 @@ def score_probe(
         if keep and not kept:
             kept.append(attributions[:keep].detach().cpu())
         insertion, deletion, curve = insertion_deletion(
-            model, x, attributions, target=target, steps=steps, baseline=baseline,
-            insertion_start=insertion_start, batch_size=evaluation.batch_size,
+            model, x, attributions, target=target, steps=steps, baseline=substrate(task, x, baseline),
+            insertion_start=substrate(task, x, insertion_start), batch_size=evaluation.batch_size,
+            valid=task.perturbable(inputs),
         )
         return {"insertion": insertion, "deletion": deletion, "insertion_curve": curve["insertion"],
                 "deletion_curve": curve["deletion"]}

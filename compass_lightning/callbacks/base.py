@@ -383,5 +383,6 @@ class CompassCallback(Callback):
         self.reporter.log_scalars(trainer, pl_module, scalars, in_epoch_end=in_epoch_end)
         with self.isolate("writing images"):
             self.reporter.log_images(trainer, evaluation.images)
+            self.reporter.write_texts(trainer, evaluation.texts, evaluation.epoch)
         with self.isolate("writing the history file"):
             self.reporter.write_history(self.state_key, self.history)

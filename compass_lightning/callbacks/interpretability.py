@@ -142,13 +142,16 @@ class AttributionScores(CompassCallback):
         if shown and kept:
             first = slice(0, shown)
             predicted = task.predictions(evaluation.outputs(probe.inputs))
+            shown_samples = (take(probe.shard(probe.inputs), first), kept, probe.shard(predicted.cpu())[first],
+                             probe.shard(probe.targets)[first])
             figure = task.attribution_figure(
-                take(probe.shard(probe.inputs), first), kept, probe.shard(predicted.cpu())[first],
-                probe.shard(probe.targets)[first],
-                title=f"epoch {trainer.current_epoch}: attributions for the predicted class (bright = important)",
+                *shown_samples, title=f"epoch {trainer.current_epoch}: attributions for the predicted class (bright = important)",
             )
             if figure is not None:
                 evaluation.images["compass/interpretability/heatmaps"] = figure
+            text = task.attribution_text(*shown_samples)
+            if text is not None:  # token heatmaps, also as coloured text in the HTML report
+                evaluation.texts["compass/interpretability/heatmaps"] = text
         if evaluation.want_images and curves:
             fractions = torch.linspace(0, 1, self.steps).tolist()
             for index, kind in enumerate(("insertion", "deletion")):

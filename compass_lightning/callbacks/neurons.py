@@ -69,7 +69,8 @@ class NeuronAnalysis(CompassCallback):
     Gaussian) of a few probe images at the most vulnerable layer.
 
     Args:
-        layers: module names to analyse (default: every ``Conv2d`` and ``Linear``, read after a
+        layers: module names to analyse (default: every convolution, linear, recurrent and Transformer
+            layer, see :mod:`compass_lightning.neurons._layers`; a convolution or linear layer read after a
             following activation); deviation uses the convolutions among them.
         criteria: coverage criteria, from ``nc kmnc nbc snac tknc``.
         threshold: NC's threshold on per-input min-max scaled values, in [0, 1].
@@ -201,7 +202,7 @@ class NeuronAnalysis(CompassCallback):
 
         def sensitive(inputs: Tensor, normal: Tensor) -> dict[str, Tensor]:
             return neuron_sensitivity(task.space_model(model, inputs), task.to_space(inputs, model), sigma=self.sigma, draws=self.draws,
-                                      layers=self.layers, normal=normal)
+                                      layers=self.layers, normal=normal, valid=task.positions(inputs))
 
         with self.isolate("neuron sensitivity"):
             normal = self._normal("sensitivity", self.draws, evaluation)
@@ -215,7 +216,7 @@ class NeuronAnalysis(CompassCallback):
 
             def excitable(inputs: Tensor, targets: Tensor, normal: Tensor) -> dict[str, Tensor]:
                 return neuron_excitability(task.space_model(model, inputs), task.to_space(inputs, model), targets, sigma=self.sigma,
-                                           draws=1, layers=self.layers, normal=normal)
+                                           draws=1, layers=self.layers, normal=normal, valid=task.positions(inputs))
 
             with self.isolate("neuron excitability"):
                 normal = self._normal("excitability", 1, evaluation)
@@ -243,10 +244,11 @@ class NeuronAnalysis(CompassCallback):
         needs_ranges = {"kmnc", "nbc", "snac"} & set(self.criteria)
         if needs_ranges:  # every process profiles all samples: the same ranges everywhere
             chunks = ProbeSet.chunks(profile.inputs, evaluation.batch_size, evaluation.device)
-            ranges = profile_ranges(model, chunks, layers=self.layers)
+            ranges = profile_ranges(model, chunks, layers=self.layers, forward=lambda x: task.outputs(model, x),
+                                    positions=task.positions)
 
         def values(inputs: Tensor) -> dict[str, Tensor]:
-            return neuron_values(lambda x: task.outputs(model, x), inputs, layers)[0]
+            return neuron_values(lambda x: task.outputs(model, x), inputs, layers, task.positions(inputs))[0]
 
         all_values = evaluation.per_sample(values, probe.inputs)
         cover = Coverage(ranges, criteria=self.criteria, threshold=self.threshold, sections=self.sections, top_k=self.top_k)

@@ -84,8 +84,8 @@ class PruningAnalysis(CompassCallback):
             training dataloader (needed under ``trainer.validate`` without training data).
         joint: also run attacks and attribution scores on the pruned copies at ``joint_rates``.
         joint_rates: the rates of the joint analysis.
-        attacks, eps: the white-box attacks of the joint analysis (see
-            :class:`~compass_lightning.AttackSuccessRate`).
+        attacks, eps, eps_l2: the white-box attacks of the joint analysis and their L∞ and L2 budgets
+            (see :class:`~compass_lightning.AttackSuccessRate`; default: the task's ``budgets``).
         attribution_methods, attribution_steps: the attribution methods and curve points of the joint
             analysis (see :class:`~compass_lightning.AttributionScores`).
         attribution_probe_size: the probe samples the joint attribution analysis scores (``None``:
@@ -119,8 +119,8 @@ class PruningAnalysis(CompassCallback):
         joint: bool = True,
         joint_rates: Sequence[float] = (0.35, 0.40),
         attacks: Sequence[str] = DEFAULT_ATTACKS,
-        eps: float = 8 / 255,
-        eps_l2: float = 0.5,
+        eps: Optional[float] = None,
+        eps_l2: Optional[float] = None,
         attribution_methods: Sequence[str] = DEFAULT_ATTRIBUTION,
         attribution_steps: int = 16,
         attribution_probe_size: Optional[int] = 32,
@@ -157,7 +157,9 @@ class PruningAnalysis(CompassCallback):
         # interpretability monitors (attacks.scoring, attribution.scoring).
         self.attacks = resolve_selection(ATTACKS, "attacks", attacks)
         self.attacks = self.applicable("attack", self.attacks, "attacks", explicit=attacks != DEFAULT_ATTACKS)
-        self.eps = {"linf": check_real("eps", eps, low=0.0), "l2": check_real("eps_l2", eps_l2, low=0.0)}
+        budgets = self.task.budgets  # the task's own where not given (8/255 and 0.5 for images in [0, 1])
+        self.eps = {"linf": check_real("eps", budgets["linf"] if eps is None else eps, low=0.0),
+                    "l2": check_real("eps_l2", budgets["l2"] if eps_l2 is None else eps_l2, low=0.0)}
         self.attribution_methods = resolve_selection(METHODS, "attribution_methods", attribution_methods)
         self.attribution_methods = self.applicable("attribution", self.attribution_methods, "attribution_methods",
                                                    explicit=attribution_methods != DEFAULT_ATTRIBUTION)

@@ -15,7 +15,7 @@ from compass_lightning.attacks import ATTACKS, mean_attack_success_rate
 from compass_lightning.attacks.scoring import Kept, attack_metrics, attack_probe
 from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData, compass_module
 from compass_lightning.engine.checks import check_int, check_reals
-from compass_lightning.reporting.figures import labelled_image_grid, line_chart
+from compass_lightning.reporting.figures import line_chart
 from compass_lightning.engine.guard import analysis_mode
 from compass_lightning.engine.layers import check_layer_parameters
 from compass_lightning.engine.registry import resolve_selection
@@ -80,9 +80,12 @@ class AttackSuccessRate(CompassCallback):
     Args:
         attacks: white-box attacks, names of :data:`~compass_lightning.attacks.ATTACKS` or a mapping
             from names to parameters, e.g. ``{"pgd": {"steps": 20}, "fgsm": None}``.
-        eps: budget of the L∞ attacks in pixel units, or a list of budgets (an ε-sweep; the first is
-            the reference logged without an ``eps_`` prefix).
-        eps_l2: budget of the L2 attacks (``pgd_l2``, ``cw``, ``deepfool``), a number or a list.
+        eps: budget of the L∞ attacks in the units of the task's perturbation space (pixels for
+            images, the embedding scale for text), or a list of budgets (an ε-sweep; the first is
+            the reference logged without an ``eps_`` prefix); default: the task's ``budgets``
+            (8/255 for images in [0, 1], 0.5 for text).
+        eps_l2: budget of the L2 attacks (``pgd_l2``, ``cw``, ``deepfool``), a number or a list;
+            default: the task's (0.5 for images in [0, 1], 2.0 for text).
         transfer_from: surrogates to craft transfer examples on: ``nn.Module``\\ s taking the same
             inputs as the model, and/or ``"snapshot"``, a frozen copy of this model refreshed every
             ``snapshot_every`` epochs (a list, or a mapping from tag names to surrogates).
@@ -107,8 +110,8 @@ class AttackSuccessRate(CompassCallback):
         self,
         attacks: Attacks = DEFAULT_ATTACKS,
         *,
-        eps: Union[float, Sequence[float]] = 8 / 255,
-        eps_l2: Union[float, Sequence[float]] = 0.5,
+        eps: Union[float, Sequence[float], None] = None,
+        eps_l2: Union[float, Sequence[float], None] = None,
         transfer_from: Surrogates = (),
         transfer_attacks: Attacks = DEFAULT_TRANSFER,
         snapshot_every: int = 5,
@@ -131,7 +134,9 @@ class AttackSuccessRate(CompassCallback):
             fail_fast=fail_fast,
         )
         self.attacks = resolve_selection(ATTACKS, "attacks", attacks)
-        self.eps = {"linf": check_reals("eps", eps, low=0.0), "l2": check_reals("eps_l2", eps_l2, low=0.0)}
+        budgets = self.task.budgets  # the task's own where not given: 8/255 and 0.5 for images in [0, 1]
+        self.eps = {"linf": check_reals("eps", budgets["linf"] if eps is None else eps, low=0.0),
+                    "l2": check_reals("eps_l2", budgets["l2"] if eps_l2 is None else eps_l2, low=0.0)}
         self.transfer_from = _surrogate_names(transfer_from)
         self.transfer_attacks = resolve_selection(ATTACKS, "transfer_attacks", transfer_attacks)
         self.attacks = self.applicable("attack", self.attacks, "attacks", explicit=attacks != DEFAULT_ATTACKS)
@@ -215,11 +220,13 @@ class AttackSuccessRate(CompassCallback):
         if asrs:
             evaluation.scalars[MEAN_ASR] = mean_attack_success_rate(asrs)
         self._transfer(trainer, evaluation, correct)
-        grid = None
         if shown and examples:
-            grid = self._example_grid(trainer, task, probe.targets[:shown], clean[:shown], examples)
-        if grid is not None:  # a task without pictures of its samples draws none
-            evaluation.images["compass/robustness/examples"] = grid
+            first = next(iter(examples.values()))[0]
+            title = f"epoch {trainer.current_epoch}, eps = {self.eps['linf'][0]:.4g} (L∞) / {self.eps['l2'][0]:.4g} (L2)"
+            grid = task.adversarial_figure(first, {name: kept[1:] for name, kept in examples.items()}, probe.targets[:shown],
+                                           clean[:shown], title, evaluation.model)
+            if grid is not None:  # a task without pictures of its samples draws none
+                evaluation.images["compass/robustness/examples"] = grid
         for norm, curves in sweeps.items():
             if evaluation.want_images and curves:
                 evaluation.images[f"compass/robustness/eps_sweep{'_l2' if norm == 'l2' else ''}"] = line_chart(
@@ -304,36 +311,4 @@ class AttackSuccessRate(CompassCallback):
 
     # -- pictures ------------------------------------------------------------------------------
 
-    def _example_grid(
-        self,
-        trainer: pl.Trainer,
-        task: Task,
-        targets: Tensor,
-        clean_predictions: Tensor,
-        examples: dict[str, tuple[Tensor, Tensor, Tensor]],
-    ) -> Tensor | None:
-        first = next(iter(examples.values()))
-        rows = {"clean": task.display(first[0])}
-        if rows["clean"] is None:
-            return None
-        labels = {"clean": clean_predictions}
-        correct = {"clean": clean_predictions == targets}
-        for name, (x, x_adv, predicted) in examples.items():
-            delta = x_adv - x
-            scale = delta.flatten(1).abs().amax(dim=1).clamp_min(1e-12).view(-1, *([1] * (delta.ndim - 1)))
-            rows[name] = task.display(x_adv)
-            labels[name] = predicted
-            correct[name] = predicted == targets
-            # grey = unchanged, amplified to the full range of the space, drawn as the task draws samples
-            low, high = task.input_range
-            rows[f"{name} δ"] = task.display(low + (high - low) * (0.5 + 0.5 * delta / scale))
-        return labelled_image_grid(
-            rows,
-            labels,
-            reference="clean",
-            correct=correct,
-            title=f"epoch {trainer.current_epoch}, eps = {self.eps['linf'][0]:.4g} (L∞) / {self.eps['l2'][0]:.4g} (L2)\n"
-            "label: prediction (on red where the attack changed it); frame: green right, red wrong\n"
-            "δ: the perturbation, amplified (grey: unchanged)",
-        )
 

@@ -146,6 +146,8 @@ class Evaluation:
         self.share = share
         self.scalars: dict[str, Tensor | float] = {}
         self.images: dict[str, Tensor] = {}
+        #: Pictures made of text, for the HTML report: ``{tag: [{"label", "tokens", "scores"}, ...]}``.
+        self.texts: dict[str, list[dict[str, Any]]] = {}
         #: The clean outputs of the probe, and with ``share`` the adversarial examples (pixel space,
         #: probe order) by :func:`attack_key`: the same object in every subset.
         self.shared = SharedResults()
@@ -158,7 +160,7 @@ class Evaluation:
         child = Evaluation(self.model, self.probe.first(size), self.task, batch_size=self.batch_size, all_gather=self.all_gather,
                            any_rank=self.any_rank, gather_objects=self.gather_objects, want_images=self.want_images,
                            epoch=self.epoch, share=self.share)
-        child.scalars, child.images, child.shared = self.scalars, self.images, self.shared
+        child.scalars, child.images, child.texts, child.shared = self.scalars, self.images, self.texts, self.shared
         return child
 
     def for_model(self, model: nn.Module) -> Evaluation:

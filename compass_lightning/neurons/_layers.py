@@ -1,11 +1,20 @@
 """Which layers the neuron analyses look at, and recording their neurons with forward hooks.
 
-A *neuron* is a channel of a ``Conv2d`` or ``Conv1d`` (its spatial or temporal mean — over every
-position, padding included, for text) or a unit of a ``Linear``. By default every ``Conv2d``,
-``Conv1d`` and ``Linear`` is selected; where such a layer is followed inside an
-``nn.Sequential`` by an activation module (normalisation layers in between allowed), the
-activation's output is observed, so neurons are read after their non-linearity, as the coverage
-and sensitivity definitions intend.
+A *neuron* is a channel of a ``Conv2d`` or ``Conv1d`` (its mean over the positions of the feature
+map) or a unit of a ``Linear``, a recurrent layer (``RNN``/``LSTM``/``GRU``: its output sequence;
+the final states are not read) or a Transformer layer (``nn.TransformerEncoderLayer``/
+``DecoderLayer`` and Hugging Face ``*Layer`` blocks of an encoder: the hidden states they return),
+averaged over the positions of its input sequence. By default all of them are selected; where a
+convolution or linear layer is followed inside an ``nn.Sequential`` by an activation module
+(normalisation layers in between allowed), the activation's output is observed, so neurons are
+read after their non-linearity, as the coverage and sensitivity definitions intend.
+
+For token models the averages cover real tokens only: given ``valid`` (``(N, L)``, whether each
+input position is a token rather than padding), a layer whose sequence has the input's length
+``L`` averages over the valid positions, and a ``Conv1d`` whose output is shorter or longer over
+the windows that hold at least one token (the mask max-pooled with the convolution's own kernel,
+stride, padding and dilation). A layer whose positions cannot be matched to the tokens averages
+over all of them.
 """
 
 from __future__ import annotations
@@ -13,8 +22,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 
@@ -26,6 +37,27 @@ ACTIVATIONS = (
     nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus,
 )
 NORMALISATIONS = (_NormBase, nn.GroupNorm, nn.LayerNorm)
+NEURON_LAYERS = (nn.Conv2d, nn.Conv1d, nn.Linear, nn.RNNBase, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+
+
+def _is_block(name: str, module: nn.Module) -> bool:
+    """A Hugging Face Transformer block: a ``*Layer`` module held in an encoder's ``layer`` list
+    (``encoder.layer.0`` of BERT, RoBERTa, DistilBERT's ``transformer.layer.0``, ...)."""
+    parts = name.split(".")
+    return len(parts) >= 2 and parts[-2] in ("layer", "layers") and parts[-1].isdigit() and type(module).__name__.endswith("Layer")
+
+
+def _window(module: nn.Module) -> tuple[int, int, int, int] | None:
+    """A ``Conv1d``'s (kernel, stride, padding, dilation), where its padding is a number."""
+    if isinstance(module, nn.Conv1d) and not isinstance(module.padding, str):
+        return module.kernel_size[0], module.stride[0], module.padding[0], module.dilation[0]
+    return None
+
+
+def as_tensor(output: Any) -> Tensor:
+    """The tensor of a module's output: itself, or the first item of a tuple (a recurrent layer's
+    sequence, a Hugging Face block's hidden states)."""
+    return output if isinstance(output, Tensor) else output[0]
 
 
 @dataclass(frozen=True)
@@ -34,6 +66,8 @@ class Layer:
 
     ``channels_first``: neurons are dimension 1 (a convolution; other dimensions are averaged);
     otherwise the last dimension (a linear layer; dimensions between batch and units are averaged).
+    ``sequence_first``: the output is ``(L, N, units)`` (a recurrent or Transformer layer without
+    ``batch_first``). ``window``: a ``Conv1d``'s geometry, to match its positions to tokens.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
@@ -44,14 +78,37 @@ class Layer:
     name: str
     observed: nn.Module
     channels_first: bool
+    sequence_first: bool = False
+    window: tuple[int, int, int, int] | None = None
 
-    def neurons(self, output: Tensor) -> Tensor:
-        """``(N, neurons)`` values of the layer from the observed module's output."""
+    def neurons(self, output: Any, valid: Tensor | None = None, *, total: bool = False) -> Tensor:
+        """``(N, neurons)`` values of the layer from the observed module's output: each neuron's mean
+        over its positions (their sum with ``total``), over the valid ones where ``valid`` (``(N, L)``
+        input positions that are tokens) can be matched to them (see the module docstring)."""
+        output = as_tensor(output)
         if output.ndim == 2:
             return output
-        if self.channels_first:
-            return output.flatten(2).mean(dim=2)
-        return output.flatten(1, -2).mean(dim=1)
+        if self.sequence_first:
+            output = output.transpose(0, 1)
+        values = output.flatten(2) if self.channels_first else output.flatten(1, -2).transpose(1, 2)  # (N, units, T)
+        weights = self._positions(valid, values.shape[2]) if valid is not None else None
+        if weights is None:
+            return values.sum(dim=2) if total else values.mean(dim=2)
+        weights = weights.to(values.dtype)[:, None]
+        summed = (values * weights).sum(dim=2)
+        return summed if total else summed / weights.sum(dim=2).clamp_min(1)
+
+    def _positions(self, valid: Tensor, length: int) -> Tensor | None:
+        """``(N, length)`` which positions of the layer's sequence hold tokens, or ``None`` (unknown)."""
+        if valid.shape[1] == length:
+            return valid
+        if self.window is not None:
+            kernel, stride, padding, dilation = self.window
+            if padding <= kernel // 2:  # max_pool1d's limit
+                pooled = F.max_pool1d(valid[:, None].float(), kernel, stride, padding, dilation)[:, 0] > 0
+                if pooled.shape[1] == length:
+                    return pooled
+        return None
 
 
 def _follower(modules: dict[str, nn.Module], name: str) -> nn.Module | None:
@@ -69,24 +126,43 @@ def _follower(modules: dict[str, nn.Module], name: str) -> nn.Module | None:
     return None
 
 
+def _layer(name: str, module: nn.Module, observed: nn.Module | None = None) -> Layer:
+    sequence_first = isinstance(module, (nn.RNNBase, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)) and not (
+        getattr(module, "batch_first", False) or getattr(getattr(module, "self_attn", None), "batch_first", False))
+    channels_first = not isinstance(module, (nn.Linear, *NEURON_LAYERS[3:])) and not _is_block(name, module)
+    return Layer(name, observed or module, channels_first, sequence_first, _window(module))
+
+
 def select_layers(model: nn.Module, names: Sequence[str] | None = None, *, argument: str = "layers") -> dict[str, Layer]:
-    """``{name: Layer}``: every ``Conv2d``, ``Conv1d`` and ``Linear`` (read after a following activation), or
-    exactly the modules named (read as they are). An unknown name is a ``ValueError`` listing the
-    model's layers."""
+    """``{name: Layer}``: every layer of the module docstring (a convolution or linear layer read
+    after a following activation), or exactly the modules named (read as they are). An unknown name
+    is a ``ValueError`` listing the model's layers.
+
+    Example:
+        >>> net = nn.Sequential(nn.Embedding(9, 4), nn.LSTM(4, 3, batch_first=True))
+        >>> layer = select_layers(net)["1"]
+        >>> valid = torch.tensor([[True, True, False]])  # the third position is padding
+        >>> out = net(torch.tensor([[5, 6, 0]]))
+        >>> torch.allclose(layer.neurons(out, valid), out[0][:, :2].mean(dim=1))
+        True
+    """
     modules = dict(unwrap(model).named_modules())
     if names is None:
-        chosen = [n for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Conv1d, nn.Linear)) and n]
+        chosen = [n for n, m in modules.items() if n and (isinstance(m, NEURON_LAYERS) or _is_block(n, m))]
+        # a Transformer block's own Linear layers stay selected: they are neurons too
         if not chosen:
-            raise ValueError(f"{argument}: the model has no Conv2d, Conv1d or Linear layer; name layers from: {_names(modules)}")
-        followers = {n: _follower(modules, n) for n in chosen}
+            raise ValueError(f"{argument}: the model has no convolution, linear, recurrent or Transformer layer; "
+                             f"name layers from: {_names(modules)}")
+        followers = {n: _follower(modules, n) if isinstance(modules[n], NEURON_LAYERS[:3]) else None for n in chosen}
         shared = {id(f) for f in followers.values() if f is not None and sum(g is f for g in followers.values()) > 1}
         # an activation instance reused after several layers cannot tell their outputs apart: read those raw
-        observed = {n: f if f is not None and id(f) not in shared else modules[n] for n, f in followers.items()}
-        return {n: Layer(n, observed[n], isinstance(modules[n], (nn.Conv2d, nn.Conv1d))) for n in chosen}
+        observed = {n: f if f is not None and id(f) not in shared else None for n, f in followers.items()}
+        return {n: _layer(n, modules[n], observed[n]) for n in chosen}
     missing = [n for n in names if n not in modules or not n]
     if missing:
         raise ValueError(f"{argument}: the model has no layer {missing[0]!r}; its layers: {_names(modules)}")
-    return {n: Layer(n, modules[n], not isinstance(modules[n], nn.Linear)) for n in names}
+    return {n: _layer(n, modules[n]) if isinstance(modules[n], NEURON_LAYERS) or _is_block(n, modules[n])
+            else Layer(n, modules[n], True) for n in names}
 
 
 def record(layers: dict[str, Layer]) -> AbstractContextManager[Recording]:
@@ -103,11 +179,13 @@ def record(layers: dict[str, Layer]) -> AbstractContextManager[Recording]:
     return record_modules({name: layer.observed for name, layer in layers.items()})
 
 
-def neuron_values(model: nn.Module, x: Tensor, layers: dict[str, Layer]) -> tuple[dict[str, Tensor], Tensor]:
-    """``({layer: (N, neurons)}, logits)`` of one forward pass without gradients."""
+def neuron_values(model: nn.Module, x: Tensor, layers: dict[str, Layer],
+                  valid: Tensor | None = None) -> tuple[dict[str, Tensor], Tensor]:
+    """``({layer: (N, neurons)}, logits)`` of one forward pass without gradients; ``valid``: which
+    input positions are tokens (``(N, L)``, see the module docstring), ``None`` for images."""
     with torch.no_grad(), record(layers) as seen:
         logits = model(x)
     missing = [name for name in layers if name not in seen.outputs]
     if missing:
         raise RuntimeError(f"layers {missing} were not called in the model's forward pass")
-    return {name: layer.neurons(seen.outputs[name]).float() for name, layer in layers.items()}, logits
+    return {name: layer.neurons(seen.outputs[name], valid).float() for name, layer in layers.items()}, logits

@@ -17,7 +17,7 @@ Written here because no maintained PyTorch library computes these batched on any
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -28,8 +28,14 @@ CRITERIA = ("nc", "kmnc", "nbc", "snac", "tknc")
 Ranges = dict[str, tuple[Tensor, Tensor]]
 
 
-def profile_ranges(model: nn.Module, batches: Iterable[Tensor], *, layers: Sequence[str] | None = None) -> Ranges:
+def profile_ranges(model: nn.Module, batches: Iterable[Tensor], *, layers: Sequence[str] | None = None,
+                   forward: Callable[[Tensor], Tensor] | None = None,
+                   positions: Callable[[Tensor], Tensor | None] | None = None) -> Ranges:
     """``{layer: (low, high)}``, each neuron's minimum and maximum over ``batches`` (model inputs).
+
+    ``forward``: how an input batch goes through ``model`` (default: ``model`` itself, e.g. a task's
+    ``outputs`` that adds an attention mask); ``positions``: which positions of a batch are tokens
+    (:func:`~compass_lightning.neurons.neuron_values`' ``valid``).
 
     Example:
         >>> net = nn.Sequential(nn.Linear(1, 2))
@@ -42,7 +48,7 @@ def profile_ranges(model: nn.Module, batches: Iterable[Tensor], *, layers: Seque
     low: dict[str, Tensor] = {}
     high: dict[str, Tensor] = {}
     for x in batches:
-        values, _ = neuron_values(model, x, chosen)
+        values, _ = neuron_values(forward or model, x, chosen, positions(x) if positions else None)
         for name, v in values.items():
             low[name] = torch.minimum(low[name], v.amin(0)) if name in low else v.amin(0)
             high[name] = torch.maximum(high[name], v.amax(0)) if name in high else v.amax(0)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from compass_lightning.neurons._layers import neuron_values, record, select_layers
+from compass_lightning.neurons._layers import as_tensor, neuron_values, record, select_layers
 from compass_lightning.engine.rng import draw
 
 
@@ -41,10 +41,12 @@ def neuron_sensitivity(
     layers: Sequence[str] | None = None,
     generator: torch.Generator | None = None,
     normal: Tensor | None = None,
+    valid: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """``{layer: (N, neurons)}`` sensitivity of every neuron for every input, averaged over the
     noise draws; all draws go through the model in one forward pass. ``normal``: the standard
-    normal draws to use, ``(N, draws, ...)``, instead of drawing from ``generator``.
+    normal draws to use, ``(N, draws, ...)``, instead of drawing from ``generator``; ``valid``:
+    which input positions are tokens (``(N, L)``; neurons average over those only).
 
     Example:
         >>> net = nn.Sequential(nn.Linear(2, 2))
@@ -57,7 +59,7 @@ def neuron_sensitivity(
     chosen = select_layers(model, layers)
     noise = _noise(x, sigma, draws, generator, normal)
     batch = torch.cat([x, (x.unsqueeze(0) + noise).flatten(0, 1)])
-    values, _ = neuron_values(model, batch, chosen)
+    values, _ = neuron_values(model, batch, chosen, None if valid is None else valid.repeat(draws + 1, 1))
     norms = noise.flatten(2).norm(dim=2).clamp_min(1e-12)  # (draws, N)
     out = {}
     for name, v in values.items():
@@ -76,10 +78,11 @@ def neuron_excitability(
     layers: Sequence[str] | None = None,
     generator: torch.Generator | None = None,
     normal: Tensor | None = None,
+    valid: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """``{layer: (N, neurons)}`` first-order excitability (see the module docstring), averaged over
     the noise draws: two forward and two backward passes' worth of work per draw, batched.
-    ``normal`` as in :func:`neuron_sensitivity`."""
+    ``normal`` and ``valid`` as in :func:`neuron_sensitivity`."""
     chosen = select_layers(model, layers)
     noise = _noise(x, sigma, draws, generator, normal)
     # the input requires grad so that a graph exists even when every parameter is frozen (the guard)
@@ -87,14 +90,13 @@ def neuron_excitability(
     targets = y.repeat(draws + 1)
     with torch.enable_grad(), record(chosen) as seen:
         loss = F.cross_entropy(model(batch), targets, reduction="sum")  # per-sample gradients stay apart
-        outputs = [seen.outputs[name] for name in chosen]
+        outputs = [as_tensor(seen.outputs[name]) for name in chosen]
         gradients = torch.autograd.grad(loss, outputs)
+    repeated = None if valid is None else valid.repeat(draws + 1, 1)
     out = {}
     for (name, layer), a, g in zip(chosen.items(), outputs, gradients):
-        # a neuron's contribution sums over its positions: the channel mean times their number
-        product = (a * g).detach()
-        neurons = layer.neurons(product)
-        contribution = neurons * (product[0].numel() // neurons.shape[1])
+        # a neuron's contribution sums over its (valid) positions
+        contribution = layer.neurons((a * g).detach(), repeated, total=True)
         clean, noisy = contribution[: len(x)], contribution[len(x) :].view(draws, len(x), -1)
         out[name] = (noisy - clean).mean(dim=0)
     return out

@@ -9,7 +9,7 @@ draws the same picture in a few milliseconds. The font is matplotlib's DejaVu Sa
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -313,3 +313,36 @@ def heatmap_overlay(images: Tensor, attributions: Tensor) -> Tensor:
     hot = torch.stack([(3 * heat).clamp(0, 1), (3 * heat - 1).clamp(0, 1), (3 * heat - 2).clamp(0, 1)], dim=1)
     grey = images.detach().float().cpu().clamp(0, 1).mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
     return 0.4 * grey + 0.6 * hot
+
+
+def adversarial_grid(display: Callable[[Tensor], Tensor], input_range: tuple[float, float], x: Tensor,
+                     adversarial: dict[str, tuple[Tensor, Tensor]], targets: Tensor, predicted: Tensor,
+                     title: str) -> Tensor:
+    """``(3, H, W)``: the clean samples ``x``, then for each attack its adversarial samples and their
+    perturbation (amplified), each labelled with its prediction; ``display`` draws samples of the
+    perturbation space (whose values lie in ``input_range``) as images in ``[0, 1]``.
+
+    Example:
+        >>> x = torch.rand(2, 1, 4, 4)
+        >>> grid = adversarial_grid(lambda v: v, (0.0, 1.0), x, {"fgsm": (x.flip(0), torch.tensor([1, 0]))},
+        ...                         torch.tensor([0, 1]), torch.tensor([0, 1]), "epoch 0")
+        >>> grid.shape[0]
+        3
+    """
+    rows = {"clean": display(x)}
+    labels = {"clean": predicted}
+    correct = {"clean": predicted == targets}
+    low, high = input_range
+    for name, (x_adv, attacked) in adversarial.items():
+        delta = x_adv - x
+        scale = delta.flatten(1).abs().amax(dim=1).clamp_min(1e-12).view(-1, *([1] * (delta.ndim - 1)))
+        rows[name] = display(x_adv)
+        labels[name] = attacked
+        correct[name] = attacked == targets
+        # grey = unchanged, amplified to the full range of the space
+        rows[f"{name} δ"] = display(low + (high - low) * (0.5 + 0.5 * delta / scale))
+    return labelled_image_grid(
+        rows, labels, reference="clean", correct=correct,
+        title=f"{title}\nlabel: prediction (on red where the attack changed it); frame: green right, red wrong\n"
+        "δ: the perturbation, amplified (grey: unchanged)",
+    )

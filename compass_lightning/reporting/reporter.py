@@ -6,6 +6,8 @@
 * Images go to TensorBoard (``add_image``), or as PNG files under the log directory for other
   loggers (``<dir>/compass_images/<tag>/step_<global_step>.png``); without a logger they are
   dropped with a one-time warning.
+* Pictures made of text (token heatmaps) are appended to ``compass_texts.jsonl`` there too, for
+  the HTML report (:func:`~compass_lightning.reporting.history.read_texts`).
 * Every evaluation is appended to ``compass_history.jsonl`` in the log directory — plain JSON, one
   object per line: ``{"epoch", "global_step", "callback", "key", "stage", "metrics"}``.
 
@@ -26,7 +28,7 @@ from lightning.fabric.loggers import TensorBoardLogger
 import torch
 from torch import Tensor
 
-from compass_lightning.reporting.history import HISTORY_FILE, read_history
+from compass_lightning.reporting.history import HISTORY_FILE, TEXTS_FILE, read_history
 from compass_lightning.reporting.tags import tensorboard_layout
 
 IMAGE_DIR = "compass_images"
@@ -131,6 +133,17 @@ class Reporter:
             path = directory / IMAGE_DIR / tag / f"step_{step:07d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             save_image(image.clamp(0, 1), path)
+
+    def write_texts(self, trainer: pl.Trainer, texts: Mapping[str, Sequence[Mapping[str, Any]]], epoch: int) -> None:
+        """Append each ``{tag: rows}`` picture made of text to ``compass_texts.jsonl`` (global zero)."""
+        if not texts or not self.log_dir or not self.wants_images(trainer):
+            return
+        path = Path(self.log_dir) / TEXTS_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as stream:
+            for tag, rows in texts.items():
+                record = {"epoch": epoch, "global_step": trainer.global_step, "tag": tag, "rows": list(rows)}
+                stream.write(json.dumps(record, allow_nan=False) + "\n")
 
     # -- history -------------------------------------------------------------------------------
 

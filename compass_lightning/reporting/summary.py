@@ -22,7 +22,7 @@ from torch import Tensor
 
 from compass_lightning.reporting.figures import line_chart
 from compass_lightning.reporting.radar import AXES, axis_values, radar_chart, radar_scores
-from compass_lightning.reporting.history import HISTORY_FILE, read_history
+from compass_lightning.reporting.history import HISTORY_FILE, read_history, read_texts
 from compass_lightning.reporting.tags import CHARTS, best, module_of
 
 class HistoryError(ValueError):
@@ -114,7 +114,26 @@ def _charts(module: str, rows: Sequence[tuple[str, Mapping[str, float]]]) -> lis
 
 STYLE = """body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;font-size:12px}
 td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#f3f3f3}
-.scroll{overflow-x:auto;max-width:100%;margin-bottom:1em}img{max-width:48%;margin:4px}"""
+.scroll{overflow-x:auto;max-width:100%;margin-bottom:1em}img{max-width:48%;margin:4px}
+.tokens{margin:6px 0;font-size:13px;line-height:1.9}.token{padding:1px 3px;border-radius:2px}"""
+
+
+def _token_text(pictures: Mapping[str, Mapping[str, Any]]) -> str:
+    """The latest pictures made of text (token heatmaps) as coloured HTML: each row its label, then its
+    tokens on backgrounds coloured by score (divided by the row's largest absolute score), as in the
+    TensorBoard images."""
+    from compass_lightning.reporting.text_figures import shade
+
+    parts = []
+    for tag, picture in pictures.items():
+        parts.append(f"<h3>{html.escape(tag)} (epoch {html.escape(str(picture.get('epoch')))})</h3>"
+                     "<p>red: for the predicted class, blue: against it; the shade is relative to the row's strongest token.</p>")
+        for row in picture["rows"]:
+            peak = max((abs(v) for v in row["scores"]), default=0.0) or 1.0
+            spans = "".join(f'<span class=token style="background:rgb{shade(v / peak)}" title="{v:.3g}">{html.escape(t)}</span> '
+                            for t, v in zip(row["tokens"], row["scores"]))
+            parts.append(f"<div class=tokens><b>{html.escape(row['label'])}</b><br>{spans}</div>")
+    return "".join(parts)
 
 
 def _page(title: str, sections: Sequence[str]) -> str:
@@ -146,6 +165,9 @@ def run_report(log_dir: str | Path) -> tuple[str, str]:
                 values = [v[tag] for _, v in rows if tag in v and math.isfinite(v[tag])]
                 if values:
                     text.append(f"  {tag:<58} last {values[-1]:.4g}   min {min(values):.4g}   max {max(values):.4g}")
+    pictures = read_texts(log_dir)
+    if pictures:
+        sections.append("<h2>Token attributions</h2>" + _token_text(pictures))
     return _page("compass_lightning report", sections), "\n".join(text)
 
 

@@ -16,7 +16,7 @@ from compass_lightning.reporting.figures import INK, WHITE, _font, _to_tensor
 POSITIVE, NEGATIVE = (214, 39, 40), (31, 119, 180)  # red: for the class, blue: against it
 
 
-def _shade(value: float) -> tuple[int, int, int]:
+def shade(value: float) -> tuple[int, int, int]:
     """White at 0, the full colour at ±1."""
     colour = POSITIVE if value >= 0 else NEGATIVE
     strength = min(abs(value), 1.0)
@@ -49,7 +49,7 @@ def token_heatmap(rows: Sequence[tuple[str, Sequence[str], Tensor]], *, title: s
             length = int(small.getlength(token)) + 6
             if x + length > width - 8:
                 x, y = 12, y + line_height
-            layout.append((x, y, token, _shade(score / peak)))
+            layout.append((x, y, token, shade(score / peak)))
             x += length + gap
         y += line_height + 8
     image = Image.new("RGB", (width, y + 4), WHITE)

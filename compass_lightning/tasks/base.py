@@ -21,12 +21,15 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
 #: The kinds of analysis a task may refuse, the first argument of :meth:`Task.refusal`.
 KINDS = ("mutation", "attack", "transfer", "attribution", "neurons", "pruning")
+#: The attack budgets of images in [0, 1] (the field's usual ones), by norm.
+IMAGE_BUDGETS = {"linf": 8 / 255, "l2": 0.5}
 
 
 @runtime_checkable
@@ -41,6 +44,9 @@ class Task(Protocol):
             :data:`~compass_lightning.mutation.MUTATIONS` for images).
         default_mutations: the mutants ``MutationMetrics`` runs when given none.
         adversarial_metrics: the tags :meth:`project`'s rows add to every attack (none for images).
+        budgets: the default attack budgets in the units of the perturbation space, by norm
+            (``"linf"``, ``"l2"``): what the monitors attack with when ``eps``/``eps_l2`` are not
+            given (:data:`IMAGE_BUDGETS` for images).
     """
 
     input_range: tuple[float, float]
@@ -48,6 +54,7 @@ class Task(Protocol):
     mutations: Any
     default_mutations: tuple[str, ...]
     adversarial_metrics: tuple[str, ...]
+    budgets: Mapping[str, float]
 
     def split(self, batch: Any) -> tuple[Tensor, Tensor]:
         """``(inputs, targets)`` of a batch, inputs in data space (what the model takes)."""
@@ -102,6 +109,15 @@ class Task(Protocol):
         """Why the analysis ``name`` of ``kind`` (one of :data:`KINDS`) does not apply to this
         task, or ``None`` when it does."""
 
+    def positions(self, x: Any) -> Tensor | None:
+        """For sequence inputs, which positions of each data-space sample are real tokens rather than
+        padding (``(N, L)`` booleans: neuron means cover those only), or ``None``."""
+
+    def perturbable(self, x: Any) -> Tensor | None:
+        """Which positions of each data-space sample the analyses may change (``(N, L)`` booleans for
+        text: the tokens that are neither padding nor special; deletion and insertion count those
+        only), or ``None`` for all of them."""
+
     def display(self, x: Tensor) -> Tensor | None:
         """Perturbation-space samples ``(N, ...)`` as images ``(N, C, H, W)`` in ``[0, 1]``, or
         ``None`` when they are not drawn as images."""
@@ -113,3 +129,14 @@ class Task(Protocol):
                            title: str) -> Tensor | None:
         """A picture ``(3, H, W)`` of the attributions of each method for the data-space samples ``x``
         (heatmap overlays for images, coloured tokens for text), or ``None``."""
+
+    def attribution_text(self, x: Any, attributions: dict[str, Tensor], predicted: Tensor,
+                         targets: Tensor) -> list[dict[str, Any]] | None:
+        """The rows of the attribution figure as text for the HTML report — ``[{"label": str,
+        "tokens": [str], "scores": [float]}]`` — where samples are token sequences, else ``None``."""
+
+    def adversarial_figure(self, x: Tensor, adversarial: dict[str, tuple[Tensor, Tensor]], targets: Tensor,
+                           predicted: Tensor, title: str, model: nn.Module) -> Tensor | None:
+        """A picture ``(3, H, W)`` of a few clean perturbation-space samples ``x`` (predicted as
+        ``predicted``) and, per attack, their adversarial versions with the predictions on them
+        (``{attack: (x_adv, predicted)}``); ``None`` when samples are not drawn."""

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from compass_lightning.engine.checks import check_interval
 from compass_lightning.metrics import confusion_matrix
 from compass_lightning.mutation import MUTATIONS, mutate
+from compass_lightning.tasks.base import IMAGE_BUDGETS
 from compass_lightning.tasks.logits import Key, LogitsAdapter, describe
 
 
@@ -150,6 +151,12 @@ class Classification(LogitsAdapter):
 
     adversarial_metrics: tuple[str, ...] = ()
 
+    @property
+    def budgets(self) -> dict[str, float]:
+        """8/255 (L∞) and 0.5 (L2) of the pixel range: the usual budgets for images in [0, 1]."""
+        low, high = self.input_range
+        return {norm: value * (high - low) for norm, value in IMAGE_BUDGETS.items()}
+
     def project(self, x_adv: Tensor, x: Tensor, targets: Tensor, model: nn.Module) -> dict[str, Tensor]:
         """Nothing: an adversarial image is a real input."""
         return {}
@@ -186,6 +193,12 @@ class Classification(LogitsAdapter):
             return "it flips tokens: a text attack (use TextClassification)"
         return None
 
+    def positions(self, x: Tensor) -> None:
+        return None  # images: every position counts
+
+    def perturbable(self, x: Tensor) -> None:
+        return None  # every pixel
+
     def display(self, x: Tensor) -> Tensor:
         """Pixel-space images mapped from ``input_range`` to ``[0, 1]``."""
         low, high = self.input_range
@@ -205,6 +218,17 @@ class Classification(LogitsAdapter):
         rows = {f"#{i}": torch.stack([images[i].expand(3, -1, -1), *(o[i] for o in overlays.values())])
                 for i in range(len(images))}
         return labelled_image_grid(rows, columns=["input", *overlays], title=title)
+
+
+    def attribution_text(self, x: Tensor, attributions: dict[str, Tensor], predicted: Tensor, targets: Tensor) -> None:
+        return None  # images are pictures
+
+    def adversarial_figure(self, x: Tensor, adversarial: dict[str, tuple[Tensor, Tensor]], targets: Tensor,
+                           predicted: Tensor, title: str, model: nn.Module) -> Tensor:
+        """:func:`~compass_lightning.reporting.figures.adversarial_grid` of the images."""
+        from compass_lightning.reporting.figures import adversarial_grid
+
+        return adversarial_grid(self.display, self.input_range, x, adversarial, targets, predicted, title)
 
 
 class PixelModel(nn.Module):

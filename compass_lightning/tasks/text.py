@@ -72,7 +72,6 @@ REFUSED: dict[str, dict[str, str]] = {
     "attack": {
         **{name: "it transforms images (resizing, translation, the image spectrum)" for name in ("difgsm", "tifgsm", "ssa")},
         **{name: "it guides the attack by an image feature layer" for name in ("naa", "ata")},
-        "cw": "it optimises in a box-bounded space, and embeddings are unbounded",
     },
     "transfer": {"surrogates": "a surrogate embeds tokens in a space of its own, so its adversarial embeddings mean nothing to the model"},
     "attribution": {
@@ -221,6 +220,10 @@ class TextClassification(LogitsAdapter):
         code = torch.stack([(ids + 1).float() * ID_SCALE, torch.full(ids.shape, ID_SCALE, device=ids.device)], dim=1)
         return torch.cat([code, vectors.transpose(1, 2)], dim=1).unsqueeze(2)
 
+    #: Half the embedding scale per coordinate (L∞), and 2 of it per sentence (L2): budgets that
+    #: fool an undefended model in embedding space, so the projected metrics have something to judge.
+    budgets = {"linf": 0.5, "l2": 2.0}
+
     #: What an embedding-space attack really does to the text: see :meth:`project`.
     adversarial_metrics = ("token_change_rate", "projected_asr")
 
@@ -270,26 +273,66 @@ class TextClassification(LogitsAdapter):
     def refusal(self, kind: str, name: str) -> str | None:
         return REFUSED.get(kind, {}).get(name)
 
+    def positions(self, ids: Tensor) -> Tensor:
+        """``(N, L)`` whether each position holds a token (padding does not)."""
+        return ids != self.pad_id
+
+    def perturbable(self, ids: Tensor) -> Tensor:
+        """``(N, L)`` the positions attacks, attributions and deletion may change: neither padding
+        nor a special token."""
+        return ~self.fixed(ids)
+
     def display(self, x: Tensor) -> None:
         return None  # token pictures come with the text pictures (not yet drawn)
 
     def show(self, x: Tensor) -> None:
         return None
 
-    def attribution_figure(self, ids: Tensor, attributions: dict[str, Tensor], predicted: Tensor, targets: Tensor,
-                           title: str) -> Tensor:
-        """The sentences, one block per sample and method, each token on a background coloured by its
-        attribution (summed over the embedding), with the predicted and the true class."""
-        from compass_lightning.reporting.text_figures import token_heatmap, tokens_of
+    def attribution_text(self, ids: Tensor, attributions: dict[str, Tensor], predicted: Tensor,
+                         targets: Tensor) -> list[dict[str, Any]]:
+        """One row per sample and method: its label (method, predicted and true class), its tokens up
+        to the padding and their attributions (summed over the embedding)."""
+        from compass_lightning.reporting.text_figures import tokens_of
 
-        words = tokens_of(ids, self.decode, self.pad_id)
         rows = []
-        for i, tokens in enumerate(words):
+        for i, tokens in enumerate(tokens_of(ids, self.decode, self.pad_id)):
             kept = (ids[i] != self.pad_id).cpu()
             for name, maps in attributions.items():
                 scores = maps[i, 2:, 0].sum(dim=0).cpu()[kept]
-                rows.append((f"#{i} {name}: predicted {int(predicted[i])}, true {int(targets[i])}", tokens, scores))
+                rows.append({"label": f"#{i} {name}: predicted {int(predicted[i])}, true {int(targets[i])}",
+                             "tokens": tokens, "scores": scores.tolist()})
+        return rows
+
+    def attribution_figure(self, ids: Tensor, attributions: dict[str, Tensor], predicted: Tensor, targets: Tensor,
+                           title: str) -> Tensor:
+        """The rows of :meth:`attribution_text` as a picture: each token on a background coloured by
+        its attribution."""
+        from compass_lightning.reporting.text_figures import token_heatmap
+
+        rows = [(r["label"], r["tokens"], torch.tensor(r["scores"])) for r in self.attribution_text(ids, attributions, predicted, targets)]
         return token_heatmap(rows, title=title + "\nred: for the predicted class, blue: against it")
+
+    def adversarial_figure(self, x: Tensor, adversarial: dict[str, tuple[Tensor, Tensor]], targets: Tensor,
+                           predicted: Tensor, title: str, model: nn.Module) -> Tensor:
+        """Each sentence, then per attack the real input its adversarial embeddings project to
+        (:meth:`nearest_tokens`), the changed tokens marked in red, with the predictions in
+        embedding space and on the projected tokens."""
+        from compass_lightning.reporting.text_figures import token_heatmap, tokens_of
+
+        device = self.embedding_module(model).weight.device
+        ids = point_ids(x)[0].to(device)
+        rows = []
+        for i, tokens in enumerate(tokens_of(ids, self.decode, self.pad_id)):
+            rows.append((f"#{i} clean: predicted {int(predicted[i])}, true {int(targets[i])}", tokens, torch.zeros(len(tokens))))
+            for name, (x_adv, attacked) in adversarial.items():
+                projected = self.nearest_tokens(x_adv[i : i + 1].to(device), ids[i : i + 1], model)
+                with torch.no_grad():
+                    real = int(self.predictions(self.outputs(model, projected))[0])
+                kept = ids[i] != self.pad_id
+                changed = (projected[0] != ids[i])[kept].float().cpu()
+                rows.append((f"#{i} {name}: predicted {int(attacked[i])} in embedding space, {real} on these tokens "
+                             f"({int(changed.sum())} changed)", tokens_of(projected, self.decode, self.pad_id)[0], changed))
+        return token_heatmap(rows, title=f"{title}\nadversarial embeddings projected to their nearest tokens; red: changed")
 
     # -- mutants --------------------------------------------------------------------------------
 
