@@ -72,6 +72,7 @@ class Reviews(pl.LightningDataModule):
             for token in words[i]:
                 counts[token] = counts.get(token, 0) + 1
         self.vocabulary = {t: i + 3 for i, t in enumerate(sorted(counts))}  # 0 pad, 1 mask, 2 unknown
+        self.words = ["[pad]", "[mask]", "[unk]", *sorted(counts)]  # by id: the tokens of the pictures
         y = torch.tensor(labels)
         self.train_set = TensorDataset(encode([words[i] for i in train], self.vocabulary), y[train])
         self.val_set = TensorDataset(encode([words[i] for i in valid], self.vocabulary), y[valid])
@@ -129,14 +130,15 @@ class ABLSTM(Classifier):
         return self.head((weights.unsqueeze(2) * states).sum(dim=1))
 
 
-def text_task(vocabulary_size: int) -> cl.TextClassification:
-    return cl.TextClassification(pad_id=PAD, mask_id=MASK, unk_id=UNK, vocabulary_size=vocabulary_size)
+def text_task(words: list[str]) -> cl.TextClassification:
+    """The adapter: ``words`` by id, so that the heatmaps and adversarial examples show words."""
+    return cl.TextClassification(pad_id=PAD, mask_id=MASK, unk_id=UNK, vocabulary_size=len(words), decode=words)
 
 
-def compass(vocabulary_size: int, fast: bool = False) -> cl.Compass:
+def compass(words: list[str], fast: bool = False) -> cl.Compass:
     """Every module that applies to text; the attacks at eps 0.5 embedding-RMS units."""
     return cl.Compass(
-        task=text_task(vocabulary_size),
+        task=text_task(words),
         mutation={"mutations": list(MUTANTS)},
         robustness={"attacks": list(ATTACKS), "eps": 0.5},
         interpretability={"methods": ["saliency", "integrated_gradients"], "every_n_epochs": 1, "steps": 16,
@@ -169,12 +171,12 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     epochs = 2 if args.fast else args.epochs
     data = Reviews()
-    vocabulary_size = len(data.vocabulary) + 3
+    vocabulary_size = len(data.words)
     tables, log_dir = [], Path(args.logdir)
     for name, model_class in (("textcnn", TextCNN), ("ablstm", ABLSTM)):
         pl.seed_everything(0, workers=True)
         logger = TensorBoardLogger(args.logdir, name=name)
-        monitor = compass(vocabulary_size, args.fast)
+        monitor = compass(data.words, args.fast)
         trainer = pl.Trainer(max_epochs=epochs, logger=logger, callbacks=[monitor], log_every_n_steps=5,
                              enable_model_summary=False, enable_checkpointing=False, deterministic=True)
         trainer.fit(model_class(vocabulary_size), datamodule=data)

@@ -17,6 +17,7 @@ from compass_lightning.attribution import (
     insertion_deletion,
 )
 from compass_lightning.engine.guard import analysis_mode
+from compass_lightning.tasks import Classification
 
 
 @pytest.fixture(scope="module")
@@ -414,3 +415,88 @@ def test_agi_sums_to_the_probability_lost_along_its_paths():
         lost = sum(p(net(x)) - p(net(end)) for end in ends)
     assert lost.abs().max() > 0.1 and (ends - x).abs().amax() > 0.1  # the paths went somewhere
     torch.testing.assert_close(attributions.sum(1), lost, atol=1e-3, rtol=0.01)
+
+
+def test_deeplift_through_the_monitors_is_captums_deeplift_on_the_model_with_its_normalisation(trained_digits):
+    # The space model keeps the user's model out of its submodules; Captum's DeepLIFT hooks the modules of
+    # what it is given, so it once saw no ReLU and returned input x gradient exactly.
+    from captum.attr import DeepLift
+
+    from compass_lightning.attribution.scoring import score_probe
+    from compass_lightning.engine.evaluation import Evaluation
+    from compass_lightning.engine.probe import ProbeSet
+
+    model, pixels, y, task = trained_digits
+    x = task.from_pixels(pixels[:6])
+    evaluation = Evaluation(model, ProbeSet(x, y[:6]), task, batch_size=6)
+    target = model(x).argmax(dim=1)
+    with analysis_mode(model):
+        _, ours = score_probe(evaluation, "deeplift", {}, torch.Generator().manual_seed(0), steps=4, keep=6)
+
+        class Normalised(torch.nn.Module):  # the user's model with the normalisation in front, in pixel space
+            def __init__(self):
+                super().__init__()
+                self.model = model
+
+            def forward(self, p):
+                return self.model(task.from_pixels(p))
+
+        reference = DeepLift(Normalised()).attribute(pixels[:6].clone().requires_grad_(True), baselines=0.0, target=target)
+        gradient_times_input = attribute("input_x_gradient", task.pixel_model(model), pixels[:6], target)
+    torch.testing.assert_close(ours, reference.detach(), atol=1e-5, rtol=1e-4)
+    assert (ours - gradient_times_input).abs().max() > 0.05 * gradient_times_input.abs().max()
+
+
+class _FunctionalReLU(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hidden, self.out = torch.nn.Linear(6, 5), torch.nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.out(torch.nn.functional.relu(self.hidden(x)))
+
+
+class _ReusedReLU(_FunctionalReLU):
+    def __init__(self):
+        super().__init__()
+        self.act, self.middle = torch.nn.ReLU(), torch.nn.Linear(5, 5)
+
+    def forward(self, x):
+        return self.out(self.act(self.middle(self.act(self.hidden(x)))))
+
+
+class _GELU(_FunctionalReLU):
+    def __init__(self):
+        super().__init__()
+        self.act = torch.nn.GELU()
+
+    def forward(self, x):
+        return self.out(self.act(self.hidden(x)))
+
+
+@pytest.mark.parametrize(("net", "cause"), [(_FunctionalReLU, "as functions"), (_ReusedReLU, "runs 2 times"),
+                                            (_GELU, "no rule for gelu")])
+def test_deeplift_on_a_model_it_cannot_handle_is_refused_naming_the_cause(net, cause):
+    from compass_lightning.attribution.captum_methods import deeplift_problem
+
+    reason = deeplift_problem(Classification().pixel_model(net()), torch.rand(2, 6))
+    assert reason is not None and cause in reason
+    assert deeplift_problem(Classification().pixel_model(_TwoLayerReLU()), torch.rand(2, 6)) is None
+
+
+def test_the_monitor_refuses_deeplift_at_fit_start_on_a_model_of_functional_relus(tmp_path):
+    from conftest import DigitsClassifier, DigitsDataModule, digits_task, make_trainer
+
+    import compass_lightning as cl
+
+    class FunctionalReLU(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.relu(x)
+
+    model = DigitsClassifier()
+    model.net[2] = FunctionalReLU()  # one of its three ReLUs applied as a function
+    monitor = cl.AttributionScores(task=digits_task(), methods=["saliency", "deeplift"], every_n_epochs=1, probe_size=4)
+    trainer = make_trainer(tmp_path, [monitor], epochs=1, logger=False)
+    with pytest.raises(ValueError, match=r"methods: deeplift does not apply to DigitsClassifier: it applies non-linearities as functions"):
+        trainer.fit(model, datamodule=DigitsDataModule())
+    assert trainer.global_step == 0  # before the first training step

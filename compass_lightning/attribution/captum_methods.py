@@ -9,8 +9,10 @@ analysis keeps ``torch.inference_mode`` off and the model's parameters untouched
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from functools import partial
 
+import torch
 from torch import Tensor, nn
 
 from compass_lightning.attribution._core import Model, register
@@ -31,6 +33,85 @@ def _module(model: Model) -> nn.Module:
     if isinstance(model, nn.Module):
         return model
     return _FunctionModule(model)
+
+
+class _Shown(nn.Module):
+    """A space model (``PixelModel``, ``TextSpaceModel``) with the user's model registered as a
+    submodule: Captum's DeepLIFT hooks the non-linear modules of the module it is given, and the
+    space models keep the user's model out of theirs (so that they never change its state)."""
+
+    def __init__(self, view: nn.Module, inner: nn.Module) -> None:
+        super().__init__()
+        self.__dict__["view"] = view
+        self.inner = inner  # registered for Captum's eyes only: this wrapper lives for one call
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.view(x)
+
+
+def _shown(model: Model) -> nn.Module:
+    inner = getattr(model, "wrapped", None)
+    return _Shown(model, inner) if isinstance(model, nn.Module) and isinstance(inner, nn.Module) else _module(model)
+
+
+#: What a module of each type Captum's DeepLIFT has a rule for calls, once per forward.
+_DEEPLIFT_FUNCTIONS = {"relu", "relu_", "elu", "elu_", "leaky_relu", "leaky_relu_", "sigmoid", "tanh", "softplus",
+                       "max_pool1d", "max_pool2d", "max_pool3d", "softmax"}
+_OTHER_NON_LINEAR = {"gelu", "silu", "mish", "hardswish", "hardsigmoid", "selu", "celu", "hardtanh", "relu6", "log_softmax",
+                     "prelu", "softsign", "tanhshrink", "logsigmoid", "glu", "rrelu"}
+
+
+def deeplift_problem(model: Model, x: Tensor) -> str | None:
+    """Why Captum's DeepLIFT would not compute DeepLIFT on ``model`` (one forward of ``x[:1]``), or
+    ``None``. Its rescale rule replaces the gradient of each non-linear *module* of a supported type
+    (ReLU, ELU, LeakyReLU, Sigmoid, Tanh, Softplus, MaxPool, Softmax), recorded at its one call;
+    a non-linearity applied as a function (``F.relu``), of another type (GELU, SiLU) or by a module
+    called twice keeps its plain gradient or its records are overwritten: the values would silently
+    be something else (input × gradient, for a model of functional ReLUs only).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> deeplift_problem(net, torch.ones(1, 3)) is None
+        True
+        >>> relu = nn.ReLU()
+        >>> deeplift_problem(nn.Sequential(nn.Linear(3, 3), relu, nn.Linear(3, 3), relu), torch.ones(1, 3))
+        "its ReLU module '1' runs 2 times in one forward; Captum's DeepLIFT needs each non-linearity to be a module of its own, used once"
+    """
+    from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
+    from torch.overrides import TorchFunctionMode
+
+    shown = _shown(model)
+    calls: Counter[str] = Counter()
+    functions: Counter[str] = Counter()
+
+    class Seen(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            name = getattr(func, "__name__", "")
+            if name in _DEEPLIFT_FUNCTIONS or name in _OTHER_NON_LINEAR:
+                functions[name] += 1
+            return func(*args, **(kwargs or {}))
+
+    modules = {name: m for name, m in shown.named_modules() if isinstance(m, tuple(SUPPORTED_NON_LINEAR))}
+    handles = [m.register_forward_hook(lambda *_, key=name: calls.update([key])) for name, m in modules.items()]
+    try:
+        with torch.no_grad(), Seen():
+            shown(x[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    for name, count in calls.items():
+        if count > 1:
+            return (f"its {type(modules[name]).__name__} module {name.removeprefix('inner.')!r} runs {count} times in one "
+                    "forward; Captum's DeepLIFT needs each non-linearity to be a module of its own, used once")
+    other = sorted(n for n in functions if n in _OTHER_NON_LINEAR)
+    if other:
+        return f"Captum's DeepLIFT has no rule for {', '.join(other)}, which the model applies: those would keep plain gradients"
+    if sum(functions.values()) > sum(calls.values()):
+        return ("it applies non-linearities as functions (e.g. F.relu in forward), which Captum's DeepLIFT cannot see: "
+                "their plain gradients would make it input × gradient there; use modules (nn.ReLU), each once")
+    if not calls:
+        return "it has no non-linearity module, so DeepLIFT would equal input × gradient"
+    return None
 
 
 class _FunctionModule(nn.Module):
@@ -94,17 +175,18 @@ def smoothgrad(
     ).detach()
 
 
-@register("deeplift", baseline=check_real)
+@register("deeplift", baseline=check_real, model_check=deeplift_problem)
 def deeplift(model: Model, x: Tensor, target: Tensor, *, baseline: float = 0.0) -> Tensor:
-    """DeepLIFT (Shrikumar et al. 2017), rescale rule, from a constant ``baseline``.
+    """DeepLIFT (Shrikumar et al. 2017), rescale rule, from a constant ``baseline``, through Captum's
+    ``DeepLift`` on the user's model itself (its modules shown to Captum through the space model).
 
-    Captum's DeepLIFT needs every nonlinearity to be its own module, used once (not
-    ``F.relu`` in ``forward``); on other models it fails and the monitor reports it."""
+    Captum's DeepLIFT needs every non-linearity to be a module of its own, used once: the monitors
+    refuse it at fit start where :func:`deeplift_problem` finds otherwise."""
     from captum.attr import DeepLift
 
     with warnings.catch_warnings():  # Captum announces, at every call, the hooks it adds and removes
         warnings.filterwarnings("ignore", message="Setting forward, backward hooks")
-        return DeepLift(_module(model)).attribute(_leaf(x), baselines=baseline, target=target).detach()
+        return DeepLift(_shown(model)).attribute(_leaf(x), baselines=baseline, target=target).detach()
 
 
 @register("gradcam", layer_default="last", layer=module_name, relu=check_bool)

@@ -151,8 +151,7 @@ class CompassCallback(Callback):
         raise NotImplementedError
 
     def check_model(self, pl_module: pl.LightningModule) -> None:
-        """Raise a ``ValueError`` at fit start if the settings do not fit the model (e.g. a layer
-        name it does not have)."""
+        """Raise a ``ValueError`` at fit start if the settings do not fit the model (e.g. its layers)."""
 
     def applicable(self, kind: str, selection: Selection, argument: str, *, explicit: bool) -> Selection:
         """The entries of ``selection`` (names, or a mapping from names) whose ``kind`` (see
@@ -255,6 +254,19 @@ class CompassCallback(Callback):
                 "validation dataloader: define val_dataloader() (and validation_step) or pass probe_data=..."
             )
         return ProbeSet.from_dataloader(loader, task=self.task, **common)
+
+    def check_on_a_sample(self, trainer: pl.Trainer, checks: Mapping[str, Callable[[Any, Tensor], Optional[str]]],
+                          argument: str) -> None:
+        """Fail now (a ``ValueError`` naming ``argument``), not at every evaluation, where a method's
+        ``check(space_model, x)`` on one probe (else training) sample says why it does not apply."""
+        if not checks:
+            return
+        module, source = trainer.lightning_module, self._probe or self.training_sample(trainer, 1, None, argument="probe_data")
+        x = to(take(source.inputs, slice(0, 1)), module.device)
+        with analysis_mode(module, seed=self.seed):
+            for name, check in checks.items():
+                if reason := check(self.task.space_model(module, x), self.task.to_space(x, module)):
+                    raise ValueError(f"{argument}: {name} does not apply to {type(module).__name__}: {reason}")
 
     def training_sample(self, trainer: pl.Trainer, size: int, data: ProbeData | None, *, argument: str) -> ProbeSet:
         """``size`` seeded samples of ``data`` or else of the training data, the same on every

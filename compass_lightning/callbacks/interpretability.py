@@ -120,6 +120,11 @@ class AttributionScores(CompassCallback):
         check_layer_parameters(pl_module, self.methods, METHODS, "methods")
 
     @override
+    def prepare(self, trainer: pl.Trainer) -> None:
+        # e.g. DeepLIFT on a model of functional ReLUs: refused now, with the reason
+        self.check_on_a_sample(trainer, {n: METHODS[n].model_check for n in self.methods if METHODS[n].model_check}, "methods")
+
+    @override
     def evaluate(self, trainer: pl.Trainer, evaluation: Evaluation) -> None:
         probe, task = evaluation.probe, evaluation.task
         shown = min(self.image_count, len(probe)) if evaluation.want_images else 0

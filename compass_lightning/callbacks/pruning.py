@@ -203,6 +203,9 @@ class PruningAnalysis(CompassCallback):
     @override
     def prepare(self, trainer: pl.Trainer) -> None:
         self._calibration = self._build_calibration(trainer)  # bad sizes fail before training starts
+        if self.joint:
+            self.check_on_a_sample(trainer, {n: METHODS[n].model_check for n in self.attribution_methods
+                                             if METHODS[n].model_check}, "attribution_methods")
 
     def _build_calibration(self, trainer: pl.Trainer) -> ProbeSet:
         return self.training_sample(trainer, self.calibration_size, self.calibration_data, argument="calibration_data")
