@@ -500,3 +500,15 @@ def test_the_monitor_refuses_deeplift_at_fit_start_on_a_model_of_functional_relu
     with pytest.raises(ValueError, match=r"methods: deeplift does not apply to DigitsClassifier: it applies non-linearities as functions"):
         trainer.fit(model, datamodule=DigitsDataModule())
     assert trainer.global_step == 0  # before the first training step
+
+
+def test_smoothgrad_averages_the_signed_gradient_as_the_paper_does_and_the_absolute_variant_has_its_own_name():
+    # a linear model's gradient is its weights whatever the noise: SmoothGrad (Smilkov et al. Eq. 3) is the
+    # weights, signs kept; the mean of |gradient| is their absolute value
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(6, 3)
+    x, target = torch.randn(4, 6), torch.tensor([0, 1, 2, 0])
+    weights = linear.weight[target].detach()
+    assert (weights < 0).any()
+    torch.testing.assert_close(attribute("smoothgrad", linear, x, target, samples=8), weights)
+    torch.testing.assert_close(attribute("smoothgrad_abs", linear, x, target, samples=8), weights.abs())

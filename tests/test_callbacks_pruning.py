@@ -49,6 +49,7 @@ def test_end_of_fit_report_in_tensorboard_with_figures_and_csv_and_the_model_unt
     ]
     for row in rows[1:]:  # the achieved sparsity is the rate, to one weight in ~1.7k
         assert abs(float(row["sparsity"]) - float(row["rate"])) < 1e-3
+        assert 0 < float(row["sparsity_all"]) < float(row["sparsity"])  # biases and BatchNorm count there, unpruned
         assert row["changes_weights"] == "False" and row["stage"] == "fit"
     metrics = monitor.history[-1]["metrics"]
     # the joint analysis ran on the pruned copies: its values are those of a pruned model
@@ -183,3 +184,11 @@ def test_calibration_larger_than_the_training_data_fails_before_training(tmp_pat
 def test_bad_input_raises_at_construction(kwargs, error, message):
     with pytest.raises(error, match=message):
         PruningAnalysis(**kwargs)
+
+
+def test_rates_of_all_parameters_beyond_the_prunable_share_are_refused_at_fit_start(tmp_path):
+    monitor = PruningAnalysis(["magnitude"], rates=[0.999], sweep=[], joint=False, rate_of="all", calibration_size=16)
+    with pytest.raises(ValueError, match=r"rates: 0.999 of all parameters is more than DigitsClassifier can prune"):
+        _fit(tmp_path, monitor, epochs=1)
+    with pytest.raises(ValueError, match="rate_of must be one of"):
+        PruningAnalysis(rate_of="weights")

@@ -58,9 +58,26 @@ def test_taylor_and_obd_equal_their_closed_forms_on_a_linear_model():
     w = linear.weight.detach()
     name = "weight"  # the root module's weight
     taylor = importance(linear, "taylor", [(x[:16], y[:16]), (x[16:], y[16:])])[name]
-    assert torch.allclose(taylor, (w * per_sample.mean(0)).pow(2), atol=1e-7)
+    # Molchanov et al.: each batch's (w g_b)^2, g_b its mean gradient, averaged over the batches
+    per_batch = [(w * per_sample[:16].mean(0)).pow(2), (w * per_sample[16:].mean(0)).pow(2)]
+    assert torch.allclose(taylor, (per_batch[0] + per_batch[1]) / 2, atol=1e-7)
     obd = importance(linear, "obd", [(x[:16], y[:16]), (x[16:], y[16:])])[name]
     assert torch.allclose(obd, 0.5 * per_sample.pow(2).mean(0) * w.pow(2), atol=1e-7)
+
+
+def test_taylor_of_two_batches_with_opposite_gradients_is_not_zero():
+    # near a minimum the batches pull in opposite directions: the squared mean gradient is 0 (noise), the
+    # mean of the per-batch squares is not
+    linear = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        linear.weight.fill_(1.0)  # equal logits: the two targets give exactly opposite gradients
+    x = torch.tensor([[1.0, 0.0]])
+    batches = [(x, torch.tensor([0])), (x, torch.tensor([1]))]  # the same input, opposite targets
+    g = [torch.softmax(linear(x), 1).detach() - F.one_hot(torch.tensor([c]), 2) for c in (0, 1)]
+    per_batch = [(linear.weight.detach() * (gi.T @ x)).pow(2) for gi in g]
+    assert torch.allclose((g[0] + g[1]), torch.zeros(1, 2), atol=1e-7)  # the mean gradient vanishes
+    taylor = importance(linear, "taylor", batches)["weight"]
+    assert torch.allclose(taylor, (per_batch[0] + per_batch[1]) / 2, atol=1e-7) and taylor.max() > 0.1
 
 
 def test_structured_pruning_zeros_whole_filters_and_keeps_the_classifier(trained):
@@ -136,3 +153,20 @@ def test_max_safe_rate_is_the_largest_rate_within_the_tolerance_even_after_an_un
     assert max_safe_rate(drops, tolerance=0.01) == 0.5
     assert max_safe_rate({0.1: 0.2}, tolerance=0.01) == 0.0
     assert max_safe_rate(drops, tolerance=0.0) == 0.5 and max_safe_rate({0.1: 0.0, 0.2: 0.001}, tolerance=0.0) == 0.1
+
+
+def test_a_rate_of_all_parameters_counts_biases_in_the_denominator_and_both_sparsities_are_reported():
+    from compass_lightning.pruning import parameter_count
+
+    torch.manual_seed(0)
+    net = nn.Linear(4, 2)  # 8 prunable weights, 10 parameters
+    scores = importance(net, "magnitude", [])
+    assert (parameter_count(net), parameter_count(net, "all")) == (8, 10)
+    of_all = prune(net, scores, 0.4, of="all")  # 0.4 of 10 parameters: 4 weights
+    assert int((of_all.weight == 0).sum()) == 4 and sparsity(of_all) == 0.5 and sparsity(of_all, of="all") == 0.4
+    assert int((prune(net, scores, 0.4).weight == 0).sum()) == 3  # round(0.4 * 8)
+    assert sparsity(PruningSweep(net, scores, of="all").at(0.4), of="all") == 0.4
+    with pytest.raises(ValueError, match="only 8 are prunable"):
+        prune(net, scores, 0.9, of="all")
+    with pytest.raises(ValueError, match="of must be one of"):
+        prune(net, scores, 0.4, of="weights")

@@ -8,6 +8,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import compass_lightning as cl
+from text import ABLSTM as ExampleABLSTM  # examples/text.py (the tests put examples/ on the path)
+from text import PAD as EXAMPLE_PAD
+
+assert EXAMPLE_PAD == 0  # its forward masks padding by the example's id, the same as PAD below
 
 PAD, MASK, CLS, VOCAB, LENGTH = 0, 1, 2, 40, 12
 GOOD, BAD = range(3, 8), range(8, 13)  # tokens that decide the class; the rest is filler
@@ -64,20 +68,15 @@ class TextCNN(TokenClassifier):
 
 
 class ABLSTM(TokenClassifier):
-    """Attention-based bidirectional LSTM (AI-Compass' AB-LSTM): BiLSTM states, additive attention
-    over them with padding masked, a linear layer."""
+    """The AB-LSTM of ``examples/text.py`` (BiLSTM states, additive attention over them with padding
+    masked, a linear layer), small, trained on :func:`sentences`."""
 
     def __init__(self, dim: int = 8, hidden: int = 8) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(VOCAB, dim, padding_idx=PAD)
-        self.lstm = nn.LSTM(dim, hidden, batch_first=True, bidirectional=True)
-        self.score = nn.Linear(2 * hidden, 1)
-        self.head = nn.Linear(2 * hidden, 2)
+        network = ExampleABLSTM(VOCAB, dim, hidden)
+        self.embedding, self.lstm, self.score, self.head = network.embedding, network.lstm, network.score, network.head
 
-    def forward(self, ids: Tensor) -> Tensor:
-        states, _ = self.lstm(self.embedding(ids))
-        weights = self.score(torch.tanh(states)).squeeze(2).masked_fill(ids == PAD, -1e4).softmax(dim=1)
-        return self.head((weights.unsqueeze(2) * states).sum(dim=1))
+    forward = ExampleABLSTM.forward
 
 
 def tiny_bert():

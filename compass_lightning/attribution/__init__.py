@@ -2,8 +2,8 @@
 
 Every method has the signature ``method(model, x, target, **params) -> attributions`` with the
 shape of ``x``: ``model`` maps pixel-space inputs to logits, ``target`` holds each sample's class.
-``saliency``, ``input_x_gradient``, ``integrated_gradients``, ``smoothgrad``, ``deeplift`` and
-``gradcam`` are Captum's; ``fast_ig``, ``guided_ig``, ``agi`` and ``big`` are written here (see
+``saliency``, ``input_x_gradient``, ``integrated_gradients``, ``smoothgrad`` (and its
+absolute-value variant ``smoothgrad_abs``), ``deeplift`` and ``gradcam`` are Captum's; ``fast_ig``, ``guided_ig``, ``agi`` and ``big`` are written here (see
 :mod:`compass_lightning.attribution.paths`). :func:`insertion_deletion` scores any attribution.
 
 Example:
@@ -28,6 +28,7 @@ from compass_lightning.attribution.captum_methods import (
     integrated_gradients,
     saliency,
     smoothgrad,
+    smoothgrad_abs,
 )
 from compass_lightning.attribution.faithfulness import area_under_curve, insertion_deletion
 from compass_lightning.attribution.paths import agi, agi_paths, big, boundary_baselines, fast_ig, guided_ig
@@ -57,4 +58,5 @@ __all__ = [
     "integrated_gradients",
     "saliency",
     "smoothgrad",
+    "smoothgrad_abs",
 ]

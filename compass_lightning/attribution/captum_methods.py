@@ -158,21 +158,39 @@ def integrated_gradients(
     ).detach()
 
 
-@register("smoothgrad", samples=at_least_one, stdev=non_negative, internal_batch_size=optional(at_least_one))
-def smoothgrad(
-    model: Model, x: Tensor, target: Tensor, *, samples: int = 25, stdev: float = 0.15,
-    internal_batch_size: int | None = None,
-) -> Tensor:
-    """SmoothGrad (Smilkov et al. 2017): saliency averaged over Gaussian noise of ``stdev`` pixel units
-    (15 % of the unit range, within the paper's 10-20 %); Captum's ``NoiseTunnel`` over ``Saliency``.
-    ``internal_batch_size`` is the number of noisy images per forward pass, as for integrated gradients."""
+def _smoothgrad(model: Model, x: Tensor, target: Tensor, samples: int, stdev: float, internal_batch_size: int | None,
+                absolute: bool) -> Tensor:
     from captum.attr import NoiseTunnel, Saliency
 
     # Captum batches whole draws: a draw brings one noisy copy of every sample
     draws = None if internal_batch_size is None else max(1, internal_batch_size // len(x))
     return NoiseTunnel(Saliency(model)).attribute(
         _leaf(x), target=target, nt_type="smoothgrad", nt_samples=samples, stdevs=stdev, nt_samples_batch_size=draws,
+        abs=absolute,
     ).detach()
+
+
+@register("smoothgrad", samples=at_least_one, stdev=non_negative, internal_batch_size=optional(at_least_one))
+def smoothgrad(
+    model: Model, x: Tensor, target: Tensor, *, samples: int = 25, stdev: float = 0.15,
+    internal_batch_size: int | None = None,
+) -> Tensor:
+    """SmoothGrad (Smilkov et al. 2017, Eq. 3): the gradient of the target logit averaged over
+    Gaussian noise of ``stdev`` pixel units (15 % of the unit range, within the paper's 10-20 %) —
+    the raw, signed gradient, as the paper averages it; Captum's ``NoiseTunnel`` over ``Saliency``
+    with ``abs=False``. ``internal_batch_size`` is the number of noisy images per forward pass, as
+    for integrated gradients."""
+    return _smoothgrad(model, x, target, samples, stdev, internal_batch_size, absolute=False)
+
+
+@register("smoothgrad_abs", samples=at_least_one, stdev=non_negative, internal_batch_size=optional(at_least_one))
+def smoothgrad_abs(
+    model: Model, x: Tensor, target: Tensor, *, samples: int = 25, stdev: float = 0.15,
+    internal_batch_size: int | None = None,
+) -> Tensor:
+    """The mean of the gradient's absolute value over the noise (Captum's ``NoiseTunnel`` over
+    ``Saliency`` at its default ``abs=True``): a variant, not the paper's :func:`smoothgrad`."""
+    return _smoothgrad(model, x, target, samples, stdev, internal_batch_size, absolute=True)
 
 
 @register("deeplift", baseline=check_real, model_check=deeplift_problem)

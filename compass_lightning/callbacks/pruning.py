@@ -19,10 +19,12 @@ from compass_lightning.attacks import ATTACKS, mean_attack_success_rate
 from compass_lightning.attacks.scoring import attack_metrics, attack_probe
 from compass_lightning.attribution import METHODS
 from compass_lightning.attribution.scoring import score_probe
-from compass_lightning.engine.checks import at_least_one, check_bool, check_int, check_real, check_reals, optional
+from compass_lightning.engine.checks import at_least_one, check_bool, check_choice, check_int, check_real, check_reals, optional
 from compass_lightning.reporting.figures import line_chart
 from compass_lightning.engine.probe import ProbeSet
-from compass_lightning.pruning import IMPORTANCES, PruningSweep, importance, max_safe_rate, sparsity
+from compass_lightning.pruning import (
+    DENOMINATORS, IMPORTANCES, PruningSweep, importance, max_safe_rate, parameter_count, sparsity,
+)
 from compass_lightning.engine.registry import resolve_selection
 from compass_lightning.engine.layers import check_layer_parameters
 from compass_lightning.reporting.tags import tag
@@ -79,6 +81,10 @@ class PruningAnalysis(CompassCallback):
         sweep: the finer grid of rates ``max_safe_rate`` and the accuracy chart also cover (may be empty).
         tolerance: the accuracy drop (absolute) a safe rate may cause.
         structured: prune whole filters instead of single weights.
+        rate_of: what a rate is a fraction of: ``"prunable"`` (default: the prunable weights, as
+            ``torch.nn.utils.prune.global_unstructured`` counts) or ``"all"`` parameters (AI-Compass
+            §6.4; biases and normalisation count but are never pruned). Both sparsities are logged
+            (``sparsity``, of the prunable weights, and ``sparsity_all``).
         calibration_size: training samples the importances are computed on.
         calibration_data: a Dataset or ``(inputs, targets)`` pair to calibrate on instead of the
             training dataloader (needed under ``trainer.validate`` without training data).
@@ -114,6 +120,7 @@ class PruningAnalysis(CompassCallback):
         sweep: Sequence[float] = DEFAULT_SWEEP,
         tolerance: float = 0.01,
         structured: bool = False,
+        rate_of: str = "prunable",
         calibration_size: int = 256,
         calibration_data: Optional[ProbeData] = None,
         joint: bool = True,
@@ -147,6 +154,7 @@ class PruningAnalysis(CompassCallback):
         self.sweep = tuple(sorted(set(check_reals("sweep", list(sweep), **in_range)))) if len(sweep) else ()
         self.tolerance = check_real("tolerance", tolerance, low=0.0)
         self.structured = check_bool("structured", structured)
+        self.rate_of = check_choice("rate_of", rate_of, DENOMINATORS)
         self.calibration_size = check_int("calibration_size", calibration_size, minimum=1)
         self.calibration_data = self._check_probe_data(calibration_data) if calibration_data is not None else None
         self.joint = check_bool("joint", joint)
@@ -183,7 +191,7 @@ class PruningAnalysis(CompassCallback):
 
     @override
     def expected_tags(self) -> list[str]:
-        basic = (*self.task.metric_names, "sparsity", "accuracy_drop")
+        basic = (*self.task.metric_names, "sparsity", "sparsity_all", "accuracy_drop")
         tags = [tag(MODULE, UNPRUNED, m) for m in (*self.task.metric_names, *(JOINT if self.joint else ()))]
         for method in self.methods:
             for rate in self._logged_rates():
@@ -194,6 +202,10 @@ class PruningAnalysis(CompassCallback):
 
     @override
     def check_model(self, pl_module: pl.LightningModule) -> None:
+        share = parameter_count(pl_module) / max(parameter_count(pl_module, self.rate_of), 1)
+        if max(self._grid(), default=0.0) > share:  # of all parameters: only the prunable share can go
+            raise ValueError(f"rates: {max(self._grid())} of all parameters is more than {type(pl_module).__name__} can "
+                             f"prune ({share:.3f} of its parameters are prunable weights); lower the rates")
         if self.joint:
             check_layer_parameters(pl_module, self.attacks, ATTACKS, "attacks")
             check_layer_parameters(pl_module, self.attribution_methods, METHODS, "attribution_methods")
@@ -242,14 +254,15 @@ class PruningAnalysis(CompassCallback):
                 reference.update(self._joint(trainer, evaluation, model))
                 progress.update()
             evaluation.scalars.update({tag(MODULE, UNPRUNED, m): v for m, v in reference.items()})
-            rows = [{"method": UNPRUNED, "rate": 0.0, "sparsity": sparsity(model), **reference}]
+            rows = [{"method": UNPRUNED, "rate": 0.0, "sparsity": sparsity(model),
+                     "sparsity_all": sparsity(model, of="all"), **reference}]
             chunks = (ProbeSet.chunks(t, evaluation.batch_size, evaluation.device) for t in (self._calibration.inputs, self._calibration.targets))
             calibration = list(zip(*chunks))
             for method, params in self.methods.items():
                 with self.isolate(f"pruning with {method!r}"):
                     progress.set_postfix_str(f"{method}: importance")
                     scores = importance(model, method, calibration, loss_fn=self.task.loss, **params)
-                    sweep = PruningSweep(model, scores, structured=self.structured)
+                    sweep = PruningSweep(model, scores, structured=self.structured, of=self.rate_of)
                     progress.update()
                     drops: dict[float, float] = {}
                     for rate in grid:
@@ -257,6 +270,7 @@ class PruningAnalysis(CompassCallback):
                         pruned = sweep.at(rate)
                         metrics = task.metrics(evaluation.outputs(probe.inputs, model=pruned), probe.targets)
                         metrics["sparsity"] = torch.tensor(sparsity(pruned))
+                        metrics["sparsity_all"] = torch.tensor(sparsity(pruned, of="all"))
                         metrics["accuracy_drop"] = reference["accuracy"] - metrics["accuracy"]
                         drops[rate] = float(metrics["accuracy_drop"])
                         if rate in self.joint_rates:
@@ -316,7 +330,7 @@ class PruningAnalysis(CompassCallback):
         if not trainer.is_global_zero or self.reporter is None or not self.reporter.log_dir:
             return
         path = Path(self.reporter.log_dir) / REPORT_FILE
-        fields = ["epoch", "global_step", "stage", "method", "rate", "changes_weights", "sparsity", *self.task.metric_names,
+        fields = ["epoch", "global_step", "stage", "method", "rate", "changes_weights", "sparsity", "sparsity_all", *self.task.metric_names,
                   "accuracy_drop", *JOINT]
         new = not path.exists()
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -72,7 +72,7 @@ METRICS: dict[str, Metric] = {
     "adversarial": Metric("higher", "cosine similarity"), "gaussian": Metric("higher", "cosine similarity"),
     "gap": Metric("lower", "cosine similarity"), "compromise_probability": _FRACTION_DOWN,
     # pruning
-    "sparsity": Metric(None, "fraction"), "max_safe_rate": Metric("higher", "fraction"),
+    "sparsity": Metric(None, "fraction"), "sparsity_all": Metric(None, "fraction"), "max_safe_rate": Metric("higher", "fraction"),
     # the Compass
     "errors": Metric("lower", "count"), "forward": Metric(None, "sample passes"), "backward": Metric(None, "sample passes"),
     "mutation_accuracy": _FRACTION_UP, "robustness": _FRACTION_UP, "interpretability": Metric("higher", "AUC"),
