@@ -512,3 +512,36 @@ def test_smoothgrad_averages_the_signed_gradient_as_the_paper_does_and_the_absol
     assert (weights < 0).any()
     torch.testing.assert_close(attribute("smoothgrad", linear, x, target, samples=8), weights)
     torch.testing.assert_close(attribute("smoothgrad_abs", linear, x, target, samples=8), weights.abs())
+
+
+def test_agi_explains_the_true_class_through_the_monitors_as_its_paper_does():
+    # AGI's Eq. 8 integrates the gradient of the true class; the other methods explain the prediction
+    from conftest import DigitsClassifier, DigitsDataModule, digits_task
+
+    from compass_lightning.attribution import agi_paths
+    from compass_lightning.attribution.scoring import score_probe
+    from compass_lightning.engine.evaluation import Evaluation
+    from compass_lightning.engine.probe import ProbeSet
+
+    torch.manual_seed(0)
+    model, task = DigitsClassifier().eval(), digits_task()  # untrained: most predictions are wrong
+    data = DigitsDataModule()
+    data.setup()
+    x, y = data.val_set.tensors[0][:6], data.val_set.tensors[1][:6]
+    predicted = model(x).argmax(dim=1)
+    assert (predicted != y).any()
+    evaluation = Evaluation(model, ProbeSet(x, y), task, batch_size=6)
+    params = {"steps": 3, "classes": 2}
+    with analysis_mode(model):
+        torch.manual_seed(1)
+        _, ours = score_probe(evaluation, "agi", params, torch.Generator().manual_seed(0), steps=4, keep=6)
+        pixels = task.to_space(x, model)
+        torch.manual_seed(1)
+        true_class = agi_paths(task.space_model(model, x), pixels, y, eps=0.05, **params)[0]
+        torch.manual_seed(1)
+        _, variant = score_probe(evaluation, "agi_predicted", params, torch.Generator().manual_seed(0), steps=4, keep=6)
+        torch.manual_seed(1)
+        predicted_class = agi_paths(task.space_model(model, x), pixels, predicted, eps=0.05, **params)[0]
+    torch.testing.assert_close(ours, true_class)
+    torch.testing.assert_close(variant, predicted_class)
+    assert not torch.allclose(ours, variant)

@@ -265,15 +265,20 @@ def test_hotflip_in_the_robustness_monitor_is_real_and_refused_for_images(tmp_pa
         cl.AttackSuccessRate(attacks=["hotflip"], task=cl.Classification())
 
 
+def _decoded(n: int):
+    """An untrained TextCNN, ``n`` probe sentences, a vocabulary ``w0, w1, ...``, a task decoding by it, the points."""
+    torch.manual_seed(0)
+    model = TextCNN().eval()
+    ids, y = _probe(n)
+    vocabulary = [f"w{i}" for i in range(VOCAB)]
+    task = cl.TextClassification(pad_id=PAD, mask_id=MASK, special_ids=[CLS], decode=vocabulary)
+    return model, ids, y, vocabulary, task, task.to_space(ids, model)
+
+
 def test_token_heatmaps_draw_every_sentence_and_method_with_the_decoded_tokens():
     from compass_lightning.reporting.text_figures import tokens_of
 
-    torch.manual_seed(0)
-    model = TextCNN().eval()
-    ids, y = _probe(3)
-    vocabulary = [f"w{i}" for i in range(VOCAB)]
-    task = cl.TextClassification(pad_id=PAD, mask_id=MASK, special_ids=[CLS], decode=vocabulary)
-    z = task.to_space(ids, model)
+    model, ids, y, vocabulary, task, z = _decoded(3)
     target = model(ids).argmax(1)
     maps = {name: METHODS[name].function(task.space_model(model), z, target) for name in ("saliency", "input_x_gradient")}
     picture = task.attribution_figure(ids, maps, target, y, title="epoch 0")
@@ -388,12 +393,7 @@ def test_adversarial_examples_are_drawn_as_the_tokens_they_project_to_with_the_c
     import compass_lightning.reporting.text_figures as text_figures
     from compass_lightning.reporting.text_figures import tokens_of
 
-    torch.manual_seed(0)
-    model = TextCNN().eval()
-    ids, y = _probe(2)
-    vocabulary = [f"w{i}" for i in range(VOCAB)]
-    task = cl.TextClassification(pad_id=PAD, mask_id=MASK, special_ids=[CLS], decode=vocabulary)
-    z = task.to_space(ids, model)
+    model, ids, y, vocabulary, task, z = _decoded(2)
     # an "attack" that moves the first word of each sentence exactly onto the embedding of token 20
     x_adv = z.clone()
     x_adv[:, 2:, 0, 1] = task.to_space(torch.full_like(ids, 20), model)[:, 2:, 0, 1]

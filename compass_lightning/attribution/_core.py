@@ -25,6 +25,9 @@ class Method(Operation):
     kind: str = "attribution method"
     source: str = "captum"  # "captum" (wrapped) or "native" (written here)
     layer_default: str | None = None  # for methods with a `layer` parameter
+    #: Which class the monitors ask it to explain: ``"prediction"`` (the class predicted on the clean
+    #: sample) or ``"label"`` (the true class, where the method's paper defines it so: AGI's Eq. 8).
+    explains: str = "prediction"
     #: ``check(model, x) -> reason | None``: why the method cannot give its own values on this model
     #: (run once on a sample at fit start; a reason refuses the method there).
     model_check: Callable[[Callable[[Tensor], Tensor], Tensor], str | None] | None = None
@@ -34,12 +37,13 @@ METHODS: Registry[Method] = Registry("attribution method")
 
 
 def register(name: str, *, source: str = "captum", layer_default: str | None = None,
-             model_check: Callable[..., str | None] | None = None, **checks: Check) -> Callable:
+             model_check: Callable[..., str | None] | None = None, explains: str = "prediction",
+             **checks: Check) -> Callable:
     """Decorator adding a method to :data:`METHODS`; its parameters are its keyword-only arguments."""
 
     def add(function: Callable[..., Tensor]) -> Callable[..., Tensor]:
         method = Method.from_function(name, function, checks, source=source, layer_default=layer_default,
-                                      model_check=model_check)
+                                      model_check=model_check, explains=explains)
         METHODS.register(name)(method)
         return function
 

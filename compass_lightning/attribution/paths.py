@@ -118,12 +118,24 @@ def agi_paths(
     return attribution, torch.stack(ends), aims
 
 
-@register("agi", source="native", eps=positive, steps=at_least_one, classes=at_least_one, bounds=check_interval)
+@register("agi", source="native", explains="label", eps=positive, steps=at_least_one, classes=at_least_one,
+          bounds=check_interval)
 def agi(
     model: Model, x: Tensor, target: Tensor, *, eps: float = 0.05, steps: int = 20, classes: int = 20,
     bounds: tuple[float, float] = (0.0, 1.0),
 ) -> Tensor:
-    """Adversarial gradient integration over up to ``classes`` random other classes (see :func:`agi_paths`)."""
+    """Adversarial gradient integration over up to ``classes`` random other classes (see
+    :func:`agi_paths`); the monitors explain the true class with it, as the paper's Eq. 8 does."""
+    return agi_paths(model, x, target, eps=eps, steps=steps, classes=classes, bounds=bounds)[0]
+
+
+@register("agi_predicted", source="native", eps=positive, steps=at_least_one, classes=at_least_one,
+          bounds=check_interval)
+def agi_predicted(
+    model: Model, x: Tensor, target: Tensor, *, eps: float = 0.05, steps: int = 20, classes: int = 20,
+    bounds: tuple[float, float] = (0.0, 1.0),
+) -> Tensor:
+    """:func:`agi` of the class the model predicts (a variant: the paper explains the true class)."""
     return agi_paths(model, x, target, eps=eps, steps=steps, classes=classes, bounds=bounds)[0]
 
 

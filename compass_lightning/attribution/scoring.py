@@ -3,7 +3,8 @@
 :func:`score_probe` runs a method of :data:`~compass_lightning.attribution.METHODS` (or the
 uniformly random chance baseline, :data:`RANDOM`) over an
 :class:`~compass_lightning.engine.evaluation.Evaluation` — batched, sharded under DDP, in the
-task's perturbation space, for the class the model predicts on each clean sample — and returns
+task's perturbation space, for the class the model predicts on each clean sample (the true class
+for methods that explain it, ``Method.explains``) — and returns
 per-sample insertion/deletion AUCs and curves. The interpretability monitor and the pruning
 analysis both call it.
 
@@ -76,7 +77,8 @@ def score_probe(
     keep: int = 0,
 ) -> tuple[dict[str, Tensor], Tensor | None]:
     """Insertion and deletion of method ``name`` with ``params`` on every probe sample, for the class
-    the evaluated model predicts on it (see :func:`~compass_lightning.attribution.insertion_deletion`).
+    the evaluated model predicts on it — or its true class, attributions and curves both, for a method
+    whose ``explains`` is ``"label"`` (see :func:`~compass_lightning.attribution.insertion_deletion`).
 
     Returns per-sample rows of the whole probe, in probe order, on the CPU — ``insertion``,
     ``deletion`` (AUCs) and ``insertion_curve``, ``deletion_curve`` (``(N, steps)``) — and the
@@ -101,5 +103,6 @@ def score_probe(
         return {"insertion": insertion, "deletion": deletion, "insertion_curve": curve["insertion"],
                 "deletion_curve": curve["deletion"]}
 
-    rows = evaluation.per_sample(run, probe.inputs, predicted)
+    explained = probe.targets if name != RANDOM and METHODS[name].explains == "label" else predicted
+    rows = evaluation.per_sample(run, probe.inputs, explained)
     return {key: value.cpu() for key, value in rows.items()}, (kept[0] if kept else None)

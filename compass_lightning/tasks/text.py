@@ -75,7 +75,7 @@ REFUSED: dict[str, dict[str, str]] = {
     },
     "transfer": {"surrogates": "a surrogate embeds tokens in a space of its own, so its adversarial embeddings mean nothing to the model"},
     "attribution": {
-        **{name: "it needs a Conv2d feature map" for name in ("gradcam", "agi")},
+        **{name: "it needs a Conv2d feature map" for name in ("gradcam", "agi", "agi_predicted")},
         **{name: "not yet checked against Captum's layer methods on token models"
            for name in ("deeplift", "fast_ig", "guided_ig", "big", "rise")},
     },
