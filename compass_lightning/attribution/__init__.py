@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import Tensor
 
-from compass_lightning.attribution._core import METHODS, Method, Model
+from compass_lightning.attribution._core import METHODS, Method, Model, model_checks
 from compass_lightning.attribution.captum_methods import (
     deeplift,
     gradcam,
@@ -56,6 +56,7 @@ __all__ = [
     "input_x_gradient",
     "insertion_deletion",
     "integrated_gradients",
+    "model_checks",
     "saliency",
     "smoothgrad",
     "smoothgrad_abs",

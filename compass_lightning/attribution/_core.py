@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +34,12 @@ class Method(Operation):
 
 
 METHODS: Registry[Method] = Registry("attribution method")
+
+
+def model_checks(names: Iterable[str]) -> dict[str, Callable[..., str | None]]:
+    """``{name: model_check}`` of the methods among ``names`` that have one (what a monitor runs at
+    fit start, :meth:`~compass_lightning.callbacks.base.CompassCallback.check_on_a_sample`)."""
+    return {name: METHODS[name].model_check for name in names if name in METHODS and METHODS[name].model_check}
 
 
 def register(name: str, *, source: str = "captum", layer_default: str | None = None,

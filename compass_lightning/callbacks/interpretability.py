@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from compass_lightning.attribution import METHODS
+from compass_lightning.attribution import METHODS, model_checks
 from compass_lightning.attribution.faithfulness import SUBSTRATES
 from compass_lightning.attribution.scoring import RANDOM, score_probe
 from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData, compass_module
@@ -122,7 +122,7 @@ class AttributionScores(CompassCallback):
     @override
     def prepare(self, trainer: pl.Trainer) -> None:
         # e.g. DeepLIFT on a model of functional ReLUs: refused now, with the reason
-        self.check_on_a_sample(trainer, {n: METHODS[n].model_check for n in self.methods if METHODS[n].model_check}, "methods")
+        self.check_on_a_sample(trainer, model_checks(self.methods), "methods")
 
     @override
     def evaluate(self, trainer: pl.Trainer, evaluation: Evaluation) -> None:

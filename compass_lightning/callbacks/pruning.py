@@ -17,7 +17,7 @@ from typing_extensions import override
 from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData, compass_module
 from compass_lightning.attacks import ATTACKS, mean_attack_success_rate
 from compass_lightning.attacks.scoring import attack_metrics, attack_probe
-from compass_lightning.attribution import METHODS
+from compass_lightning.attribution import METHODS, model_checks
 from compass_lightning.attribution.scoring import score_probe
 from compass_lightning.engine.checks import at_least_one, check_bool, check_choice, check_int, check_real, check_reals, optional
 from compass_lightning.reporting.figures import line_chart
@@ -202,8 +202,8 @@ class PruningAnalysis(CompassCallback):
 
     @override
     def check_model(self, pl_module: pl.LightningModule) -> None:
-        share = parameter_count(pl_module) / max(parameter_count(pl_module, self.rate_of), 1)
-        if max(self._grid(), default=0.0) > share:  # of all parameters: only the prunable share can go
+        share = parameter_count(pl_module) / max(parameter_count(pl_module, "all"), 1)
+        if self.rate_of == "all" and max(self._grid(), default=0.0) > share:  # only the prunable share can go
             raise ValueError(f"rates: {max(self._grid())} of all parameters is more than {type(pl_module).__name__} can "
                              f"prune ({share:.3f} of its parameters are prunable weights); lower the rates")
         if self.joint:
@@ -216,8 +216,7 @@ class PruningAnalysis(CompassCallback):
     def prepare(self, trainer: pl.Trainer) -> None:
         self._calibration = self._build_calibration(trainer)  # bad sizes fail before training starts
         if self.joint:
-            self.check_on_a_sample(trainer, {n: METHODS[n].model_check for n in self.attribution_methods
-                                             if METHODS[n].model_check}, "attribution_methods")
+            self.check_on_a_sample(trainer, model_checks(self.attribution_methods), "attribution_methods")
 
     def _build_calibration(self, trainer: pl.Trainer) -> ProbeSet:
         return self.training_sample(trainer, self.calibration_size, self.calibration_data, argument="calibration_data")

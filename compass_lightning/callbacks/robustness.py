@@ -308,7 +308,3 @@ class AttackSuccessRate(CompassCallback):
         self._snapshot = None
         self._pending_snapshot = state_dict.get("snapshot")
         self._snapshot_epoch = state_dict.get("snapshot_epoch")
-
-    # -- pictures ------------------------------------------------------------------------------
-
-

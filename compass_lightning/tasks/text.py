@@ -321,17 +321,20 @@ class TextClassification(LogitsAdapter):
 
         device = self.embedding_module(model).weight.device
         ids = point_ids(x)[0].to(device)
+        kept = (ids != self.pad_id).cpu()
+        projections = {}  # per attack, every sample at once: its projected tokens, their prediction, what changed
+        for name, (x_adv, attacked) in adversarial.items():
+            projected = self.nearest_tokens(x_adv.to(device), ids, model)
+            with torch.no_grad():
+                real = self.predictions(self.outputs(model, projected)).tolist()
+            projections[name] = (tokens_of(projected, self.decode, self.pad_id), real, (projected != ids).cpu(), attacked)
         rows = []
         for i, tokens in enumerate(tokens_of(ids, self.decode, self.pad_id)):
             rows.append((f"#{i} clean: predicted {int(predicted[i])}, true {int(targets[i])}", tokens, torch.zeros(len(tokens))))
-            for name, (x_adv, attacked) in adversarial.items():
-                projected = self.nearest_tokens(x_adv[i : i + 1].to(device), ids[i : i + 1], model)
-                with torch.no_grad():
-                    real = int(self.predictions(self.outputs(model, projected))[0])
-                kept = ids[i] != self.pad_id
-                changed = (projected[0] != ids[i])[kept].float().cpu()
-                rows.append((f"#{i} {name}: predicted {int(attacked[i])} in embedding space, {real} on these tokens "
-                             f"({int(changed.sum())} changed)", tokens_of(projected, self.decode, self.pad_id)[0], changed))
+            for name, (words, real, changes, attacked) in projections.items():
+                changed = changes[i][kept[i]].float()
+                rows.append((f"#{i} {name}: predicted {int(attacked[i])} in embedding space, {real[i]} on these tokens "
+                             f"({int(changed.sum())} changed)", words[i], changed))
         return token_heatmap(rows, title=f"{title}\nadversarial embeddings projected to their nearest tokens; red: changed")
 
     # -- mutants --------------------------------------------------------------------------------
