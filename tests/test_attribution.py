@@ -441,7 +441,16 @@ def test_deeplift_through_the_monitors_is_captums_deeplift_on_the_model_with_its
             def forward(self, p):
                 return self.model(task.from_pixels(p))
 
-        reference = DeepLift(Normalised()).attribute(pixels[:6].clone().requires_grad_(True), baselines=0.0, target=target)
+        # Captum's max-pooling rule un-pools, which a fit with deterministic=True earlier in the session forbids
+        before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+        torch.use_deterministic_algorithms(before[0], warn_only=True)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                reference = DeepLift(Normalised()).attribute(pixels[:6].clone().requires_grad_(True), baselines=0.0,
+                                                             target=target)
+        finally:
+            torch.use_deterministic_algorithms(before[0], warn_only=before[1])
         gradient_times_input = attribute("input_x_gradient", task.pixel_model(model), pixels[:6], target)
     torch.testing.assert_close(ours, reference.detach(), atol=1e-5, rtol=1e-4)
     assert (ours - gradient_times_input).abs().max() > 0.05 * gradient_times_input.abs().max()
@@ -545,3 +554,19 @@ def test_agi_explains_the_true_class_through_the_monitors_as_its_paper_does():
     torch.testing.assert_close(ours, true_class)
     torch.testing.assert_close(variant, predicted_class)
     assert not torch.allclose(ours, variant)
+
+
+def test_deeplift_of_a_max_pooling_model_runs_under_deterministic_algorithms_and_restores_them(trained_digits):
+    # Captum's max-pooling rule un-pools, for which torch has no deterministic kernel: with
+    # Trainer(deterministic=True) every evaluation of DeepLIFT on the digits CNN once failed
+    model, pixels, y, task = trained_digits
+    target = model(task.from_pixels(pixels[:2])).argmax(dim=1)
+    expected = attribute("deeplift", task.pixel_model(model), pixels[:2], target)
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        ours = attribute("deeplift", task.pixel_model(model), pixels[:2], target)
+        assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    torch.testing.assert_close(ours, expected)

@@ -199,12 +199,23 @@ def deeplift(model: Model, x: Tensor, target: Tensor, *, baseline: float = 0.0) 
     ``DeepLift`` on the user's model itself (its modules shown to Captum through the space model).
 
     Captum's DeepLIFT needs every non-linearity to be a module of its own, used once: the monitors
-    refuse it at fit start where :func:`deeplift_problem` finds otherwise."""
+    refuse it at fit start where :func:`deeplift_problem` finds otherwise. Its max-pooling rule
+    un-pools, which torch has no deterministic kernel for; under ``Trainer(deterministic=True)`` it
+    runs with ``warn_only`` (the un-pooling writes each window's own maximum position, so windows
+    that do not overlap never collide) and determinism is restored after."""
     from captum.attr import DeepLift
 
+    deterministic, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     with warnings.catch_warnings():  # Captum announces, at every call, the hooks it adds and removes
         warnings.filterwarnings("ignore", message="Setting forward, backward hooks")
-        return DeepLift(_shown(model)).attribute(_leaf(x), baselines=baseline, target=target).detach()
+        warnings.filterwarnings("ignore", message="max_unpooling")
+        if deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            return DeepLift(_shown(model)).attribute(_leaf(x), baselines=baseline, target=target).detach()
+        finally:
+            if deterministic:
+                torch.use_deterministic_algorithms(True, warn_only=warn_only)
 
 
 @register("gradcam", layer_default="last", layer=module_name, relu=check_bool)
