@@ -43,20 +43,24 @@ class DigitsDataModule(pl.LightningDataModule):
         batch_size: training and validation batch size.
         val_fraction: fraction of the 1,797 images held out for validation.
         seed: seed of the split.
+        normalise: whether the images come normalised with the digits statistics (else as pixels in
+            ``[0, 1]``, for a model that normalises them itself: ``DigitsClassifier(normalise_inputs=True)``).
     """
 
-    def __init__(self, batch_size: int = 64, val_fraction: float = 0.2, seed: int = 0) -> None:
+    def __init__(self, batch_size: int = 64, val_fraction: float = 0.2, seed: int = 0, normalise: bool = True) -> None:
         super().__init__()
         self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.seed = seed
+        self.normalise = normalise
 
     def setup(self, stage: str | None = None) -> None:
         from sklearn.datasets import load_digits
 
         digits = load_digits()
         images = torch.tensor(digits.images, dtype=torch.float32).div(16.0).unsqueeze(1)
-        images = (images - DIGITS_MEAN) / DIGITS_STD
+        if self.normalise:
+            images = (images - DIGITS_MEAN) / DIGITS_STD
         labels = torch.tensor(digits.target, dtype=torch.long)
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.seed))
         cut = int(len(labels) * (1 - self.val_fraction))
@@ -79,11 +83,14 @@ class DigitsClassifier(pl.LightningModule):
     Args:
         width: channels of the first convolution (the others scale with it).
         lr: Adam learning rate.
+        normalise_inputs: normalise the images inside ``forward`` (for pixel data in ``[0, 1]``:
+            ``DigitsDataModule(normalise=False)``).
     """
 
-    def __init__(self, width: int = 16, lr: float = 3e-3) -> None:
+    def __init__(self, width: int = 16, lr: float = 3e-3, normalise_inputs: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.normalise_inputs = normalise_inputs
         self.net = nn.Sequential(
             nn.Conv2d(1, width, 3, padding=1),
             nn.BatchNorm2d(width),
@@ -100,7 +107,7 @@ class DigitsClassifier(pl.LightningModule):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net((x - DIGITS_MEAN) / DIGITS_STD if self.normalise_inputs else x)
 
     def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
         x, y = batch

@@ -76,3 +76,15 @@ def test_preset_adds_the_monitor_to_a_lightning_cli_script(tmp_path, preset):
 
 def test_every_preset_is_tested():
     assert {p.name for p in (ROOT / "callbacks").glob("*.yaml")} == set(PRESETS)
+
+
+def test_a_preset_on_normalised_data_without_its_statistics_stops_at_fit_start_saying_how_to_give_them(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "digits_cli.py"), "fit", "--config", str(ROOT / "callbacks" / "robustness.yaml"),
+         "--data.normalise=true", "--model.normalise_inputs=false", "--trainer.max_epochs=1",
+         f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0
+    assert "looks normalised" in result.stderr and "Classification(mean=[...], std=[...])" in result.stderr
+    assert "Epoch 0" not in result.stdout + result.stderr  # refused before training

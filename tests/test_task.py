@@ -66,3 +66,23 @@ def test_non_logit_outputs_get_a_type_error_that_explains_the_fix(output, receiv
 def test_bad_configuration(kwargs, error, message):
     with pytest.raises(error, match=message):
         Classification(**kwargs)
+
+
+# -- inputs the task cannot read as pixels are refused (at fit start, through the monitors) ---------
+
+
+def test_images_outside_the_pixel_range_are_refused_naming_the_cure():
+    normalised = (torch.rand(8, 3, 4, 4) - 0.5) / 0.25  # [-2, 2]
+    assert Classification(mean=[0.5], std=[0.25]).check_inputs(normalised) is None
+    assert "looks normalised" in Classification().check_inputs(normalised)
+    assert "Classification(mean=[...], std=[...])" in Classification().check_inputs(normalised)
+    assert "do not undo" in Classification(mean=[0.5], std=[2.0]).check_inputs(normalised)
+    assert Classification(input_range=(-2.0, 2.0)).check_inputs(normalised) is None
+    assert Classification().check_inputs(torch.rand(8, 3, 4, 4)) is None
+    assert Classification().check_inputs([torch.rand(3, 4, 5), torch.rand(3, 2, 2)]) is None  # ragged
+    assert "outside" in Classification().check_inputs([torch.rand(3, 4, 5), torch.rand(3, 2, 2) + 1.5])
+
+
+def test_integer_images_are_refused_saying_how_to_convert_them():
+    reason = Classification(input_range=(0, 255)).check_inputs(torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8))
+    assert "torch.uint8" in reason and "ToDtype(torch.float32, scale=True)" in reason

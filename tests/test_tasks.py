@@ -83,6 +83,9 @@ class Tabular:
             return f"feature vectors have no {name}; this task supports {sorted(self.applies[kind])}"
         return None
 
+    def check_inputs(self, x: Tensor) -> None:
+        return None  # any feature vector
+
     def positions(self, x: Tensor) -> None:
         return None  # no sequence positions
 

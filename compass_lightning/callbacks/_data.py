@@ -13,16 +13,19 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import lightning.pytorch as pl
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from compass_lightning.callbacks._lightning import training_loaders, validation_loaders
-from compass_lightning.engine.probe import _first_loader
+from compass_lightning.engine.probe import ProbeSet, _first_loader
 
 ProbeData = Union[Dataset, tuple[Tensor, Tensor]]
+
+if TYPE_CHECKING:
+    from compass_lightning.tasks import Task
 
 
 def check_probe_data(probe_data: object, probe_size: Optional[int]) -> Optional[ProbeData]:
@@ -62,3 +65,20 @@ def training_loader(trainer: pl.Trainer) -> Any:
         with contextlib.suppress(Exception):
             loader = _first_loader(training_loaders(trainer))
     return loader
+
+
+def draw(data: Optional[ProbeData], loader: Any, task: Task, **selection: Any) -> ProbeSet:
+    """The seeded samples of ``data`` (else of ``loader``) that ``selection`` names (the
+    :class:`~compass_lightning.engine.probe.ProbeSet` constructors' arguments), refused with a
+    ``ValueError`` naming ``task`` where the task cannot read them as its inputs (out of its pixel
+    range, say: :meth:`~compass_lightning.tasks.base.Task.check_inputs`) — at fit start, not as
+    wrong numbers at every evaluation."""
+    if isinstance(data, Dataset):
+        samples = ProbeSet.from_dataset(data, task=task, **selection)
+    elif data is not None:
+        samples = ProbeSet.from_tensors(*data, **selection)
+    else:
+        samples = ProbeSet.from_dataloader(loader, task=task, **selection)
+    if reason := task.check_inputs(samples.inputs):
+        raise ValueError(f"task: {reason}")
+    return samples

@@ -19,10 +19,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
-from torch.utils.data import Dataset
 from typing_extensions import override
 
-from compass_lightning.callbacks._data import ProbeData, check_probe_data, evaluation_loader, training_loader
+from compass_lightning.callbacks._data import ProbeData, check_probe_data, draw, evaluation_loader, training_loader
 from compass_lightning.callbacks._watchers import check_watchers, warn_about_spawn
 from compass_lightning.engine.batching import auto_batch_size
 from compass_lightning.engine.checks import at_least_one, check_bool, check_int, optional
@@ -236,24 +235,14 @@ class CompassCallback(Callback):
     # -- probe ---------------------------------------------------------------------------------
 
     def _build_probe(self, trainer: pl.Trainer) -> ProbeSet:
-        common = {
-            "probe_size": self.probe_size,
-            "seed": self.seed,
-            "default_size": self.default_probe_size,
-            "rank": trainer.global_rank,
-            "world_size": trainer.world_size,
-        }
-        if isinstance(self.probe_data, Dataset):
-            return ProbeSet.from_dataset(self.probe_data, task=self.task, **common)
-        if self.probe_data is not None:
-            return ProbeSet.from_tensors(*self.probe_data, **common)
-        loader = evaluation_loader(trainer)
-        if loader is None:
+        loader = evaluation_loader(trainer) if self.probe_data is None else None
+        if self.probe_data is None and loader is None:
             raise ValueError(
                 f"{type(self).__name__} draws its probe set from the validation data, but this run has no "
                 "validation dataloader: define val_dataloader() (and validation_step) or pass probe_data=..."
             )
-        return ProbeSet.from_dataloader(loader, task=self.task, **common)
+        return draw(self.probe_data, loader, self.task, probe_size=self.probe_size, seed=self.seed,
+                    default_size=self.default_probe_size, rank=trainer.global_rank, world_size=trainer.world_size)
 
     def check_on_a_sample(self, trainer: pl.Trainer, checks: Mapping[str, Callable[[Any, Tensor], Optional[str]]],
                           argument: str) -> None:
@@ -271,19 +260,14 @@ class CompassCallback(Callback):
     def training_sample(self, trainer: pl.Trainer, size: int, data: ProbeData | None, *, argument: str) -> ProbeSet:
         """``size`` seeded samples of ``data`` or else of the training data, the same on every
         process (not sharded), for analyses that calibrate or profile on training data."""
-        # seed + 1: a different draw from the probe's when both come from the same dataset
-        common = {"probe_size": size, "seed": self.seed + 1, "default_size": size}
-        if isinstance(data, Dataset):
-            return ProbeSet.from_dataset(data, task=self.task, **common)
-        if data is not None:
-            return ProbeSet.from_tensors(*data, **common)
-        loader = training_loader(trainer)
-        if loader is None:
+        loader = training_loader(trainer) if data is None else None
+        if data is None and loader is None:
             raise ValueError(
                 f"{type(self).__name__} needs training data, but this run has none: pass {argument}=... "
                 "(a Dataset or an (inputs, targets) pair)"
             )
-        return ProbeSet.from_dataloader(loader, task=self.task, **common)
+        # seed + 1: a different draw from the probe's when both come from the same dataset
+        return draw(data, loader, self.task, probe_size=size, seed=self.seed + 1, default_size=size)
 
     # -- Lightning hooks -----------------------------------------------------------------------
 

@@ -109,6 +109,10 @@ class Task(Protocol):
         """Why the analysis ``name`` of ``kind`` (one of :data:`KINDS`) does not apply to this
         task, or ``None`` when it does."""
 
+    def check_inputs(self, x: Any) -> str | None:
+        """Why the data-space samples ``x`` (a probe, at fit start) cannot be analysed as this task
+        reads them — images outside the pixel range, or not floats — or ``None`` when they can."""
+
     def positions(self, x: Any) -> Tensor | None:
         """For sequence inputs, which positions of each data-space sample are real tokens rather than
         padding (``(N, L)`` booleans: neuron means cover those only), or ``None``."""

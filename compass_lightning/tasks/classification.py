@@ -193,6 +193,30 @@ class Classification(LogitsAdapter):
             return "it flips tokens: a text attack (use TextClassification)"
         return None
 
+    def check_inputs(self, x: Any) -> str | None:
+        """Refuses images that are not floats, and images whose pixel values (after undoing the
+        normalisation) leave :attr:`input_range`: attacks would perturb them far beyond ε and the
+        mutants would clip the data into the range (normalised data with no ``mean``/``std`` given)."""
+        # one batch, or ragged images one per entry (once, at fit start: a loop is fine here)
+        images = [x] if isinstance(x, Tensor) else [t[None] for t in x] if isinstance(x, list) else []
+        if not all(isinstance(t, Tensor) for t in images) or not images:
+            return None  # a structure a subclass reads its own way
+        if not all(t.is_floating_point() for t in images):
+            return (f"the images are {images[0].dtype}, but the analyses perturb them by fractions of a pixel: convert "
+                    "them to floats in the data pipeline (e.g. transforms.v2.ToDtype(torch.float32, scale=True) for [0, 1]), "
+                    "or give images in [0, 255] as floats with Classification(input_range=(0, 255))")
+        pixels = [self.to_pixels(t) for t in images]
+        low, high = self.input_range
+        seen = (min(p.min().item() for p in pixels), max(p.max().item() for p in pixels))
+        slack = 1e-3 * (high - low)  # a normalisation undone in float32 rounds off
+        if seen[0] >= low - slack and seen[1] <= high + slack:
+            return None
+        cure = ("the data looks normalised: pass the statistics its pipeline uses, Classification(mean=[...], std=[...])"
+                if not self.normalised else "the mean and std given do not undo the data pipeline's normalisation")
+        return (f"the probe's pixel values lie in [{seen[0]:.3g}, {seen[1]:.3g}], outside input_range={self.input_range} "
+                f"of {self!r}, so attacks would perturb them far beyond eps and mutants would clip them into the range; "
+                f"{cure}, or set input_range to the pixel bounds of the data")
+
     def positions(self, x: Tensor) -> None:
         return None  # images: every position counts
 

@@ -273,6 +273,12 @@ class TextClassification(LogitsAdapter):
     def refusal(self, kind: str, name: str) -> str | None:
         return REFUSED.get(kind, {}).get(name)
 
+    def check_inputs(self, ids: Tensor) -> str | None:
+        """Refuses inputs that are not token ids (integers)."""
+        if isinstance(ids, Tensor) and (ids.is_floating_point() or ids.is_complex()):
+            return f"TextClassification reads token ids, but the inputs are {ids.dtype}: give integer ids (torch.long)"
+        return None
+
     def positions(self, ids: Tensor) -> Tensor:
         """``(N, L)`` whether each position holds a token (padding does not)."""
         return ids != self.pad_id
