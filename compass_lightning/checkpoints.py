@@ -78,7 +78,7 @@ def compare_checkpoints(
         metrics = _validate_each(model_cls, ckpt_paths, datamodule, compass, options)
     axes = {label: axis_values(values) for label, values in metrics.items()}
     scores = radar_scores(axes)
-    return CheckpointComparison(metrics, axes, scores, radar_chart(scores, title="checkpoints: best = 5 per axis"))
+    return CheckpointComparison(metrics, axes, scores, radar_chart(scores, values=axes, title="checkpoints: best = 5 per axis"))
 
 
 def _validate_each(

@@ -62,7 +62,11 @@ def test_radar_scores_best_is_five_and_the_rest_proportional():
     assert scores["epoch 0"]["robustness"] == 5.0 and scores["epoch 1"]["robustness"] == 2.5
     assert scores["epoch 2"]["robustness"] is None
     assert scores["epoch 0"]["interpretability"] == 0.0 and scores["epoch 2"]["interpretability"] == 2.5
-    assert all(scores[k]["pruning"] == 5.0 for k in rows)  # all equal (0): all best
+    assert all(scores[k]["pruning"] is None for k in rows)  # all 0: nobody is best, the axis is not scored
+    # a model that classifies nothing right is not "best" on the axes it scores 0 on
+    alone = radar_scores({"broken": {"accuracy": 0.0, "mutation_accuracy": 0.0, "robustness": 1.0,
+                                     "interpretability": -0.2, "pruning": 0.0}})["broken"]
+    assert alone == {"accuracy": None, "mutation_accuracy": None, "robustness": 5.0, "interpretability": None, "pruning": None}
     values = axis_values({"compass/robustness/mean_asr": 0.3, "compass/interpretability/ig/insertion_minus_deletion": 0.4,
                           "compass/interpretability/random/insertion_minus_deletion": 0.0,
                           "compass/pruning/taylor/max_safe_rate": 0.2, "compass/pruning/obd/max_safe_rate": 0.4})

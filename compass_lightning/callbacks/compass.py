@@ -236,11 +236,12 @@ class Compass(CompassCallback):
         scores = radar_scores(rows)
         first = next(iter(scores))
         best = max(scores, key=lambda k: sum(v or 0.0 for v in scores[k].values()))
-        shown = {f"{label} (current)": scores[label]}
+        shown = {f"{label} (current)": label}
         if best != label:
-            shown[f"{best} (best)"] = scores[best]
+            shown[f"{best} (best)"] = best
         if first not in (label, best):
-            shown[f"{first} (first)"] = scores[first]
+            shown[f"{first} (first)"] = first
         evaluation.images["compass/score/radar"] = radar_chart(
-            shown, title=f"AI-Compass radar, {len(rows)} evaluations: best = 5 per axis, others proportional"
+            {name: scores[key] for name, key in shown.items()}, values={name: rows[key] for name, key in shown.items()},
+            title=f"AI-Compass radar, {len(rows)} evaluations: best = 5 per axis, others proportional",
         )

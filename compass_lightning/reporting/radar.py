@@ -11,7 +11,11 @@ pruning             mean ``max_safe_rate`` over the pruning methods
 ==================  ====================================================================
 
 Across the compared epochs, checkpoints or runs the best value of an axis scores 5 and the
-others ``5·x/best`` (negative values count as 0; when the best is 0, every model scores 5).
+others ``5·x/best``, a negative value (insertion below deletion) 0. An axis is scored only where
+its best is positive: when every compared model has 0 (a model that classifies nothing correctly,
+a pruning rate no method reaches), nobody is best and the axis is drawn as not scored, as an axis
+no module measured is — never as 5 for everyone, nor as 0. The chart prints the absolute values
+beside the scores, as a relative score alone hides whether the best model is any good.
 """
 
 from __future__ import annotations
@@ -60,46 +64,81 @@ def axis_values(metrics: Mapping[str, float | None]) -> dict[str, float | None]:
 
 
 def radar_scores(rows: Mapping[str, Mapping[str, float | None]]) -> dict[str, dict[str, float | None]]:
-    """``{label: {axis: score}}``: per axis the best value scores 5 and the others ``5·x/best``.
+    """``{label: {axis: score}}``: per axis with a positive best value the best scores 5 and the
+    others ``5·max(x, 0)/best``; ``None`` where a value is missing or the axis has no positive best.
 
     Example:
         >>> radar_scores({"a": {"accuracy": 0.8}, "b": {"accuracy": 0.4}, "c": {"accuracy": None}})
         {'a': {'accuracy': 5.0}, 'b': {'accuracy': 2.5}, 'c': {'accuracy': None}}
+        >>> radar_scores({"a": {"accuracy": 0.0}, "b": {"accuracy": 0.0}})   # nobody is best
+        {'a': {'accuracy': None}, 'b': {'accuracy': None}}
     """
     axes = [a for a in AXES if any(a in row for row in rows.values())]
     scores: dict[str, dict[str, float | None]] = {label: {} for label in rows}
     for axis in axes:
         values = {label: row.get(axis) for label, row in rows.items()}
-        known = {label: max(v, 0.0) for label, v in values.items() if v is not None and math.isfinite(v)}
-        best = max(known.values(), default=None)
+        known = {label: v for label, v in values.items() if v is not None and math.isfinite(v)}
+        best = max(known.values(), default=0.0)
         for label in rows:
-            if label not in known:
-                scores[label][axis] = None
-            else:
-                scores[label][axis] = 5.0 if best == 0 else 5.0 * known[label] / best
+            scores[label][axis] = 5.0 * max(known[label], 0.0) / best if label in known and best > 0 else None
     return scores
 
 
-def radar_chart(scores: Mapping[str, Mapping[str, float | None]], *, title: str = "") -> Tensor:
-    """One polygon per entry of ``scores`` on the five axes (0–5; a missing axis is drawn at 0).
+def _number(value: float | None) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:.3g}"
+
+
+def radar_chart(scores: Mapping[str, Mapping[str, float | None]], *, title: str = "",
+                values: Mapping[str, Mapping[str, float | None]] | None = None) -> Tensor:
+    """One polygon per entry of ``scores`` on the five axes (0–5) through its scored axes only; an
+    axis nobody is scored on is labelled "not scored" and greyed; ``values`` (the absolute axis
+    values, by the same labels) are printed in a table beside the chart.
 
     Example:
-        >>> radar_chart({"epoch 3": {"accuracy": 5.0, "robustness": 3.0}}).shape[0]
+        >>> radar_chart({"epoch 3": {"accuracy": 5.0, "robustness": 3.0}},
+        ...             values={"epoch 3": {"accuracy": 0.9, "robustness": 0.4}}).shape[0]
         3
     """
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(7.0, 5.0), dpi=100)
-    axes = figure.add_axes((0.08, 0.08, 0.58, 0.78), projection="polar")
+    figure = Figure(figsize=(9.0, 5.0), dpi=100)
+    axes = figure.add_axes((0.06, 0.1, 0.46, 0.74), projection="polar")
     angles = [2 * math.pi * i / len(AXES) for i in range(len(AXES))]
     colours = _colours()
     for index, (label, row) in enumerate(scores.items()):
-        values = [row.get(axis) or 0.0 for axis in AXES]
-        axes.plot([*angles, angles[0]], [*values, values[0]], color=colours[index % len(colours)], label=label, marker="o", markersize=3)
-        axes.fill([*angles, angles[0]], [*values, values[0]], color=colours[index % len(colours)], alpha=0.08)
-    axes.set_xticks(angles, [a.replace("_", "\n") for a in AXES], fontsize=8)
+        colour = colours[index % len(colours)]
+        # NaN breaks the outline at an unscored axis instead of drawing it at 0
+        radii = [math.nan if row.get(axis) is None else row[axis] for axis in AXES]
+        axes.plot([*angles, angles[0]], [*radii, radii[0]], color=colour, label=label, marker="o", markersize=3)
+        shown = [(a, r) for a, r in zip(angles, radii) if not math.isnan(r)]
+        if len(shown) >= 3:
+            axes.fill([a for a, _ in shown], [r for _, r in shown], color=colour, alpha=0.08)
+    scored = {axis: any(row.get(axis) is not None for row in scores.values()) for axis in AXES}
+    axes.set_xticks(angles, [a.replace("_", "\n") + ("" if scored[a] else "\n(not scored)") for a in AXES], fontsize=8)
+    for tick, axis in zip(axes.get_xticklabels(), AXES):
+        if not scored[axis]:
+            tick.set_color("0.6")
+    axes.tick_params(axis="x", pad=10)  # labels clear of the outer circle
     axes.set_ylim(0, 5)
     axes.set_yticks([1, 2, 3, 4, 5], ["1", "2", "3", "4", "5"], fontsize=7)
-    axes.set_title(title, fontsize=10, pad=18)
-    axes.legend(loc="upper left", bbox_to_anchor=(1.12, 1.0), fontsize=8, frameon=False)
+    figure.suptitle(title, fontsize=10)
+    side = figure.add_axes((0.58, 0.1, 0.4, 0.78))
+    side.axis("off")
+    if not values:
+        handles, labels = axes.get_legend_handles_labels()
+        side.legend(handles, labels, loc="upper left", fontsize=8, frameon=False)
+        return render(figure)
+    # the table is the legend: each row label in its polygon's colour, the absolute values beside
+    short = {"accuracy": "acc", "mutation_accuracy": "mut", "robustness": "rob", "interpretability": "int", "pruning": "prune"}
+    cells = [[f"\u25a0 {label[:28]}", *(_number(values.get(label, {}).get(axis)) for axis in AXES)] for label in scores]
+    height = min(1.0, 0.075 * (len(cells) + 1))
+    table = side.table(cellText=cells, colLabels=["", *(short[a] for a in AXES)], colWidths=[0.4] + [0.12] * len(AXES),
+                       loc="upper left", bbox=(0.0, 1.0 - height, 1.0, height))
+    table.auto_set_font_size(False)
+    table.set_fontsize(7)
+    for index in range(len(cells)):
+        table[index + 1, 0].get_text().set_color(colours[index % len(colours)])
+        table[index + 1, 0].set_text_props(ha="left")
+    side.text(0.0, 1.0 - height - 0.03, "absolute values; the polygons are the scores (best = 5)", fontsize=7,
+              va="top", transform=side.transAxes)
     return render(figure)

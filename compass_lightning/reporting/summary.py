@@ -153,7 +153,7 @@ def run_report(log_dir: str | Path) -> tuple[str, str]:
         labels = list(axes)
         pick = list(dict.fromkeys([labels[0], *labels[-6:]]))  # first and latest evaluations
         scores = radar_scores(axes)
-        sections.append("<h2>Radar</h2>" + _png(radar_chart({k: scores[k] for k in pick}, title="best = 5 per axis"))
+        sections.append("<h2>Radar</h2>" + _png(radar_chart({k: scores[k] for k in pick}, values=axes, title="best = 5 per axis"))
                         + _table(list(AXES), [(k, {a: v for a, v in axes[k].items() if v is not None}) for k in labels]))
     text = [f"compass report: {Path(log_dir)} ({len(rows)} evaluations)"]
     for module in modules:
@@ -182,7 +182,7 @@ def compare_runs(log_dirs: Sequence[str | Path]) -> tuple[str, str]:
         runs[label] = merged(load_run(directory))
     latest = {label: list(carried_axes(rows).values())[-1] for label, rows in runs.items()}
     scores = radar_scores(latest)
-    sections = ["<h2>Radar (each run's latest values)</h2>", _png(radar_chart(scores, title="best run = 5 per axis")),
+    sections = ["<h2>Radar (each run's latest values)</h2>", _png(radar_chart(scores, values=latest, title="best run = 5 per axis")),
                 _table(list(AXES), [(k, {a: v for a, v in row.items() if v is not None}) for k, row in latest.items()])]
     tags = sorted({t for rows in runs.values() for _, v in rows for t in v
                    if any(re.match(r, t) for charts in CHARTS.values() for r in charts.values())})
