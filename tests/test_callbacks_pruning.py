@@ -57,6 +57,21 @@ def test_end_of_fit_report_in_tensorboard_with_figures_and_csv_and_the_model_unt
     assert 0 < metrics["compass/pruning/magnitude/max_safe_rate"] <= 0.5
 
 
+def test_the_methods_that_train_their_copy_are_evaluated_on_that_copy_and_marked_in_the_csv(tmp_path):
+    short = {"greg2": {"pick_steps": 2, "steps": 10}, "asl": {"steps": 10}}
+    monitor = PruningAnalysis(methods={"magnitude": {}, **short}, rates=[0.5], joint=False,
+                              **{**FAST, "sweep": [0.9]})
+    trainer = _fit(tmp_path, monitor, epochs=1)
+    assert monitor.error_count == 0
+    rows = {(r["method"], float(r["rate"])): r for r in _report(trainer.logger.log_dir)}
+    for method in ("greg2", "asl"):
+        assert rows[(method, 0.5)]["changes_weights"] == "True"
+        assert abs(float(rows[(method, 0.9)]["sparsity"]) - 0.9) < 1e-3
+        # trained on while pruned: not the one-shot magnitude numbers
+        assert rows[(method, 0.9)]["accuracy"] != rows[("magnitude", 0.9)]["accuracy"]
+    assert rows[("magnitude", 0.5)]["changes_weights"] == "False"
+
+
 def test_logged_metrics_are_those_of_prune_on_the_probe(tmp_path):
     monitor = PruningAnalysis(["taylor"], rates=[0.0, 0.4], sweep=[], joint=False, probe_size=64, calibration_size=64,
                               task=digits_task(), batch_size=32)
@@ -170,7 +185,8 @@ def test_calibration_larger_than_the_training_data_fails_before_training(tmp_pat
         ({"rates": []}, ValueError, "rates must be a number or a non-empty list"),
         ({"sweep": 0.5}, TypeError, "sweep must be a list of rates"),
         ({"methods": ["magnitude", "snip"]}, ValueError, "methods: unknown importance 'snip'; choose from: magnitude"),
-        ({"methods": {"greg2": {"rate": 2}}}, ValueError, r"greg2.rate must be a number in \[0.0, 1.0\)"),
+        ({"methods": {"greg2": {"steps": 0}}}, ValueError, r"greg2.steps must be an integer >= 1"),
+        ({"methods": ["magnitude", "asl"], "structured": True}, ValueError, "structured: 'asl' prunes single weights"),
         ({"tolerance": -0.01}, ValueError, r"tolerance must be a number in \[0.0, inf\]"),
         ({"calibration_size": 0}, ValueError, "calibration_size must be an integer >= 1"),
         ({"joint_rates": [1.5]}, ValueError, r"joint_rates must be a number in \[0.0, 1.0\)"),

@@ -23,7 +23,7 @@ from compass_lightning.engine.checks import at_least_one, check_bool, check_choi
 from compass_lightning.reporting.figures import line_chart
 from compass_lightning.engine.probe import ProbeSet
 from compass_lightning.pruning import (
-    DENOMINATORS, IMPORTANCES, PruningSweep, importance, max_safe_rate, parameter_count, sparsity,
+    DENOMINATORS, IMPORTANCES, PrunedCopies, max_safe_rate, parameter_count, sparsity,
 )
 from compass_lightning.engine.registry import resolve_selection
 from compass_lightning.engine.layers import check_layer_parameters
@@ -72,8 +72,10 @@ class PruningAnalysis(CompassCallback):
 
     Images: accuracy against the rate per method, ASR and insertion/deletion against the rate.
     ``pruning_report.csv`` in the log directory gets one row per method × rate (and one for the
-    unpruned model) of every evaluation. ``greg2`` and ``asl`` run short optimisation episodes on a
-    copy, so their rows are marked ``changes_weights``. The trained model is never modified.
+    unpruned model) of every evaluation. ``greg2`` and ``asl`` train a copy on the calibration data
+    for each rate and prune that copy (:mod:`~compass_lightning.pruning.episodes`: ``pick_steps +
+    steps`` and ``steps`` SGD/Adam steps per rate), so their rows are marked ``changes_weights``.
+    The trained model is never modified.
 
     Args:
         methods: importance methods, names or a mapping from names to parameters.
@@ -155,6 +157,9 @@ class PruningAnalysis(CompassCallback):
         self.tolerance = check_real("tolerance", tolerance, low=0.0)
         self.structured = check_bool("structured", structured)
         self.rate_of = check_choice("rate_of", rate_of, DENOMINATORS)
+        if self.structured and (episodes := [m for m in self.methods if IMPORTANCES[m].changes_weights]):
+            raise ValueError(f"structured: {episodes[0]!r} prunes single weights (GReg-2 element-wise, ASL); "
+                             "use structured=False or leave it out of methods")
         self.calibration_size = check_int("calibration_size", calibration_size, minimum=1)
         self.calibration_data = self._check_probe_data(calibration_data) if calibration_data is not None else None
         self.joint = check_bool("joint", joint)
@@ -260,13 +265,13 @@ class PruningAnalysis(CompassCallback):
             for method, params in self.methods.items():
                 with self.isolate(f"pruning with {method!r}"):
                     progress.set_postfix_str(f"{method}: importance")
-                    scores = importance(model, method, calibration, loss_fn=self.task.loss, **params)
-                    sweep = PruningSweep(model, scores, structured=self.structured, of=self.rate_of)
+                    copies = PrunedCopies(model, method, calibration, loss_fn=self.task.loss, structured=self.structured,
+                                          of=self.rate_of, **params)
                     progress.update()
                     drops: dict[float, float] = {}
                     for rate in grid:
                         progress.set_postfix_str(f"{method}: rate {rate:.2f}")
-                        pruned = sweep.at(rate)
+                        pruned = copies.at(rate)
                         metrics = task.metrics(evaluation.outputs(probe.inputs, model=pruned), probe.targets)
                         metrics["sparsity"] = torch.tensor(sparsity(pruned))
                         metrics["sparsity_all"] = torch.tensor(sparsity(pruned, of="all"))

@@ -17,14 +17,21 @@ taylor      ``(w·g_b)²`` averaged over the calibration batches, ``g_b`` batch 
             mean gradient, which vanishes near a minimum and leaves a ranking of noise
 obd         ``½·h·w²``, ``h`` the Hessian diagonal approximated by the empirical Fisher
             (the mean over calibration samples of the squared per-sample gradient)
-greg2       ``|w|`` after a short episode on a copy with a growing L2 penalty on the
-            lowest-magnitude weights (Wang et al., GReg-2, ICLR 2021) — **changes the copy's
-            weights**
-asl         ``|w| / b_l`` after a short episode on a copy that learns one threshold ``b_l`` per
-            layer towards a target sparsity (ASL, Retsinas et al.) — **changes the copy's weights**
+greg2       GReg-2 (Wang et al., ICLR 2021): a copy trained on with a growing L2 penalty, first
+            on every weight, then on the lowest-magnitude ones until they vanish; that copy is
+            pruned — **changes the copy's weights**, one episode per rate
+asl         ASL (Retsinas et al. 2020): a copy trained with one threshold per layer, a
+            straight-through pruned forward pass and a loss towards the rate's sparsity; that copy
+            is pruned by ``|w|/b_l`` — **changes the copy's weights**, one episode per rate
 ==========  ===========================================================================
+
+The first three rank the trained weights (:func:`importance`, then :func:`prune` or a
+:class:`PruningSweep`); the last two train the copy they prune (:func:`trained_copy`, see
+:mod:`~compass_lightning.pruning.episodes` for their schedules). :class:`PrunedCopies` gives the
+pruned model of either kind at any rate.
 """
 
+from compass_lightning.pruning.episodes import PrunedCopies, trained_copy
 from compass_lightning.pruning.importance import IMPORTANCES, Importance, importance
 from compass_lightning.pruning.masks import PruningSweep, masks, max_safe_rate, prune
 from compass_lightning.pruning.parameters import (
@@ -32,6 +39,6 @@ from compass_lightning.pruning.parameters import (
 )
 
 __all__ = [
-    "DENOMINATORS", "IMPORTANCES", "PRUNABLE", "Importance", "Prunable", "PruningSweep", "importance", "masks",
-    "max_safe_rate", "parameter_count", "prunable", "prunable_weights", "prune", "sparsity",
+    "DENOMINATORS", "IMPORTANCES", "PRUNABLE", "Importance", "Prunable", "PrunedCopies", "PruningSweep", "importance",
+    "masks", "max_safe_rate", "parameter_count", "prunable", "prunable_weights", "prune", "sparsity", "trained_copy",
 ]

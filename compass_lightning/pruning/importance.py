@@ -7,7 +7,6 @@ Every criterion runs on a deep copy (:func:`importance`): the live model is neve
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -15,9 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from compass_lightning.engine.checks import at_least_one, positive
 from compass_lightning.engine.registry import Check, Operation, Registry
-from compass_lightning.pruning.parameters import check_rate as _rate
 from compass_lightning.pruning.parameters import prunable_weights as _weights
 
 Batches = Iterable[tuple[Tensor, Tensor]]
@@ -29,6 +26,7 @@ class Importance(Operation):
     """A registered importance criterion; ``changes_weights`` marks the optimisation episodes.
 
     Example:
+        >>> import compass_lightning.pruning  # registers the episodes too
         >>> IMPORTANCES["taylor"].changes_weights, IMPORTANCES["greg2"].changes_weights
         (False, True)
     """
@@ -95,58 +93,6 @@ def _obd(model: nn.Module, batches: Batches, *, loss_fn: LossFn) -> dict[str, Te
     return {name: 0.5 * fisher[name] * w.detach().pow(2) for name, w in _weights(model).items()}
 
 
-@_importance("greg2", changes_weights=True, rate=_rate, steps=at_least_one, increment=positive, lr=positive)
-def _greg2(
-    model: nn.Module, batches: Batches, *, loss_fn: LossFn, rate: float = 0.5, steps: int = 20,
-    increment: float = 1e-2, lr: float = 1e-3,
-) -> dict[str, Tensor]:
-    batches = list(batches)
-    weights = _weights(model)
-    flat = torch.cat([w.detach().abs().flatten() for w in weights.values()])
-    cut = flat.kthvalue(max(1, round(rate * len(flat)))).values
-    chosen = {name: (w.detach().abs() <= cut).float() for name, w in weights.items()}
-    optimiser = torch.optim.SGD(list(weights.values()), lr=lr, momentum=0.9)
-    for step in range(steps):  # the penalty grows by `increment` every step
-        x, y = batches[step % len(batches)]
-        penalty = sum((w * chosen[n]).pow(2).sum() for n, w in weights.items())
-        loss = loss_fn(model(x), y) + increment * (step + 1) * penalty
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()  # on the copy only: the trained model is never differentiated into
-        optimiser.step()
-    return {name: w.detach().abs() for name, w in weights.items()}
-
-
-@_importance("asl", changes_weights=True, rate=_rate, steps=at_least_one, weight=positive, lr=positive)
-def _asl(
-    model: nn.Module, batches: Batches, *, loss_fn: LossFn, rate: float = 0.5, steps: int = 20, weight: float = 1.0,
-    lr: float = 1e-3,
-) -> dict[str, Tensor]:
-    batches = list(batches)
-    weights = _weights(model)
-    # one threshold per layer, parameterised in units of the layer's weight std
-    sigma = {n: w.detach().std().clamp_min(1e-12) for n, w in weights.items()}
-    log_b = {n: torch.zeros((), requires_grad=True) for n in weights}
-    optimiser = torch.optim.Adam([*weights.values(), *log_b.values()], lr=lr)
-    for step in range(steps):
-        x, y = batches[step % len(batches)]
-        saved = {}
-        for n, w in weights.items():  # straight-through: prune in the forward, identity in the backward
-            b = log_b[n].exp() * sigma[n]
-            keep = (w.abs() > b).float()
-            saved[n] = w.data.clone()
-            w.data.mul_(keep)
-        loss = loss_fn(model(x), y)
-        for n, w in weights.items():
-            w.data.copy_(saved[n])
-        # expected layer sparsity for Gaussian weights: P(|w| <= b) = erf(b / (sigma * sqrt 2))
-        sparsity = torch.stack([torch.erf(log_b[n].exp() / math.sqrt(2)) for n in weights])
-        objective = loss + weight * (sparsity.mean() - rate) ** 2
-        optimiser.zero_grad(set_to_none=True)
-        objective.backward()  # on the copy only
-        optimiser.step()
-    return {n: w.detach().abs() / (log_b[n].detach().exp() * sigma[n]) for n, w in weights.items()}
-
-
 def importance(
     model: nn.Module, method: str, batches: Batches, *, loss_fn: LossFn | None = None, **params: object
 ) -> dict[str, Tensor]:
@@ -164,6 +110,9 @@ def importance(
         (['0.weight', '2.weight'], torch.Size([3, 4]))
     """
     entry = IMPORTANCES.lookup(method, "method")
+    if entry.changes_weights:
+        raise ValueError(f"method: {method!r} trains the copy it prunes, so it has no scores for the weights as they are; "
+                         "use compass_lightning.pruning.trained_copy() (or PrunedCopies) and prune that copy")
     params = entry.resolve(params)
     working = copy.deepcopy(model).eval()
     for p in working.parameters():

@@ -19,12 +19,12 @@ def _check_scores(modules: dict[str, Prunable], scores: dict[str, Tensor]) -> No
         raise ValueError(f"scores lack {', '.join(missing)}; compute them with importance() on this model")
 
 
-def _global_order(modules: dict[str, Prunable], scores: dict[str, Tensor]) -> Tensor:
-    """Positions in the concatenated prunable weights, lowest score first (ties by position)."""
-    if not modules:
+def _global_order(weights: dict[str, Tensor], scores: dict[str, Tensor]) -> Tensor:
+    """Positions in the concatenated ``weights``, lowest score first (ties by position)."""
+    if not weights:
         return torch.zeros(0, dtype=torch.long)
-    device = next(iter(modules.values())).weight.device
-    flat = torch.cat([scores[n].reshape(-1).to(device, torch.float64) for n in modules])
+    device = next(iter(weights.values())).device
+    flat = torch.cat([scores[n].reshape(-1).to(device, torch.float64) for n in weights])
     return torch.argsort(flat, stable=True)
 
 
@@ -40,11 +40,11 @@ def _count(model: nn.Module, modules: dict[str, Prunable], rate: float, of: str)
     return count
 
 
-def _unstructured_masks(modules: dict[str, Prunable], order: Tensor, count: int) -> dict[str, Tensor]:
+def _unstructured_masks(weights: dict[str, Tensor], order: Tensor, count: int) -> dict[str, Tensor]:
     mask = torch.ones(len(order), device=order.device)
     mask[order[:count]] = 0
-    sizes = [m.weight.numel() for m in modules.values()]
-    return {n: part.view_as(m.weight).to(m.weight.dtype) for (n, m), part in zip(modules.items(), mask.split(sizes))}
+    sizes = [w.numel() for w in weights.values()]
+    return {n: part.view_as(w).to(w.dtype) for (n, w), part in zip(weights.items(), mask.split(sizes))}
 
 
 def masks(model: nn.Module, scores: dict[str, Tensor], rate: float, *, structured: bool = False,
@@ -71,7 +71,8 @@ def masks(model: nn.Module, scores: dict[str, Tensor], rate: float, *, structure
     _check_scores(modules, scores)
     count = _count(model, modules, rate, of)
     if not structured:
-        return _unstructured_masks(modules, _global_order(modules, scores), count)
+        weights = {n: m.weight for n, m in modules.items()}
+        return _unstructured_masks(weights, _global_order(weights, scores), count)
     keep = {n: torch.ones_like(m.weight) for n, m in modules.items()}
     if count == 0 or not modules:
         return keep
@@ -141,7 +142,8 @@ class PruningSweep:
         self._modules = prunable(self.model)
         _check_scores(self._modules, scores)
         self._original = {n: m.weight.detach().clone() for n, m in self._modules.items()}
-        self._order = None if structured else _global_order(self._modules, scores)
+        self._weights = {n: m.weight for n, m in self._modules.items()}
+        self._order = None if structured else _global_order(self._weights, scores)
 
     @torch.no_grad()
     def at(self, rate: float) -> nn.Module:
@@ -149,7 +151,7 @@ class PruningSweep:
         if self._order is None:
             keep = masks(self.model, self.scores, rate, structured=True, of=self.of)
         else:
-            keep = _unstructured_masks(self._modules, self._order, _count(self.model, self._modules, rate, self.of))
+            keep = _unstructured_masks(self._weights, self._order, _count(self.model, self._modules, rate, self.of))
         for name, entry in self._modules.items():
             torch.mul(self._original[name], keep[name], out=entry.weight.data)
         return self.model
