@@ -8,7 +8,7 @@ import torch
 from conftest import DigitsClassifier, DigitsDataModule, StateBracket, digits_task, make_trainer, read_events, train_digits
 
 from compass_lightning import NeuronAnalysis
-from compass_lightning.neurons import coverage, neuron_sensitivity, select_layers, sensitive_fraction
+from compass_lightning.neurons import coverage, neuron_sensitivity, paper_fraction, select_layers, sensitive_fraction
 
 LAYERS = ["net.0", "net.3", "net.7", "net.11"]
 
@@ -61,10 +61,10 @@ def test_logged_values_equal_the_functions_on_the_probe(tmp_path):
     normal = torch.randn((len(x), 2, *x.shape[1:]), generator=monitor.generator("sensitivity"))
     per_input = neuron_sensitivity(task.pixel_model(model), task.to_pixels(x), draws=2, normal=normal)
     scores = {layer: per_input[layer].mean(dim=0) for layer in LAYERS}
-    fractions = sensitive_fraction(scores)
-    assert logged["compass/neurons/sensitivity/fraction"] == pytest.approx(fractions["total"].item())
-    for layer in LAYERS:
-        assert logged[f"compass/neurons/sensitivity/fraction/{layer}"] == pytest.approx(fractions[layer].item())
+    for form, fractions in (("fraction", paper_fraction(per_input)), ("scaled_fraction", sensitive_fraction(scores))):
+        assert logged[f"compass/neurons/sensitivity/{form}"] == pytest.approx(fractions["total"].item())
+        for layer in LAYERS:
+            assert logged[f"compass/neurons/sensitivity/{form}/{layer}"] == pytest.approx(fractions[layer].item())
 
 
 @pytest.mark.parametrize("stage", ["fit", "validate"])

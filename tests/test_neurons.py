@@ -16,6 +16,7 @@ from compass_lightning.neurons import (
     neuron_excitability,
     neuron_sensitivity,
     neuron_values,
+    paper_fraction,
     profile_ranges,
     select_layers,
     sensitivity,
@@ -127,9 +128,29 @@ def test_sensitivity_flags_the_neuron_built_to_be_sensitive():
         net[0].weight[3] = 5.0  # hidden neuron 3 amplifies any input change 500 times more
         net[0].bias.fill_(1.0)  # every ReLU active: the response is linear
     result = sensitivity(net, torch.rand(32, 8), sigma=0.05, draws=4, generator=torch.Generator().manual_seed(0))
-    assert result["fraction"]["0"].item() == pytest.approx(1 / 6)
+    assert result["scaled_fraction"]["0"].item() == pytest.approx(1 / 6)
+    assert 0.5 / 6 < result["fraction"]["0"].item() <= 1 / 6 + 1e-6  # neuron 3 on most inputs, no other on any
     assert result["top"][0] == "0:3"
     assert result["scores"]["0"].argmax().item() == 3
+
+
+def test_the_paper_form_fraction_rises_when_a_layer_grows_and_the_scale_free_one_cannot_show_it():
+    """DeepSensor's Def. 2 thresholds the unscaled sensitivity: weights ×10 make more neurons
+    sensitive. The per-layer min-max scaled variant is blind to it: it gives the same fraction."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    x = torch.rand(64, 8)
+
+    def measure():
+        return sensitivity(net, x, sigma=0.05, draws=4, layers=["0"], generator=torch.Generator().manual_seed(0))
+
+    before = measure()
+    with torch.no_grad():
+        net[0].weight.mul_(10)
+        net[0].bias.mul_(10)
+    after = measure()
+    assert after["fraction"]["0"] > before["fraction"]["0"] + 0.2
+    assert after["scaled_fraction"]["0"] == pytest.approx(before["scaled_fraction"]["0"].item())
 
 
 def test_excitability_is_the_first_order_loss_change_of_zeroing_a_neuron():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -25,6 +27,7 @@ from compass_lightning.neurons import (
     neuron_values,
     profile_ranges,
     select_layers,
+    paper_fraction,
     sensitive_fraction,
     summarise_deviation,
     top_neurons,
@@ -54,12 +57,15 @@ class NeuronAnalysis(CompassCallback):
     - ``compass/neurons/coverage/<criterion>`` (and ``/<layer>``): DeepGauge coverage of the probe,
       against neuron ranges re-profiled every evaluation on ``profile_size`` training samples (ranges
       drift while the model trains);
-    - ``compass/neurons/sensitivity/fraction`` (and ``/<layer>``): the DeepSensor fraction of
-      sensitive neurons under Gaussian noise of ``sigma`` (pixel units), and
-      ``compass/neurons/sensitivity/top10_stability``: the Jaccard overlap of the 10 most sensitive
-      neurons with the previous evaluation's;
-    - ``compass/neurons/excitability/fraction`` (and ``/<layer>``), with ``excitability``: the
-      fraction of "excitable" neurons by the first-order approximation of the papers' Shapley value;
+    - ``compass/neurons/sensitivity/fraction`` (and ``/<layer>``): DeepSensor's fraction of
+      sensitive neurons under Gaussian noise of ``sigma`` (pixel units): (input, neuron) pairs whose
+      unscaled sensitivity exceeds ``sensitivity_threshold`` (its Def. 2, λ = 0.5, and Eq. 2);
+      ``.../sensitivity/scaled_fraction`` the scale-free variant (probe means min-max scaled per
+      layer); ``compass/neurons/sensitivity/top10_stability``: the Jaccard overlap of the 10 most
+      sensitive neurons with the previous evaluation's;
+    - ``compass/neurons/excitability/fraction`` and ``scaled_fraction`` (and ``/<layer>``), with
+      ``excitability``: the same two fractions of "excitable" neurons by the first-order
+      approximation of the papers' Shapley value, averaged over the ``draws``;
     - ``compass/neurons/deviation/<layer>/{adversarial,gaussian,gap,compromise_probability}`` for
       every convolution, with ``deviation``: Grad-CAM cosine similarity to the clean map under the
       attack and under matched Gaussian noise.
@@ -80,9 +86,10 @@ class NeuronAnalysis(CompassCallback):
         profile_data: a Dataset or ``(inputs, targets)`` pair to profile on instead of the training data.
         sigma: standard deviation of the sensitivity noise, in pixel units.
         draws: noise draws per probe sample.
-        sensitivity_threshold: a neuron is sensitive (or excitable) when its per-layer min-max
-            scaled score exceeds this, in [0, 1].
-        excitability: also compute the excitable-neuron proxy (two forward and backward passes).
+        sensitivity_threshold: λ: a neuron is sensitive (or excitable) on an input when its score
+            exceeds this (``fraction``), and in the scale-free variant when its per-layer min-max
+            scaled probe mean does (``scaled_fraction``); in [0, 1].
+        excitability: also compute the excitable-neuron proxy (``1 + draws`` forward and backward passes).
         deviation: also compute the layer deviation under ``attack`` at ``eps``.
         attack, eps: the attack of the deviation analysis (any of ``compass_lightning.attacks``).
         image_count: probe images in the Grad-CAM grid (0: none).
@@ -173,8 +180,8 @@ class NeuronAnalysis(CompassCallback):
         tags = [f"{PREFIX}/coverage/{c}" for c in self.criteria]
         tags += [f"{PREFIX}/coverage/{c}/{layer}" for c in self.criteria for layer in self._layer_names]
         kinds = ("sensitivity", "excitability") if self.excitability else ("sensitivity",)
-        for kind in kinds:
-            tags += [f"{PREFIX}/{kind}/fraction"] + [f"{PREFIX}/{kind}/fraction/{layer}" for layer in self._layer_names]
+        for kind, form in itertools.product(kinds, ("fraction", "scaled_fraction")):
+            tags += [f"{PREFIX}/{kind}/{form}"] + [f"{PREFIX}/{kind}/{form}/{layer}" for layer in self._layer_names]
         tags.append(f"{PREFIX}/sensitivity/top10_stability")
         if self.deviation:
             tags += [f"{PREFIX}/deviation/{layer}/{m}" for layer in self._conv_names for m in SUMMARY]
@@ -206,8 +213,8 @@ class NeuronAnalysis(CompassCallback):
 
         with self.isolate("neuron sensitivity"):
             normal = self._normal("sensitivity", self.draws, evaluation)
-            scores = _means(evaluation.per_sample(sensitive, probe.inputs, normal))
-            self._log_fraction(evaluation, "sensitivity", scores)
+            per_input = evaluation.per_sample(sensitive, probe.inputs, normal)
+            scores = self._log_fraction(evaluation, "sensitivity", per_input)
             top = top_neurons(scores)
             if self._previous_top is not None:
                 evaluation.scalars[f"{PREFIX}/sensitivity/top10_stability"] = jaccard(top, self._previous_top)
@@ -216,12 +223,11 @@ class NeuronAnalysis(CompassCallback):
 
             def excitable(inputs: Tensor, targets: Tensor, normal: Tensor) -> dict[str, Tensor]:
                 return neuron_excitability(task.space_model(model, inputs), task.to_space(inputs, model), targets, sigma=self.sigma,
-                                           draws=1, layers=self.layers, normal=normal, valid=task.positions(inputs))
+                                           draws=self.draws, layers=self.layers, normal=normal, valid=task.positions(inputs))
 
             with self.isolate("neuron excitability"):
-                normal = self._normal("excitability", 1, evaluation)
-                scores = _means(evaluation.per_sample(excitable, probe.inputs, probe.targets, normal))
-                self._log_fraction(evaluation, "excitability", scores)
+                normal = self._normal("excitability", self.draws, evaluation)
+                self._log_fraction(evaluation, "excitability", evaluation.per_sample(excitable, probe.inputs, probe.targets, normal))
         if self.deviation:
             with self.isolate(f"layer deviation under {self.attack}"):
                 self._deviation(trainer, evaluation)
@@ -257,10 +263,16 @@ class NeuronAnalysis(CompassCallback):
             evaluation.scalars[f"{PREFIX}/coverage/{criterion}"] = result.pop("total")
             evaluation.scalars.update({f"{PREFIX}/coverage/{criterion}/{layer}": v for layer, v in result.items()})
 
-    def _log_fraction(self, evaluation: Evaluation, kind: str, scores: dict[str, Tensor]) -> None:
-        fractions = sensitive_fraction(scores, self.sensitivity_threshold)
-        evaluation.scalars[f"{PREFIX}/{kind}/fraction"] = fractions.pop("total")
-        evaluation.scalars.update({f"{PREFIX}/{kind}/fraction/{layer}": v for layer, v in fractions.items()})
+    def _log_fraction(self, evaluation: Evaluation, kind: str, per_input: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Log DeepSensor's fraction (unscaled per-input scores above the threshold) as ``fraction``
+        and the scale-free one (per-layer min-max scaled probe means) as ``scaled_fraction``;
+        return the probe means."""
+        scores = _means(per_input)
+        for form, fractions in (("fraction", paper_fraction(per_input, self.sensitivity_threshold)),
+                                ("scaled_fraction", sensitive_fraction(scores, self.sensitivity_threshold))):
+            evaluation.scalars[f"{PREFIX}/{kind}/{form}"] = fractions.pop("total")
+            evaluation.scalars.update({f"{PREFIX}/{kind}/{form}/{layer}": v for layer, v in fractions.items()})
+        return scores
 
     def _deviation(self, trainer: pl.Trainer, evaluation: Evaluation) -> None:
         probe, task = evaluation.probe, evaluation.task

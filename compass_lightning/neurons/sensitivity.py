@@ -1,8 +1,17 @@
 """DeepSensor neuron sensitivity, and a first-order proxy of its Shapley "excitable neurons".
 
 Sensitivity (DESIGN.md, DeepSensor Eq. 1 with absolute values): for Gaussian noise ``Δ``,
-``NS_n = |φ_n(x + Δ) − φ_n(x)| / ‖Δ‖₂``, averaged over ``draws`` noise draws and over the inputs;
-per layer the scores are min-max scaled and a neuron is *sensitive* above ``threshold`` (0.5).
+``NS_n(x) = |φ_n(x + Δ) − φ_n(x)| / ‖Δ‖₂``, averaged over ``draws`` noise draws. Two fractions:
+
+* :func:`paper_fraction`, DeepSensor's Def. 2 and Eq. 2: neuron ``n`` is sensitive on input ``x``
+  when ``NS_n(x) > λ`` (0.5), unscaled; the fraction counts (input, neuron) pairs over the probe.
+  It has the units of the activations per unit of input, so it rises when a layer's weights grow:
+  what a model growing more sensitive looks like.
+* :func:`sensitive_fraction`, the scale-free variant of the authors' code: the probe-mean scores
+  min-max scaled per layer, a neuron sensitive above the threshold. It compares neurons within a
+  layer, but scaling a layer leaves it unchanged and every non-constant layer has a neuron above
+  0.5 — it cannot show a model growing more sensitive.
+
 The noise is not clipped to the pixel range: the ratio is a property of the model around ``x``.
 
 Excitability: the papers' Shapley value of a neuron for the loss change ``ΔL = L(x+Δ) − L(x)``
@@ -102,6 +111,20 @@ def neuron_excitability(
     return out
 
 
+def paper_fraction(per_input: dict[str, Tensor], threshold: float = 0.5) -> dict[str, Tensor]:
+    """``{"total": fraction, layer: fraction}`` of the (input, neuron) pairs whose unscaled score
+    (``(N, neurons)`` per layer: one score per input, e.g. :func:`neuron_sensitivity`) exceeds
+    ``threshold`` — DeepSensor's Def. 2 (λ = 0.5) and Eq. 2, over the inputs.
+
+    Example:
+        >>> paper_fraction({"a": torch.tensor([[0.1, 0.9], [0.6, 0.2]]), "b": torch.tensor([[2.0], [0.0]])})
+        {'total': tensor(0.5000), 'a': tensor(0.5000), 'b': tensor(0.5000)}
+    """
+    flags = {name: s > threshold for name, s in per_input.items()}
+    total = sum(f.sum() for f in flags.values()) / max(sum(f.numel() for f in flags.values()), 1)
+    return {"total": torch.as_tensor(total, dtype=torch.float32), **{n: f.float().mean() for n, f in flags.items()}}
+
+
 def scale_per_layer(scores: dict[str, Tensor]) -> dict[str, Tensor]:
     """Each layer's scores min-max scaled to [0, 1] (a constant layer: all 0)."""
     out = {}
@@ -113,7 +136,8 @@ def scale_per_layer(scores: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def sensitive_fraction(scores: dict[str, Tensor], threshold: float = 0.5) -> dict[str, Tensor]:
     """``{"total": fraction, layer: fraction}`` of neurons whose per-layer scaled score (one score
-    per neuron, e.g. the probe mean) exceeds ``threshold``."""
+    per neuron, e.g. the probe mean) exceeds ``threshold``: the scale-free variant (see the module
+    docstring; :func:`paper_fraction` is DeepSensor's own)."""
     flags = {name: s > threshold for name, s in scale_per_layer(scores).items()}
     total = sum(f.sum() for f in flags.values()) / max(sum(f.numel() for f in flags.values()), 1)
     return {"total": torch.as_tensor(total, dtype=torch.float32), **{n: f.float().mean() for n, f in flags.items()}}
@@ -145,17 +169,19 @@ def sensitivity(
     generator: torch.Generator | None = None,
 ) -> dict[str, object]:
     """DeepSensor sensitivity of the model on the inputs ``x``: ``{"scores": {layer: (neurons,)}
-    mean sensitivity, "fraction": {"total": .., layer: ..} sensitive fractions, "top": the 10 most
-    sensitive neurons}``.
+    mean sensitivity, "fraction": {"total": .., layer: ..} DeepSensor's sensitive fractions
+    (:func:`paper_fraction`), "scaled_fraction": the scale-free ones (:func:`sensitive_fraction`),
+    "top": the 10 most sensitive neurons}``.
 
     Example:
         >>> torch.manual_seed(0)
         <torch._C.Generator object at ...>
         >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
         >>> result = sensitivity(net, torch.randn(16, 4))
-        >>> sorted(result["fraction"]), len(result["top"])
-        (['0', '2', 'total'], 10)
+        >>> sorted(result["fraction"]), sorted(result["scaled_fraction"]), len(result["top"])
+        (['0', '2', 'total'], ['0', '2', 'total'], 10)
     """
     per_input = neuron_sensitivity(model, x, sigma=sigma, draws=draws, layers=layers, generator=generator)
     scores = {name: s.mean(dim=0) for name, s in per_input.items()}
-    return {"scores": scores, "fraction": sensitive_fraction(scores, threshold), "top": top_neurons(scores)}
+    return {"scores": scores, "fraction": paper_fraction(per_input, threshold),
+            "scaled_fraction": sensitive_fraction(scores, threshold), "top": top_neurons(scores)}

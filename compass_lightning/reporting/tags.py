@@ -68,7 +68,7 @@ METRICS: dict[str, Metric] = {
     "insertion_minus_deletion": Metric("higher", "AUC"),
     # neurons
     "nc": _FRACTION_UP, "kmnc": _FRACTION_UP, "nbc": _FRACTION_UP, "snac": _FRACTION_UP, "tknc": _FRACTION_UP,
-    "fraction": Metric(None, "fraction"), "top10_stability": Metric("higher", "Jaccard index"),
+    "fraction": Metric(None, "fraction"), "scaled_fraction": Metric(None, "fraction"), "top10_stability": Metric("higher", "Jaccard index"),
     "adversarial": Metric("higher", "cosine similarity"), "gaussian": Metric("higher", "cosine similarity"),
     "gap": Metric("lower", "cosine similarity"), "compromise_probability": _FRACTION_DOWN,
     # pruning
@@ -80,7 +80,7 @@ METRICS: dict[str, Metric] = {
 }
 
 # Tags whose final part is a layer name rather than a metric: (regex, the metric part's group).
-_LAYER_TAGS = (re.compile(r"^compass/neurons/coverage/([^/]+)/.+$"), re.compile(r"^compass/neurons/[^/]+/(fraction)/.+$"))
+_LAYER_TAGS = (re.compile(r"^compass/neurons/coverage/([^/]+)/.+$"), re.compile(r"^compass/neurons/[^/]+/(fraction|scaled_fraction)/.+$"))
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,8 @@ CHARTS: dict[str, dict[str, str]] = {
     },
     "neurons": {
         "coverage": r"^compass/neurons/coverage/[^/]+$",
-        "sensitive and excitable fractions": r"^compass/neurons/(sensitivity|excitability)/fraction$",
+        "sensitive and excitable fractions (DeepSensor, λ on the raw scores)": r"^compass/neurons/(sensitivity|excitability)/fraction$",
+        "scale-free fractions (per-layer min-max)": r"^compass/neurons/(sensitivity|excitability)/scaled_fraction$",
         "deviation gap per layer": r"^compass/neurons/deviation/.+/gap$",
     },
     "pruning": {
