@@ -39,7 +39,9 @@ def test_fit_logs_every_tag_every_epoch_and_the_pictures(tmp_path):
             assert all(0 <= v <= 1 for v in values), tag
     images = set(events.Tags()["images"])
     assert {"compass/neurons/sensitivity/layers_by_epoch", "compass/neurons/deviation/similarity",
-            "compass/neurons/deviation/gradcam"} <= images
+            "compass/neurons/deviation/gradcam", "compass/neurons/deviation/strengths",
+            "compass/neurons/deviation/compromised_layers"} <= images
+    assert {f"compass/neurons/deviation/strength_{k}/compromise_probability" for k in ("0.25", "0.5", "1", "2", "4")} <= set(tags)
     grids = events.Images("compass/neurons/sensitivity/layers_by_epoch")
     assert len(grids) == 3
 

@@ -9,6 +9,7 @@ from compass_lightning.neurons import (
     conv_neuron_layers,
     cosine,
     coverage,
+    compromised_layers,
     gradcam_maps,
     jaccard,
     layer_deviation,
@@ -22,6 +23,7 @@ from compass_lightning.neurons import (
     sensitivity,
     summarise_deviation,
 )
+from compass_lightning.neurons.deviation import deviation_similarities
 
 
 class Identity3(nn.Module):
@@ -204,6 +206,46 @@ def test_compromise_rule_on_synthetic_similarities():
     assert summary["a"]["compromise_probability"].item() == pytest.approx(3 / 5)
     assert summary["b"]["compromise_probability"].item() == 0.0
     assert summary["a"]["gap"].item() == pytest.approx(0.7 - adversarial["a"].mean().item())
+
+
+def _deviation_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
+
+
+def test_deviation_compares_the_maps_at_the_input_resolution_and_scales_the_perturbation_per_strength():
+    net, x = _deviation_net(), torch.rand(6, 1, 12, 12)
+    y = torch.zeros(6, dtype=torch.long)
+    net(x)
+    layers = conv_neuron_layers(net)
+    x_adv = (x + 0.1 * torch.randn(6, 1, 12, 12, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    by_strength, pictures = deviation_similarities(net, x, y, layers=layers, x_adv=x_adv, strengths=(0.5, 2.0),
+                                                   generator=torch.Generator().manual_seed(2))
+    assert sorted(by_strength) == [0.5, 1.0, 2.0]
+    # strength 1: the cosine of the bilinear-upsampled Grad-CAMs (5x5 and 3x3 maps of a 12x12 input)
+    predicted = net(torch.cat([x, x_adv])).argmax(1)
+    maps = gradcam_maps(net, torch.cat([x, x_adv]), predicted, layers)
+    differs = []
+    for name, m in maps.items():
+        up = nn.functional.interpolate(m[:, None], size=(12, 12), mode="bilinear", align_corners=False)[:, 0]
+        assert torch.allclose(by_strength[1.0]["layers"][name][0], cosine(up[:6], up[6:]), atol=1e-6)
+        differs.append(not torch.allclose(cosine(up[:6], up[6:]), cosine(m[:6], m[6:]), atol=1e-4))
+    assert any(differs)  # the resolution matters
+    assert torch.equal(by_strength[1.0]["fooled"], (predicted[6:] != predicted[:6]).cpu())
+    # strength 2: the attack's perturbation doubled and clipped, re-checked for fooling
+    doubled, _ = deviation_similarities(net, x, y, layers=layers, x_adv=(x + 2 * (x_adv - x)).clamp(0, 1),
+                                        generator=torch.Generator().manual_seed(2))
+    for name in layers:
+        assert torch.allclose(by_strength[2.0]["layers"][name][0], doubled[1.0]["layers"][name][0], atol=1e-6)
+    assert torch.equal(by_strength[2.0]["fooled"], doubled[1.0]["fooled"])
+
+
+def test_an_attack_that_fools_nobody_compromises_no_layer():
+    net, x = _deviation_net(), torch.rand(6, 1, 12, 12)
+    net(x)
+    result = layer_deviation(net, x, torch.zeros(6, dtype=torch.long), eps=0.0)
+    assert result["fooled"].item() == 0.0
+    assert all(s["compromise_probability"].item() == 0.0 for s in result["layers"].values())
 
 
 def test_matched_gaussian_has_the_perturbations_statistics():

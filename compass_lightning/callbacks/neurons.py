@@ -14,8 +14,8 @@ from typing_extensions import override
 
 from compass_lightning.attacks import ATTACKS
 from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData, compass_module
-from compass_lightning.engine.checks import check_bool, check_int, check_real, positive, probability
-from compass_lightning.reporting.figures import bar_chart, heatmap_overlay, labelled_image_grid, matrix_chart
+from compass_lightning.engine.checks import check_bool, check_int, check_real, check_reals, positive, probability
+from compass_lightning.reporting.figures import bar_chart, heatmap_overlay, labelled_image_grid, line_chart, matrix_chart
 from compass_lightning.neurons import (
     CRITERIA,
     Coverage,
@@ -29,10 +29,10 @@ from compass_lightning.neurons import (
     select_layers,
     paper_fraction,
     sensitive_fraction,
-    summarise_deviation,
+    summarise_strengths,
     top_neurons,
 )
-from compass_lightning.neurons.deviation import SUMMARY, deviation_similarities
+from compass_lightning.neurons.deviation import STRENGTHS, SUMMARY, deviation_similarities
 from compass_lightning.engine.probe import ProbeSet
 from compass_lightning.engine.evaluation import attack_key
 from compass_lightning.engine.samples import take, to
@@ -41,6 +41,11 @@ from compass_lightning.tasks import Task
 
 PREFIX = tag("neurons")
 KINDS = ("adversarial", "gaussian")  # the two similarities of the layer deviation, per layer
+
+
+def strength_tag(strength: float) -> str:
+    """``strength_0.25``: the tag segment of a perturbation strength of the deviation sweep."""
+    return f"strength_{strength:g}"
 
 
 def _means(per_sample: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -67,12 +72,17 @@ class NeuronAnalysis(CompassCallback):
       ``excitability``: the same two fractions of "excitable" neurons by the first-order
       approximation of the papers' Shapley value, averaged over the ``draws``;
     - ``compass/neurons/deviation/<layer>/{adversarial,gaussian,gap,compromise_probability}`` for
-      every convolution, with ``deviation``: Grad-CAM cosine similarity to the clean map under the
-      attack and under matched Gaussian noise.
+      every convolution, with ``deviation``: Grad-CAM cosine similarity (maps at the input's
+      resolution) to the clean map under the attack and under matched Gaussian noise, and the
+      fraction of the inputs whose adversarial example fools the model and compromises the layer;
+      ``compass/neurons/deviation/fooled`` the fraction of the inputs whose example fools it;
+      ``.../deviation/strength_<k>/{fooled,compromise_probability}`` the same with the perturbation
+      scaled by each of ``strengths`` (the layers' mean compromise).
 
     Images: a layers × epochs map of the sensitive fraction (growing every evaluation), a per-layer
-    bar chart of adversarial vs Gaussian similarity, and Grad-CAM overlays (clean / adversarial /
-    Gaussian) of a few probe images at the most vulnerable layer.
+    bar chart of adversarial vs Gaussian similarity, each layer's compromise against the strength,
+    the histogram of compromised layers per fooling example (the paper's Fig. 7), and Grad-CAM
+    overlays (clean / adversarial / Gaussian) of a few probe images at the most vulnerable layer.
 
     Args:
         layers: module names to analyse (default: every convolution, linear, recurrent and Transformer
@@ -92,6 +102,9 @@ class NeuronAnalysis(CompassCallback):
         excitability: also compute the excitable-neuron proxy (``1 + draws`` forward and backward passes).
         deviation: also compute the layer deviation under ``attack`` at ``eps``.
         attack, eps: the attack of the deviation analysis (any of ``compass_lightning.attacks``).
+        strengths: the multiples of the attack's perturbation the deviation is also measured at (the
+            paper's 0.25, 0.5, 1, 2, 4; 1 is always included; each costs one more Grad-CAM pass of
+            the adversarial and the noisy inputs).
         image_count: probe images in the Grad-CAM grid (0: none).
         every_n_epochs, probe_size, batch_size, seed, task, probe_data, fail_fast: see
             :class:`~compass_lightning.callbacks.base.CompassCallback`; the probe holds up to 256 samples
@@ -122,6 +135,7 @@ class NeuronAnalysis(CompassCallback):
         deviation: bool = True,
         attack: str = "fgsm",
         eps: float = 8 / 255,
+        strengths: Sequence[float] = STRENGTHS,
         image_count: int = 4,
         every_n_epochs: int = 1,
         probe_size: Optional[int] = None,
@@ -158,6 +172,7 @@ class NeuronAnalysis(CompassCallback):
         if self.deviation:
             self.applicable("attack", [self.attack], "attack", explicit=True)
         self.eps = check_real("eps", eps, low=0.0)
+        self.strengths = tuple(sorted({1.0, *check_reals("strengths", list(strengths), low=0.0, low_open=True)}))
         self.image_count = check_int("image_count", image_count, minimum=0)
         self._layer_names: list[str] = []
         self._conv_names: list[str] = []
@@ -185,6 +200,8 @@ class NeuronAnalysis(CompassCallback):
         tags.append(f"{PREFIX}/sensitivity/top10_stability")
         if self.deviation:
             tags += [f"{PREFIX}/deviation/{layer}/{m}" for layer in self._conv_names for m in SUMMARY]
+            tags += [f"{PREFIX}/deviation/fooled"] + [f"{PREFIX}/deviation/{strength_tag(k)}/{m}" for k in self.strengths
+                                                      for m in ("fooled", "compromise_probability")]
         return tags
 
     @override
@@ -284,31 +301,50 @@ class NeuronAnalysis(CompassCallback):
 
         def similarities(inputs: Tensor, targets: Tensor, z: Tensor, *made: Tensor) -> dict[str, Tensor]:
             x = task.to_space(inputs, evaluation.model)
-            per_layer, extras = deviation_similarities(
+            by_strength, extras = deviation_similarities(
                 task.space_model(evaluation.model, inputs), x, targets, attack=self.attack, eps=self.eps, layers=layers, bounds=task.input_range,
-                generator=generator, x_adv=made[0] if made else None, normal=z,
+                generator=generator, x_adv=made[0] if made else None, normal=z, strengths=self.strengths,
             )
             if shown and not kept:
                 n = len(x)
                 kept.update(x=x[:shown].cpu(), x_adv=extras["x_adv"][:shown].cpu(), x_gauss=extras["x_gauss"][:shown].cpu(),
                             maps={k: torch.stack([m[:shown], m[n : n + shown], m[2 * n : 2 * n + shown]]).cpu()
                                   for k, m in extras["maps"].items()})
-            return {f"{name}/{kind}": value for name, pair in per_layer.items() for kind, value in zip(KINDS, pair)}
+            rows = {f"{k}/fooled": r["fooled"].float() for k, r in by_strength.items()}
+            rows.update({f"{k}/{name}/{kind}": value for k, r in by_strength.items() for name, pair in r["layers"].items()
+                         for kind, value in zip(KINDS, pair)})
+            return rows
 
         # the robustness analysis of the same evaluation may have made these examples already
         made = evaluation.shared.get(attack_key(self.attack, self.eps, ATTACKS[self.attack].resolve({})), len(probe))
         aligned = (probe.inputs, probe.targets, normal) + ((made,) if made is not None else ())
         rows = {key: value.cpu() for key, value in evaluation.per_sample(similarities, *aligned).items()}
-        pairs = {name: tuple(rows[f"{name}/{kind}"] for kind in KINDS) for name in layers}
-        summary = summarise_deviation(pairs)
+        result = summarise_strengths({k: {"fooled": rows[f"{k}/fooled"].bool(),
+                                          "layers": {n: tuple(rows[f"{k}/{n}/{kind}"] for kind in KINDS) for n in layers}}
+                                      for k in self.strengths})
+        summary = result["layers"]
         for layer, values in summary.items():
             evaluation.scalars.update({f"{PREFIX}/deviation/{layer}/{m}": v for m, v in values.items()})
+        evaluation.scalars[f"{PREFIX}/deviation/fooled"] = result["fooled"]
+        for k, values in result["strengths"].items():
+            evaluation.scalars.update({f"{PREFIX}/deviation/{strength_tag(k)}/{m}": values[m] for m in ("fooled", "compromise_probability")})
         if not evaluation.want_images:
             return
         evaluation.images[f"{PREFIX}/deviation/similarity"] = bar_chart(
             list(summary), {kind: [float(v[kind]) for v in summary.values()] for kind in ("adversarial", "gaussian")},
             xlabel="layer", ylabel="cosine similarity to the clean Grad-CAM", ylim=(min(0.0, *(float(v.min()) for v in rows.values())), 1.0),
             title=f"{self.attack} (eps {self.eps:.3g}) vs matched Gaussian noise, epoch {evaluation.epoch}",
+        )
+        evaluation.images[f"{PREFIX}/deviation/strengths"] = line_chart(
+            list(self.strengths), {n: [float(v["layers"][n]) for v in result["strengths"].values()] for n in layers},
+            xlabel="perturbation strength (× the attack's)", ylabel="inputs fooling and compromising the layer",
+            title=f"layers compromised by {self.attack} per strength, epoch {evaluation.epoch}", ylim=(0.0, 1.0),
+        )
+        counts = result["counts"]
+        evaluation.images[f"{PREFIX}/deviation/compromised_layers"] = bar_chart(
+            [str(c) for c in range(len(layers) + 1)], {"fooling examples": [int((counts == c).sum()) for c in range(len(layers) + 1)]},
+            xlabel="layers compromised", ylabel="adversarial examples",
+            title=f"compromised layers per fooling example ({len(counts)} of {len(rows['1.0/fooled'])}), epoch {evaluation.epoch}",
         )
         if kept:
             evaluation.images[f"{PREFIX}/deviation/gradcam"] = self._gradcam_grid(evaluation, kept, most_vulnerable(summary, 1)[0])

@@ -15,6 +15,8 @@ linear unit. The forward hooks are removed on exit, even on error.
 from compass_lightning.neurons._layers import Layer, neuron_values, record, select_layers
 from compass_lightning.neurons.coverage import CRITERIA, Coverage, coverage, profile_ranges
 from compass_lightning.neurons.deviation import (
+    STRENGTHS,
+    compromised_layers,
     conv_neuron_layers,
     cosine,
     gradcam_maps,
@@ -22,6 +24,7 @@ from compass_lightning.neurons.deviation import (
     matched_gaussian,
     most_vulnerable,
     summarise_deviation,
+    summarise_strengths,
 )
 from compass_lightning.neurons.sensitivity import (
     jaccard,
@@ -34,6 +37,8 @@ from compass_lightning.neurons.sensitivity import (
 )
 
 __all__ = [
+    "STRENGTHS",
+    "compromised_layers",
     "CRITERIA",
     "Coverage",
     "Layer",
@@ -55,5 +60,6 @@ __all__ = [
     "sensitive_fraction",
     "sensitivity",
     "summarise_deviation",
+    "summarise_strengths",
     "top_neurons",
 ]

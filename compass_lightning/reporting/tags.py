@@ -70,7 +70,7 @@ METRICS: dict[str, Metric] = {
     "nc": _FRACTION_UP, "kmnc": _FRACTION_UP, "nbc": _FRACTION_UP, "snac": _FRACTION_UP, "tknc": _FRACTION_UP,
     "fraction": Metric(None, "fraction"), "scaled_fraction": Metric(None, "fraction"), "top10_stability": Metric("higher", "Jaccard index"),
     "adversarial": Metric("higher", "cosine similarity"), "gaussian": Metric("higher", "cosine similarity"),
-    "gap": Metric("lower", "cosine similarity"), "compromise_probability": _FRACTION_DOWN,
+    "gap": Metric("lower", "cosine similarity"), "compromise_probability": _FRACTION_DOWN, "fooled": _FRACTION_DOWN,
     # pruning
     "sparsity": Metric(None, "fraction"), "sparsity_all": Metric(None, "fraction"), "max_safe_rate": Metric("higher", "fraction"),
     # the Compass

@@ -124,8 +124,8 @@ MUTATIONS = [
              "out[name] = ((noisy - clean).abs() / norms.unsqueeze(2)).mean(dim=0)",
              "out[name] = (noisy - clean).abs().mean(dim=0)", COVERAGE),
     Mutation("compromise against the wrong side of the median", "compass_lightning/neurons/deviation.py",
-             '"compromise_probability": (adversarial < threshold).float().mean(),',
-             '"compromise_probability": (adversarial > threshold).float().mean(),', COVERAGE),
+             '"compromise_probability": ((adversarial < threshold) & counted).float().mean(),',
+             '"compromise_probability": ((adversarial > threshold) & counted).float().mean(),', COVERAGE),
     # -- mutation and pruning -------------------------------------------------------------------------
     Mutation("label_error may keep the label", "compass_lightning/mutation.py",
              "offset = torch.randint(1, num_classes,", "offset = torch.randint(0, num_classes,",
