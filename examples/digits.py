@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> Path:
             *monitors(args.fast),
             most_accurate := ModelCheckpoint(monitor="compass/basic/accuracy", mode="max", filename="accurate-{epoch}"),
             most_robust := ModelCheckpoint(monitor="compass/robustness/pgd/asr", mode="min", filename="robust-{epoch}"),
-            ModelCheckpoint(filename="latest-{epoch}"),  # the end of training, to compare with the two above
+            latest := ModelCheckpoint(filename="latest-{epoch}"),  # the end of training, to compare with the two above
         ],
         deterministic=True,
         log_every_n_steps=5,
@@ -181,10 +181,13 @@ def main(argv: list[str] | None = None) -> Path:
     trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule())
     log_dir = Path(logger.log_dir)
     print(f"\nTrained {epochs} epochs in {time.perf_counter() - started:.1f} s.")
-    print(f"Most accurate checkpoint (compass/basic/accuracy = {most_accurate.best_model_score:.3f}): {most_accurate.best_model_path}")
-    print(f"Most robust checkpoint (compass/robustness/pgd/asr = {most_robust.best_model_score:.3f}): {most_robust.best_model_path}")
     safe = {m: trainer.callback_metrics.get(f"compass/pruning/{m}/max_safe_rate") for m in ("magnitude", "taylor", "obd")}
     print("Largest pruning rate within 1 % accuracy: " + ", ".join(f"{m} {float(v):.2f}" for m, v in safe.items() if v is not None))
+    print(f"Most accurate:       {Path(most_accurate.best_model_path).resolve()}   "
+          f"(compass/basic/accuracy {most_accurate.best_model_score:.3f})")
+    print(f"Most robust:         {Path(most_robust.best_model_path).resolve()}   "
+          f"(compass/robustness/pgd/asr {most_robust.best_model_score:.3f})")
+    print(f"Latest:              {Path(latest.best_model_path or latest.last_model_path).resolve()}")
     print(f"Pruning report:      {(log_dir / 'pruning_report.csv').resolve()}")
     print(f"TensorBoard logs:    {log_dir.resolve()}")
     print(f"Compass history:     {(log_dir / 'compass_history.jsonl').resolve()}")

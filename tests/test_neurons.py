@@ -59,6 +59,21 @@ def test_coverage_criteria_equal_hand_computed_values():
     assert result["tknc"]["total"].item() == pytest.approx(2 / 3)
 
 
+def test_nc_of_a_convolution_scales_by_the_whole_feature_map_then_takes_the_channel_mean():
+    """DeepXplore's rule: min-max over every position and channel of one input's map, then each
+    channel's mean — not min-max over the channel means (which always covers the top channel)."""
+    conv = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False))
+    with torch.no_grad():
+        conv[0].weight.copy_(torch.tensor([1.0, 0.5]).view(2, 1, 1, 1))
+    x = torch.zeros(1, 1, 2, 2)
+    x[0, 0, 0, 0] = 1.0  # channel 0: [1, 0, 0, 0], channel 1: [0.5, 0, 0, 0]
+    # map min 0, max 1: scaled channel means 0.25 and 0.125; threshold 0.2 covers channel 0 only
+    result = coverage(conv, [x], criteria=["nc"], threshold=0.2)
+    assert result["nc"]["total"].item() == pytest.approx(0.5)
+    # at 0.3 none is covered; min-max over the channel means (0.25, 0.125 -> 1, 0) would cover channel 0
+    assert coverage(conv, [x], criteria=["nc"], threshold=0.3)["nc"]["total"].item() == 0.0
+
+
 def test_kmnc_sections_are_closed_at_both_ends_of_the_range_and_boundaries_go_up():
     # One neuron per layer, range [0, 1], 4 sections [0, .25), [.25, .5), [.5, .75), [.75, 1]:
     # a value equal to `high` is inside (last section), one equal to `low` is inside (first
@@ -103,7 +118,7 @@ def test_coverage_totals_weigh_layers_by_their_neurons_and_conv_channels_are_spa
     with torch.no_grad():
         net[0].weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
     x = torch.rand(5, 1, 2, 2)
-    values, _ = neuron_values(net, x, select_layers(net))
+    values = neuron_values(net, x, select_layers(net)).values
     assert torch.allclose(values["0"][:, 0], x.mean(dim=(1, 2, 3)))  # read after the ReLU: channel 1 is 0
     assert torch.equal(values["0"][:, 1], torch.zeros(5))
     result = coverage(net, [x], criteria=["tknc"])

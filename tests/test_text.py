@@ -299,14 +299,14 @@ def test_neuron_means_cover_real_tokens_only_so_more_padding_changes_nothing():
         model.eval()
         layers = select_layers(model)
         assert ("lstm" in layers) == isinstance(model, ABLSTM) and ("conv" in layers) == isinstance(model, TextCNN)
-        short, _ = neuron_values(model, ids, layers, TASK.positions(ids))
-        long, _ = neuron_values(model, longer, layers, TASK.positions(longer))
+        short = neuron_values(model, ids, layers, TASK.positions(ids)).values
+        long = neuron_values(model, longer, layers, TASK.positions(longer)).values
         inner = "conv" if isinstance(model, TextCNN) else "lstm"
         # a unidirectional reading would be exact; the BiLSTM's reverse pass crosses the padding, so only its
         # forward half is invariant, and without the mask the means would shrink by the padding's share
         units = slice(None) if inner == "conv" else slice(0, 8)
         assert torch.allclose(short[inner][:, units], long[inner][:, units], atol=1e-6), type(model).__name__
-        unmasked, _ = neuron_values(model, longer, layers)
+        unmasked = neuron_values(model, longer, layers).values
         assert not torch.allclose(unmasked[inner][:, units], short[inner][:, units], atol=1e-3)
     # the sensitivity reads the same masks through the space model: padding never counts
     z = TASK.to_space(ids, model)

@@ -271,11 +271,12 @@ class NeuronAnalysis(CompassCallback):
                                     positions=task.positions)
 
         def values(inputs: Tensor) -> dict[str, Tensor]:
-            return neuron_values(lambda x: task.outputs(model, x), inputs, layers, task.positions(inputs))[0]
+            seen = neuron_values(lambda x: task.outputs(model, x), inputs, layers, task.positions(inputs))
+            return {**{f"values/{n}": v for n, v in seen.values.items()}, **{f"extents/{n}": v for n, v in seen.extents.items()}}
 
-        all_values = evaluation.per_sample(values, probe.inputs)
+        rows = evaluation.per_sample(values, probe.inputs)
         cover = Coverage(ranges, criteria=self.criteria, threshold=self.threshold, sections=self.sections, top_k=self.top_k)
-        cover.update(all_values)
+        cover.update({n: rows[f"values/{n}"] for n in layers}, {n: rows[f"extents/{n}"] for n in layers})
         for criterion, result in cover.result().items():
             evaluation.scalars[f"{PREFIX}/coverage/{criterion}"] = result.pop("total")
             evaluation.scalars.update({f"{PREFIX}/coverage/{criterion}/{layer}": v for layer, v in result.items()})

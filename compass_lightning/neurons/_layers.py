@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -97,6 +97,26 @@ class Layer:
         weights = weights.to(values.dtype)[:, None]
         summed = (values * weights).sum(dim=2)
         return summed if total else summed / weights.sum(dim=2).clamp_min(1)
+
+    def extent(self, output: Any, valid: Tensor | None = None) -> Tensor:
+        """``(N, 2)`` each input's minimum and maximum over the layer's whole output — every
+        channel and (valid) position of a feature map, every unit of a linear layer: what
+        DeepXplore's neuron coverage scales an input's layer output by."""
+        output = as_tensor(output)
+        if output.ndim == 2:
+            return torch.stack([output.amin(dim=1), output.amax(dim=1)], dim=1).float()
+        if self.sequence_first:
+            output = output.transpose(0, 1)
+        values = output.flatten(2) if self.channels_first else output.flatten(1, -2).transpose(1, 2)  # (N, units, T)
+        weights = self._positions(valid, values.shape[2]) if valid is not None else None
+        if weights is None:
+            flat_low = flat_high = values.flatten(1)
+        else:  # positions that are padding cannot be the minimum or the maximum
+            keep = weights[:, None].expand_as(values).flatten(1)
+            flat = values.flatten(1)
+            flat_low = flat.masked_fill(~keep, float("inf"))
+            flat_high = flat.masked_fill(~keep, float("-inf"))
+        return torch.stack([flat_low.amin(dim=1), flat_high.amax(dim=1)], dim=1).float()
 
     def _positions(self, valid: Tensor, length: int) -> Tensor | None:
         """``(N, length)`` which positions of the layer's sequence hold tokens, or ``None`` (unknown)."""
@@ -179,13 +199,23 @@ def record(layers: dict[str, Layer]) -> AbstractContextManager[Recording]:
     return record_modules({name: layer.observed for name, layer in layers.items()})
 
 
-def neuron_values(model: nn.Module, x: Tensor, layers: dict[str, Layer],
-                  valid: Tensor | None = None) -> tuple[dict[str, Tensor], Tensor]:
-    """``({layer: (N, neurons)}, logits)`` of one forward pass without gradients; ``valid``: which
-    input positions are tokens (``(N, L)``, see the module docstring), ``None`` for images."""
+class NeuronValues(NamedTuple):
+    """What :func:`neuron_values` returns: ``values`` ``{layer: (N, neurons)}``, the model's
+    ``logits`` and ``extents`` ``{layer: (N, 2)}`` (:meth:`Layer.extent`)."""
+
+    values: dict[str, Tensor]
+    logits: Any
+    extents: dict[str, Tensor]
+
+
+def neuron_values(model: nn.Module, x: Tensor, layers: dict[str, Layer], valid: Tensor | None = None) -> NeuronValues:
+    """The neuron values, the outputs and the layers' extents of one forward pass without gradients;
+    ``valid``: which input positions are tokens (``(N, L)``, see the module docstring), ``None`` for
+    images."""
     with torch.no_grad(), record(layers) as seen:
         logits = model(x)
     missing = [name for name in layers if name not in seen.outputs]
     if missing:
         raise RuntimeError(f"layers {missing} were not called in the model's forward pass")
-    return {name: layer.neurons(seen.outputs[name], valid).float() for name, layer in layers.items()}, logits
+    return NeuronValues({name: layer.neurons(seen.outputs[name], valid).float() for name, layer in layers.items()}, logits,
+                        {name: layer.extent(seen.outputs[name], valid) for name, layer in layers.items()})

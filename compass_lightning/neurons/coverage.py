@@ -4,7 +4,9 @@ Definitions (DESIGN.md; Ma et al., DeepGauge, 2018; NC as in DeepXplore's code):
 
 ====  ==========================================================================================
 nc    a neuron is covered when, for some input, its value after min-max scaling of that input's
-      layer (over the layer's neurons) exceeds ``threshold`` (0.2)
+      layer output exceeds ``threshold`` (0.2): the scaling's minimum and maximum are over the
+      whole output (every position and channel of a feature map), then a channel's mean is taken,
+      as DeepXplore's code does (``extents``; for a linear layer: over its units)
 kmnc  each neuron's training range ``[low, high]`` is cut into ``sections`` (10) equal sections;
       a section is covered when some input's value falls in it (outside the range: none)
 nbc   ``(upper + lower corners covered) / (2 · neurons)``: values above ``high`` / below ``low``
@@ -48,7 +50,7 @@ def profile_ranges(model: nn.Module, batches: Iterable[Tensor], *, layers: Seque
     low: dict[str, Tensor] = {}
     high: dict[str, Tensor] = {}
     for x in batches:
-        values, _ = neuron_values(forward or model, x, chosen, positions(x) if positions else None)
+        values = neuron_values(forward or model, x, chosen, positions(x) if positions else None).values
         for name, v in values.items():
             low[name] = torch.minimum(low[name], v.amin(0)) if name in low else v.amin(0)
             high[name] = torch.maximum(high[name], v.amax(0)) if name in high else v.amax(0)
@@ -101,12 +103,17 @@ class Coverage:
                                    "lower": flags(n), "tknc": flags(n)}
         return self._covered[name]
 
-    def update(self, values: dict[str, Tensor]) -> None:
-        """Add the ``(N, neurons)`` values of a batch of inputs, per layer."""
+    def update(self, values: dict[str, Tensor], extents: dict[str, Tensor] | None = None) -> None:
+        """Add the ``(N, neurons)`` values of a batch of inputs, per layer; ``extents``: each input's
+        ``(N, 2)`` minimum and maximum over the layer's whole output (:func:`neuron_values`), which
+        NC scales by (default: over the neuron values, the same for a linear layer)."""
         for name, v in values.items():
             state = self._state(name, v)
             if "nc" in self.criteria:
-                low, high = v.amin(1, keepdim=True), v.amax(1, keepdim=True)
+                if extents is not None and name in extents:
+                    low, high = (extents[name][:, i : i + 1].to(v.device, v.dtype) for i in (0, 1))
+                else:
+                    low, high = v.amin(1, keepdim=True), v.amax(1, keepdim=True)
                 scaled = (v - low) / (high - low).where(high > low, torch.ones_like(high))
                 state["nc"] |= (scaled > self.threshold).any(0)
             if name in self.ranges:
@@ -169,5 +176,6 @@ def coverage(
     chosen: dict[str, Layer] = select_layers(model, layers)
     cover = Coverage(ranges, criteria=criteria, threshold=threshold, sections=sections, top_k=top_k)
     for x in batches:
-        cover.update(neuron_values(model, x, chosen)[0])
+        seen = neuron_values(model, x, chosen)
+        cover.update(seen.values, seen.extents)
     return cover.result()

@@ -68,7 +68,7 @@ def neuron_sensitivity(
     chosen = select_layers(model, layers)
     noise = _noise(x, sigma, draws, generator, normal)
     batch = torch.cat([x, (x.unsqueeze(0) + noise).flatten(0, 1)])
-    values, _ = neuron_values(model, batch, chosen, None if valid is None else valid.repeat(draws + 1, 1))
+    values = neuron_values(model, batch, chosen, None if valid is None else valid.repeat(draws + 1, 1)).values
     norms = noise.flatten(2).norm(dim=2).clamp_min(1e-12)  # (draws, N)
     out = {}
     for name, v in values.items():
