@@ -224,3 +224,12 @@ def test_a_rate_of_all_parameters_counts_biases_in_the_denominator_and_both_spar
         prune(net, scores, 0.9, of="all")
     with pytest.raises(ValueError, match="of must be one of"):
         prune(net, scores, 0.4, of="weights")
+
+
+def test_pruned_copies_read_batches_given_as_an_iterator_once_for_every_method(trained):
+    model, x, y, batches = trained
+    for method in ("taylor", "greg2"):
+        params = SHORT.get(method, {})
+        from_list = PrunedCopies(model, method, batches, **params).at(0.5)
+        from_iterator = PrunedCopies(model, method, iter(batches), **params).at(0.5)
+        assert all(torch.equal(a, b) for a, b in zip(from_list.state_dict().values(), from_iterator.state_dict().values())), method

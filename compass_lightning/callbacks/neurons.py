@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -26,8 +25,8 @@ from compass_lightning.neurons import (
     neuron_sensitivity,
     neuron_values,
     profile_ranges,
-    select_layers,
     paper_fraction,
+    select_layers,
     sensitive_fraction,
     summarise_strengths,
     top_neurons,
@@ -320,9 +319,10 @@ class NeuronAnalysis(CompassCallback):
         made = evaluation.shared.get(attack_key(self.attack, self.eps, ATTACKS[self.attack].resolve({})), len(probe))
         aligned = (probe.inputs, probe.targets, normal) + ((made,) if made is not None else ())
         rows = {key: value.cpu() for key, value in evaluation.per_sample(similarities, *aligned).items()}
-        result = summarise_strengths({k: {"fooled": rows[f"{k}/fooled"].bool(),
-                                          "layers": {n: tuple(rows[f"{k}/{n}/{kind}"] for kind in KINDS) for n in layers}}
-                                      for k in self.strengths})
+        by_strength = {k: {"fooled": rows[f"{k}/fooled"].bool(),
+                           "layers": {n: tuple(rows[f"{k}/{n}/{kind}"] for kind in KINDS) for n in layers}}
+                       for k in self.strengths}
+        result = summarise_strengths(by_strength)
         summary = result["layers"]
         for layer, values in summary.items():
             evaluation.scalars.update({f"{PREFIX}/deviation/{layer}/{m}": v for m, v in values.items()})
@@ -333,7 +333,7 @@ class NeuronAnalysis(CompassCallback):
             return
         evaluation.images[f"{PREFIX}/deviation/similarity"] = bar_chart(
             list(summary), {kind: [float(v[kind]) for v in summary.values()] for kind in ("adversarial", "gaussian")},
-            xlabel="layer", ylabel="cosine similarity to the clean Grad-CAM", ylim=(min(0.0, *(float(v.min()) for v in rows.values())), 1.0),
+            xlabel="layer", ylabel="cosine similarity to the clean Grad-CAM", ylim=(min(0.0, *(float(v.min()) for pair in by_strength[1.0]["layers"].values() for v in pair)), 1.0),
             title=f"{self.attack} (eps {self.eps:.3g}) vs matched Gaussian noise, epoch {evaluation.epoch}",
         )
         evaluation.images[f"{PREFIX}/deviation/strengths"] = line_chart(
@@ -345,7 +345,7 @@ class NeuronAnalysis(CompassCallback):
         evaluation.images[f"{PREFIX}/deviation/compromised_layers"] = bar_chart(
             [str(c) for c in range(len(layers) + 1)], {"fooling examples": [int((counts == c).sum()) for c in range(len(layers) + 1)]},
             xlabel="layers compromised", ylabel="adversarial examples",
-            title=f"compromised layers per fooling example ({len(counts)} of {len(rows['1.0/fooled'])}), epoch {evaluation.epoch}",
+            title=f"compromised layers per fooling example ({len(counts)} of {len(probe)}), epoch {evaluation.epoch}",
         )
         if kept:
             evaluation.images[f"{PREFIX}/deviation/gradcam"] = self._gradcam_grid(evaluation, kept, most_vulnerable(summary, 1)[0])

@@ -88,10 +88,7 @@ class Layer:
         output = as_tensor(output)
         if output.ndim == 2:
             return output
-        if self.sequence_first:
-            output = output.transpose(0, 1)
-        values = output.flatten(2) if self.channels_first else output.flatten(1, -2).transpose(1, 2)  # (N, units, T)
-        weights = self._positions(valid, values.shape[2]) if valid is not None else None
+        values, weights = self._by_position(output, valid)
         if weights is None:
             return values.sum(dim=2) if total else values.mean(dim=2)
         weights = weights.to(values.dtype)[:, None]
@@ -105,10 +102,7 @@ class Layer:
         output = as_tensor(output)
         if output.ndim == 2:
             return torch.stack([output.amin(dim=1), output.amax(dim=1)], dim=1).float()
-        if self.sequence_first:
-            output = output.transpose(0, 1)
-        values = output.flatten(2) if self.channels_first else output.flatten(1, -2).transpose(1, 2)  # (N, units, T)
-        weights = self._positions(valid, values.shape[2]) if valid is not None else None
+        values, weights = self._by_position(output, valid)
         if weights is None:
             flat_low = flat_high = values.flatten(1)
         else:  # positions that are padding cannot be the minimum or the maximum
@@ -117,6 +111,14 @@ class Layer:
             flat_low = flat.masked_fill(~keep, float("inf"))
             flat_high = flat.masked_fill(~keep, float("-inf"))
         return torch.stack([flat_low.amin(dim=1), flat_high.amax(dim=1)], dim=1).float()
+
+    def _by_position(self, output: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """``(N, units, T)`` values of an output with positions, and which of the ``T`` positions
+        hold tokens (``None``: all count)."""
+        if self.sequence_first:
+            output = output.transpose(0, 1)
+        values = output.flatten(2) if self.channels_first else output.flatten(1, -2).transpose(1, 2)
+        return values, self._positions(valid, values.shape[2]) if valid is not None else None
 
     def _positions(self, valid: Tensor, length: int) -> Tensor | None:
         """``(N, length)`` which positions of the layer's sequence hold tokens, or ``None`` (unknown)."""

@@ -191,16 +191,14 @@ def summarise_strengths(by_strength: dict[float, dict[str, Any]]) -> dict[str, A
     ``{"layers": {layer: summary} at strength 1, "fooled": fraction at 1, "counts": the compromised
     layers of each fooled example at 1, "strengths": {k: {"fooled": fraction, "compromise_probability":
     mean over the layers, "layers": {layer: compromise probability}}}}``."""
-    def compromise(rows: dict[str, Any]) -> dict[str, Tensor]:
-        return {n: v["compromise_probability"] for n, v in summarise_deviation(rows["layers"], rows["fooled"]).items()}
-
-    reference = by_strength[1.0]
+    summaries = {k: summarise_deviation(rows["layers"], rows["fooled"]) for k, rows in sorted(by_strength.items())}
     strengths = {}
-    for k, rows in sorted(by_strength.items()):
-        per_layer = compromise(rows)
-        strengths[k] = {"fooled": rows["fooled"].float().mean(), "layers": per_layer,
+    for k, summary in summaries.items():
+        per_layer = {n: v["compromise_probability"] for n, v in summary.items()}
+        strengths[k] = {"fooled": by_strength[k]["fooled"].float().mean(), "layers": per_layer,
                         "compromise_probability": torch.stack(list(per_layer.values())).mean()}
-    return {"layers": summarise_deviation(reference["layers"], reference["fooled"]), "fooled": reference["fooled"].float().mean(),
+    reference = by_strength[1.0]
+    return {"layers": summaries[1.0], "fooled": strengths[1.0]["fooled"],
             "counts": compromised_layers(reference["layers"], reference["fooled"]), "strengths": strengths}
 
 

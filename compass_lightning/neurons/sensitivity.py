@@ -111,6 +111,12 @@ def neuron_excitability(
     return out
 
 
+def _fractions(flags: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``{"total": fraction of all flags set, layer: fraction of its flags set}``."""
+    total = sum(f.sum() for f in flags.values()) / max(sum(f.numel() for f in flags.values()), 1)
+    return {"total": torch.as_tensor(total, dtype=torch.float32), **{n: f.float().mean() for n, f in flags.items()}}
+
+
 def paper_fraction(per_input: dict[str, Tensor], threshold: float = 0.5) -> dict[str, Tensor]:
     """``{"total": fraction, layer: fraction}`` of the (input, neuron) pairs whose unscaled score
     (``(N, neurons)`` per layer: one score per input, e.g. :func:`neuron_sensitivity`) exceeds
@@ -120,9 +126,7 @@ def paper_fraction(per_input: dict[str, Tensor], threshold: float = 0.5) -> dict
         >>> paper_fraction({"a": torch.tensor([[0.1, 0.9], [0.6, 0.2]]), "b": torch.tensor([[2.0], [0.0]])})
         {'total': tensor(0.5000), 'a': tensor(0.5000), 'b': tensor(0.5000)}
     """
-    flags = {name: s > threshold for name, s in per_input.items()}
-    total = sum(f.sum() for f in flags.values()) / max(sum(f.numel() for f in flags.values()), 1)
-    return {"total": torch.as_tensor(total, dtype=torch.float32), **{n: f.float().mean() for n, f in flags.items()}}
+    return _fractions({name: s > threshold for name, s in per_input.items()})
 
 
 def scale_per_layer(scores: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -138,9 +142,7 @@ def sensitive_fraction(scores: dict[str, Tensor], threshold: float = 0.5) -> dic
     """``{"total": fraction, layer: fraction}`` of neurons whose per-layer scaled score (one score
     per neuron, e.g. the probe mean) exceeds ``threshold``: the scale-free variant (see the module
     docstring; :func:`paper_fraction` is DeepSensor's own)."""
-    flags = {name: s > threshold for name, s in scale_per_layer(scores).items()}
-    total = sum(f.sum() for f in flags.values()) / max(sum(f.numel() for f in flags.values()), 1)
-    return {"total": torch.as_tensor(total, dtype=torch.float32), **{n: f.float().mean() for n, f in flags.items()}}
+    return _fractions({name: s > threshold for name, s in scale_per_layer(scores).items()})
 
 
 def top_neurons(scores: dict[str, Tensor], k: int = 10) -> list[str]:

@@ -43,8 +43,8 @@ import torch
 from torch import Tensor, nn
 
 from compass_lightning.engine.checks import at_least_one, positive
-from compass_lightning.pruning.importance import IMPORTANCES, Importance
-from compass_lightning.pruning.masks import _count, _global_order, _unstructured_masks
+from compass_lightning.pruning.importance import IMPORTANCES, Importance, importance
+from compass_lightning.pruning.masks import PruningSweep, _count, _global_order, _unstructured_masks, masks
 from compass_lightning.pruning.parameters import prunable, prunable_weights
 
 Batches = Iterable[tuple[Tensor, Tensor]]
@@ -200,13 +200,11 @@ class PrunedCopies:
 
     def __init__(self, model: nn.Module, method: str, batches: Batches, *, loss_fn: LossFn | None = None,
                  structured: bool = False, of: str = "prunable", **params: object) -> None:
-        from compass_lightning.pruning.importance import importance
-        from compass_lightning.pruning.masks import PruningSweep
-
         self.changes_weights = IMPORTANCES.lookup(method, "method").changes_weights
         if self.changes_weights and structured:
             raise ValueError(f"structured: {method!r} prunes single weights (GReg-2 element-wise, ASL); use structured=False")
-        self._episode = (model, method, list(batches), {"loss_fn": loss_fn, "of": of, **params})
+        batches = list(batches)  # an iterator serves once: both kinds read this list
+        self._episode = (model, method, batches, {"loss_fn": loss_fn, "of": of, **params})
         self._sweep = None if self.changes_weights else PruningSweep(
             model, importance(model, method, batches, loss_fn=loss_fn, **params), structured=structured, of=of)
 
@@ -214,8 +212,6 @@ class PrunedCopies:
         """The model pruned at ``rate`` (for the criteria, a working copy valid until the next call)."""
         if self._sweep is not None:
             return self._sweep.at(rate)
-        from compass_lightning.pruning.masks import masks
-
         model, method, batches, params = self._episode
         trained, scores = trained_copy(model, method, batches, rate, **params)
         keep = masks(trained, scores, rate, of=params["of"])
