@@ -41,7 +41,8 @@ from common import Row, arguments, machine, model_for_benchmark, ratios_of, seco
 from compass_lightning.attribution import METHODS, attribute, insertion_deletion  # noqa: E402
 from compass_lightning.engine.batching import auto_batch_size  # noqa: E402
 from compass_lightning.engine.guard import analysis_mode  # noqa: E402
-from compass_lightning.engine.layers import find_layer  # noqa: E402
+from compass_lightning.engine.layers import capture  # noqa: E402
+from compass_lightning.engine.sites import layer_site  # noqa: E402
 
 STEPS = 32
 # method: (its parameters, forward+backward passes per sample); the callback adds internal_batch_size=batch_size
@@ -112,17 +113,12 @@ def rows(device: torch.device, repeats: int, *, batch: int = 32) -> list[Row]:
             inputs = x.clone().requires_grad_(True)
             torch.autograd.grad(model(inputs).gather(1, target.view(-1, 1)).sum(), inputs)
 
-    layer = find_layer(model, None, default="last")
+    site = layer_site(model, None, x[:1], default="last")  # where gradcam reads
 
     def layer_pass() -> None:  # Grad-CAM's floor: a forward, and a backward to its layer only
-        kept = []
-        handle = layer.register_forward_hook(lambda module, inputs, output: kept.append(output))
-        try:
-            with analysis_mode(model):
-                score = model(x).gather(1, target.view(-1, 1)).sum()
-                torch.autograd.grad(score, kept[0])
-        finally:
-            handle.remove()
+        with analysis_mode(model), capture(site) as kept:
+            score = model(x).gather(1, target.view(-1, 1)).sum()
+            torch.autograd.grad(score, kept.value)
 
     def method(name: str, params: dict):
         def run() -> None:

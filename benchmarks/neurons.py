@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import cifar_like  # noqa: E402
 from common import Row, arguments, interleaved, machine, table  # noqa: E402
 
-from compass_lightning.neurons import conv_neuron_layers, coverage, gradcam_maps, profile_ranges  # noqa: E402
+from compass_lightning.attribution import gradcam_maps  # noqa: E402
+from compass_lightning.neurons import conv_neuron_layers, coverage, profile_ranges  # noqa: E402
 
 
 def resnet18_32() -> nn.Module:
@@ -46,7 +47,7 @@ def rows(device: torch.device, repeats: int, *, batch: int = 16) -> list[Row]:
     x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
         target = model(x).argmax(1)
-    layers = conv_neuron_layers(model)
+    layers = {name: layer.site for name, layer in conv_neuron_layers(model, example=x[:1]).items()}
     first = {name: layers[name] for name in list(layers)[:1]}  # its backward runs the whole depth
     last = {name: layers[name] for name in list(layers)[-1:]}  # its backward stops at the head
     ranges = profile_ranges(model, [torch.rand(batch, 3, 32, 32).to(device)])

@@ -10,7 +10,6 @@ from compass_lightning.neurons import (
     cosine,
     coverage,
     compromised_layers,
-    gradcam_maps,
     jaccard,
     layer_deviation,
     matched_gaussian,
@@ -23,6 +22,7 @@ from compass_lightning.neurons import (
     sensitivity,
     summarise_deviation,
 )
+from compass_lightning.attribution import gradcam_maps
 from compass_lightning.neurons.deviation import deviation_similarities
 
 
@@ -118,7 +118,7 @@ def test_coverage_totals_weigh_layers_by_their_neurons_and_conv_channels_are_spa
     with torch.no_grad():
         net[0].weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
     x = torch.rand(5, 1, 2, 2)
-    values = neuron_values(net, x, select_layers(net)).values
+    values = neuron_values(net, x, select_layers(net, example=x)).values
     assert torch.allclose(values["0"][:, 0], x.mean(dim=(1, 2, 3)))  # read after the ReLU: channel 1 is 0
     assert torch.equal(values["0"][:, 1], torch.zeros(5))
     result = coverage(net, [x], criteria=["tknc"])
@@ -197,9 +197,9 @@ def test_gradcam_of_every_layer_from_one_backward_equals_captum(relu):
         nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
     ).eval()
     x, target = torch.rand(5, 1, 10, 10), torch.tensor([0, 1, 2, 0, 1])
-    layers = conv_neuron_layers(net)
+    layers = conv_neuron_layers(net, example=x[:1])
     assert list(layers) == ["0", "3", "6"] and all(isinstance(l.observed, nn.ReLU) for l in layers.values())
-    ours = gradcam_maps(net, x, target, layers, relu=relu)
+    ours = gradcam_maps(net, x, target, {n: layer.site for n, layer in layers.items()}, relu=relu)
     for name, layer in layers.items():
         reference = LayerGradCam(net, layer.observed).attribute(x, target=target, relu_attributions=relu)
         assert torch.allclose(ours[name], reference[:, 0], atol=1e-6), name
@@ -232,14 +232,14 @@ def test_deviation_compares_the_maps_at_the_input_resolution_and_scales_the_pert
     net, x = _deviation_net(), torch.rand(6, 1, 12, 12)
     y = torch.zeros(6, dtype=torch.long)
     net(x)
-    layers = conv_neuron_layers(net)
+    layers = conv_neuron_layers(net, example=x[:1])
     x_adv = (x + 0.1 * torch.randn(6, 1, 12, 12, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
     by_strength, pictures = deviation_similarities(net, x, y, layers=layers, x_adv=x_adv, strengths=(0.5, 2.0),
                                                    generator=torch.Generator().manual_seed(2))
     assert sorted(by_strength) == [0.5, 1.0, 2.0]
     # strength 1: the cosine of the bilinear-upsampled Grad-CAMs (5x5 and 3x3 maps of a 12x12 input)
     predicted = net(torch.cat([x, x_adv])).argmax(1)
-    maps = gradcam_maps(net, torch.cat([x, x_adv]), predicted, layers)
+    maps = gradcam_maps(net, torch.cat([x, x_adv]), predicted, {n: layer.site for n, layer in layers.items()})
     differs = []
     for name, m in maps.items():
         up = nn.functional.interpolate(m[:, None], size=(12, 12), mode="bilinear", align_corners=False)[:, 0]

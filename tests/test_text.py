@@ -297,7 +297,7 @@ def test_neuron_means_cover_real_tokens_only_so_more_padding_changes_nothing():
     longer = torch.cat([ids, torch.full((len(ids), 6), PAD)], dim=1)  # the same sentences, more padding
     for model in (TextCNN(), ABLSTM()):  # a Conv1d (windows over tokens) and a BiLSTM's output sequence
         model.eval()
-        layers = select_layers(model)
+        layers = select_layers(model, example=ids[:1])
         assert ("lstm" in layers) == isinstance(model, ABLSTM) and ("conv" in layers) == isinstance(model, TextCNN)
         short = neuron_values(model, ids, layers, TASK.positions(ids)).values
         long = neuron_values(model, longer, layers, TASK.positions(longer)).values

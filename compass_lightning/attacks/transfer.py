@@ -34,7 +34,8 @@ from compass_lightning.attacks._core import (
     sign_gradient_attack,
 )
 from compass_lightning.engine.checks import at_least_one, module_name, non_negative, optional, positive, probability
-from compass_lightning.engine.layers import capture, find_layer
+from compass_lightning.engine.layers import capture
+from compass_lightning.engine.sites import layer_site
 from compass_lightning.engine.rng import draw
 
 Bounds = tuple[float, float]
@@ -82,13 +83,14 @@ def naa(
     layer: str | None = None, steps: int = 10, alpha: float | None = None, decay: float = 1.0,
     integration_steps: int = 30, gamma: float = 1.0,
 ) -> Tensor:
-    """Neuron attribution-based attack at ``layer`` (default: the middle ``Conv2d``)."""
+    """Neuron attribution-based attack at ``layer`` as it is (default: after the middle ``Conv2d``'s
+    activation, the read-out of :mod:`compass_lightning.engine.sites`)."""
     eps, bounds = check_budget(eps, bounds)
     alpha = eps / steps if alpha is None else alpha
-    module = find_layer(model, layer, default=NAA_LAYER)
     x = x.detach()
+    site = layer_site(model, layer, x[:1], default=NAA_LAYER)
     black = torch.full_like(x, bounds[0])
-    with capture(module) as features:
+    with capture(site) as features:
         weights = 0.0
         for m in range(1, integration_steps + 1):  # integrated gradients of the layer, black -> x
             # the input requires grad so that the layer's output is part of a graph to differentiate
@@ -130,13 +132,14 @@ def ata(
     model: Model, x: Tensor, y: Tensor, *, eps: float, bounds: Bounds = (0.0, 1.0), generator=None,  # noqa: ANN001
     layer: str | None = None, steps: int = 5, alpha: float | None = None, weight: float = 1.0,
 ) -> Tensor:
-    """Attention-guided transfer attack at ``layer`` (default: the last ``Conv2d``); ``alpha``
+    """Attention-guided transfer attack at ``layer`` as it is (default: after the last ``Conv2d``'s
+    activation, the read-out of :mod:`compass_lightning.engine.sites`); ``alpha``
     defaults to ``eps/steps``. The attention term is differentiated through Grad-CAM's weights."""
     eps, bounds = check_budget(eps, bounds)
     alpha = eps / steps if alpha is None else alpha
-    module = find_layer(model, layer, default=ATA_LAYER)
     x = x.detach()
-    with capture(module) as features:
+    site = layer_site(model, layer, x[:1], default=ATA_LAYER)
+    with capture(site) as features:
         clean = x.clone().requires_grad_(True)  # the layer's output must be part of a graph
         clean_attention = _attention(model(clean), features.value, y, create_graph=False).detach()
 

@@ -3,7 +3,9 @@
 Every method has the signature ``method(model, x, target, **params) -> attributions`` with the
 shape of ``x``: ``model`` maps pixel-space inputs to logits, ``target`` holds each sample's class.
 ``saliency``, ``input_x_gradient``, ``integrated_gradients``, ``smoothgrad`` (and its
-absolute-value variant ``smoothgrad_abs``), ``deeplift`` and ``gradcam`` are Captum's; ``fast_ig``, ``guided_ig``, ``agi`` and ``big`` are written here (see
+absolute-value variant ``smoothgrad_abs``) and ``deeplift`` are Captum's; ``gradcam`` (equal to
+Captum's ``LayerGradCam`` where that reads the same place, see :mod:`compass_lightning.attribution.gradcam`),
+``fast_ig``, ``guided_ig``, ``agi`` and ``big`` are written here (see
 :mod:`compass_lightning.attribution.paths`). :func:`insertion_deletion` scores any attribution.
 
 Example:
@@ -23,13 +25,13 @@ from torch import Tensor
 from compass_lightning.attribution._core import METHODS, Method, Model, model_checks
 from compass_lightning.attribution.captum_methods import (
     deeplift,
-    gradcam,
     input_x_gradient,
     integrated_gradients,
     saliency,
     smoothgrad,
     smoothgrad_abs,
 )
+from compass_lightning.attribution.gradcam import gradcam, gradcam_maps
 from compass_lightning.attribution.faithfulness import area_under_curve, insertion_deletion
 from compass_lightning.attribution.paths import agi, agi_paths, big, boundary_baselines, fast_ig, guided_ig
 
@@ -52,6 +54,7 @@ __all__ = [
     "deeplift",
     "fast_ig",
     "gradcam",
+    "gradcam_maps",
     "guided_ig",
     "input_x_gradient",
     "insertion_deletion",

@@ -18,7 +18,7 @@ class Method(Operation):
     """A registered attribution method: ``method(model, x, target, **params) -> attributions``.
 
     Example:
-        >>> METHODS["integrated_gradients"].defaults["steps"], METHODS["gradcam"].source
+        >>> METHODS["integrated_gradients"].defaults["steps"], METHODS["deeplift"].source
         (50, 'captum')
     """
 

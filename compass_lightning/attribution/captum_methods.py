@@ -16,8 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from compass_lightning.attribution._core import Model, register
-from compass_lightning.engine.checks import at_least_one, check_bool, check_choice, check_real, module_name, non_negative, optional
-from compass_lightning.engine.layers import find_layer
+from compass_lightning.engine.checks import at_least_one, check_bool, check_choice, check_real, non_negative, optional
 
 IG_RULES = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
 _rule = partial(check_choice, choices=IG_RULES)
@@ -216,16 +215,3 @@ def deeplift(model: Model, x: Tensor, target: Tensor, *, baseline: float = 0.0) 
         finally:
             if deterministic:
                 torch.use_deterministic_algorithms(True, warn_only=warn_only)
-
-
-@register("gradcam", layer_default="last", layer=module_name, relu=check_bool)
-def gradcam(model: Model, x: Tensor, target: Tensor, *, layer: str | None = None, relu: bool = True) -> Tensor:
-    """Grad-CAM (Selvaraju et al. 2017) at ``layer`` (default: the last ``Conv2d``), upsampled
-    bilinearly to the input and repeated over its channels (Captum's ``LayerGradCam``)."""
-    from captum.attr import LayerAttribution, LayerGradCam
-
-    module = find_layer(model, layer, default="last")
-    maps = LayerGradCam(_module(model), module).attribute(_leaf(x), target=target, relu_attributions=relu)
-    maps = LayerAttribution.interpolate(maps.detach(), tuple(x.shape[-2:]), interpolate_mode="bilinear")
-    return maps.expand_as(x).contiguous()
-

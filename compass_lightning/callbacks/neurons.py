@@ -85,8 +85,9 @@ class NeuronAnalysis(CompassCallback):
 
     Args:
         layers: module names to analyse (default: every convolution, linear, recurrent and Transformer
-            layer, see :mod:`compass_lightning.neurons._layers`; a convolution or linear layer read after a
-            following activation); deviation uses the convolutions among them.
+            layer, see :mod:`compass_lightning.neurons._layers`; a convolution or linear layer read after
+            its activation, for any model: :mod:`compass_lightning.engine.sites`); named layers are read as
+            they are; deviation uses the convolutions among them.
         criteria: coverage criteria, from ``nc kmnc nbc snac tknc``.
         threshold: NC's threshold on per-input min-max scaled values, in [0, 1].
         sections: KMNC's sections per neuron (>= 1).
@@ -217,7 +218,8 @@ class NeuronAnalysis(CompassCallback):
     @override
     def evaluate(self, trainer: pl.Trainer, evaluation: Evaluation) -> None:
         model, probe, task = evaluation.model, evaluation.probe, evaluation.task
-        layers = select_layers(model, self.layers)
+        one = to(take(probe.inputs, slice(0, 1)), evaluation.device)  # traced to find where layers are read
+        layers = select_layers(model, self.layers, example=one, forward=lambda x: task.outputs(model, x))
         if not self._layer_names:  # trainer.validate/test: no fit start has resolved them
             self.check_model(model)
         with self.isolate("neuron coverage"):
@@ -293,7 +295,9 @@ class NeuronAnalysis(CompassCallback):
 
     def _deviation(self, trainer: pl.Trainer, evaluation: Evaluation) -> None:
         probe, task = evaluation.probe, evaluation.task
-        layers = conv_neuron_layers(evaluation.model, self.layers)
+        one = to(take(probe.inputs, slice(0, 1)), evaluation.device)
+        layers = conv_neuron_layers(evaluation.model, self.layers, example=task.to_space(one, evaluation.model),
+                                    forward=task.space_model(evaluation.model, one))
         generator = self.generator(f"deviation/{self.attack}", evaluation.device)  # for random attacks
         normal = self._normal(f"deviation/{self.attack}/gaussian", 1, evaluation)[:, 0]
         shown = min(self.image_count, len(probe.shard(probe.inputs))) if evaluation.want_images else 0

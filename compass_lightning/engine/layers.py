@@ -1,10 +1,17 @@
-"""Finding layers by name and capturing their outputs, for analyses that look inside the model."""
+"""Finding layers by name and capturing their outputs, for analyses that look inside the model.
+
+A layer's output is recorded at a :class:`Site`: one call of one module in the forward pass (a
+module may be called more than once, as a residual block's ``relu``). Where a layer is read —
+the same place for every analysis (neurons, Grad-CAM, the transfer attacks) — is in
+:mod:`compass_lightning.engine.sites`.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Union
 
 from torch import Tensor, nn
 
@@ -24,6 +31,11 @@ def find_layer(model: nn.Module, name: str | None, *, default: str = "last", arg
 
     A name that does not exist is a ``ValueError`` listing the names that do.
     """
+    return dict(unwrap(model).named_modules())[layer_name(model, name, default=default, argument=argument)]
+
+
+def layer_name(model: nn.Module, name: str | None, *, default: str = "last", argument: str = "layer") -> str:
+    """``name``, checked (as :func:`find_layer`), or the name of the ``default`` ``Conv2d``."""
     modules = dict(unwrap(model).named_modules())
     if name is None:
         convolutions = conv_layers(model)
@@ -32,7 +44,7 @@ def find_layer(model: nn.Module, name: str | None, *, default: str = "last", arg
         name = convolutions[-1] if default == "last" else convolutions[(len(convolutions) - 1) // 2]
     if name not in modules or not name:
         raise ValueError(f"{argument}: the model has no layer {name!r}; its layers: {_names(modules)}")
-    return modules[name]
+    return name
 
 
 def _names(modules: dict[str, nn.Module], limit: int = 40) -> str:
@@ -40,18 +52,38 @@ def _names(modules: dict[str, nn.Module], limit: int = 40) -> str:
     return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
+@dataclass(frozen=True, eq=False)
+class Site:
+    """The output of ``module`` at its ``call``-th of the ``calls`` calls it makes in one forward
+    pass (0-based; a module called once: ``Site(module)``); ``name``: the module's name."""
+
+    module: nn.Module
+    call: int = 0
+    calls: int = 1
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.call < self.calls:
+            raise ValueError(f"call must be in [0, {self.calls}), got {self.call}")
+
+
 class Recording:
-    """The latest output of each recorded module during :func:`record`, by name (``value``: the
+    """The latest output of each recorded site during :func:`record`, by name (``value``: the
     output of the only one, for :func:`capture`)."""
 
     def __init__(self) -> None:
         self.outputs: dict[str, Tensor] = {}
 
-    def hook(self, name: str) -> Callable[[nn.Module, object, Tensor], None]:
-        """The forward hook that stores a module's output under ``name``."""
+    def hook(self, name: str, site: Site) -> Callable[[nn.Module, object, Tensor], None]:
+        """The forward hook that stores the site's output under ``name``: calls are counted modulo
+        the module's calls per forward pass, so every pass stores the same call."""
+        count = 0
 
         def store(module: nn.Module, inputs: object, output: Tensor) -> None:
-            self.outputs[name] = output
+            nonlocal count
+            if count % site.calls == site.call:
+                self.outputs[name] = output
+            count += 1
 
         return store
 
@@ -61,10 +93,13 @@ class Recording:
         return next(iter(self.outputs.values()), None)
 
 
+Where = Union[nn.Module, Site]
+
+
 @contextlib.contextmanager
-def record(modules: Mapping[str, nn.Module]) -> Iterator[Recording]:
-    """Record the output of every module of ``modules`` at every forward, under its name; the hooks
-    are removed on exit, even on error.
+def record(modules: Mapping[str, Where]) -> Iterator[Recording]:
+    """Record the output of every module (its only call) or :class:`Site` of ``modules`` at every
+    forward, under its name; the hooks are removed on exit, even on error.
 
     Example:
         >>> import torch
@@ -77,8 +112,9 @@ def record(modules: Mapping[str, nn.Module]) -> Iterator[Recording]:
     recording = Recording()
     handles = []
     try:
-        for name, module in modules.items():
-            handles.append(module.register_forward_hook(recording.hook(name)))
+        for name, where in modules.items():
+            site = where if isinstance(where, Site) else Site(where)
+            handles.append(site.module.register_forward_hook(recording.hook(name, site)))
         yield recording
     finally:
         for handle in handles:
@@ -86,8 +122,8 @@ def record(modules: Mapping[str, nn.Module]) -> Iterator[Recording]:
 
 
 @contextlib.contextmanager
-def capture(module: nn.Module) -> Iterator[Recording]:
-    """:func:`record` of one module, whose latest output is ``value``.
+def capture(module: Where) -> Iterator[Recording]:
+    """:func:`record` of one module or :class:`Site`, whose latest output is ``value``.
 
     Example:
         >>> import torch

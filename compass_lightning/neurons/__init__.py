@@ -7,8 +7,9 @@
 - :mod:`~compass_lightning.neurons.deviation`: Grad-CAM at every convolution under attack and under
   matched Gaussian noise, and which layers the attack compromises.
 
-Every analysis reads the same layers (:func:`select_layers`): every ``Conv2d`` and ``Linear`` (after
-a following activation module) or the names given; a neuron is a conv channel (spatial mean) or a
+Every analysis reads the same layers (:func:`select_layers`): every ``Conv2d`` and ``Linear``, after
+its activation for any model (:mod:`compass_lightning.engine.sites`; the place Grad-CAM and the
+transfer attacks read too), or the names given; a neuron is a conv channel (spatial mean) or a
 linear unit. The forward hooks are removed on exit, even on error.
 """
 
@@ -19,7 +20,6 @@ from compass_lightning.neurons.deviation import (
     compromised_layers,
     conv_neuron_layers,
     cosine,
-    gradcam_maps,
     layer_deviation,
     matched_gaussian,
     most_vulnerable,
@@ -45,7 +45,6 @@ __all__ = [
     "conv_neuron_layers",
     "cosine",
     "coverage",
-    "gradcam_maps",
     "jaccard",
     "layer_deviation",
     "matched_gaussian",

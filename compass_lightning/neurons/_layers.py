@@ -4,10 +4,12 @@ A *neuron* is a channel of a ``Conv2d`` or ``Conv1d`` (its mean over the positio
 map) or a unit of a ``Linear``, a recurrent layer (``RNN``/``LSTM``/``GRU``: its output sequence;
 the final states are not read) or a Transformer layer (``nn.TransformerEncoderLayer``/
 ``DecoderLayer`` and Hugging Face ``*Layer`` blocks of an encoder: the hidden states they return),
-averaged over the positions of its input sequence. By default all of them are selected; where a
-convolution or linear layer is followed inside an ``nn.Sequential`` by an activation module
-(normalisation layers in between allowed), the activation's output is observed, so neurons are
-read after their non-linearity, as the coverage and sensitivity definitions intend.
+averaged over the positions of its input sequence. By default all of them are selected, and a
+convolution or linear layer is read at the output of its activation, for any model (a residual
+block's reused ``relu`` at the right call; :mod:`compass_lightning.engine.sites` says how the place
+is found from one traced forward pass), so neurons are read after their non-linearity, as the
+coverage and sensitivity definitions intend — the same place as Grad-CAM and the transfer attacks.
+Layers named by the user are read as they are.
 
 For token models the averages cover real tokens only: given ``valid`` (``(N, L)``, whether each
 input position is a token rather than padding), a layer whose sequence has the input's length
@@ -19,24 +21,20 @@ over all of them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _NormBase
 
-from compass_lightning.engine.layers import Recording, _names, unwrap
+from compass_lightning.engine.layers import Recording, Site, _names, unwrap
 from compass_lightning.engine.layers import record as record_modules
+from compass_lightning.engine.sites import read_sites
 
-ACTIVATIONS = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus,
-)
-NORMALISATIONS = (_NormBase, nn.GroupNorm, nn.LayerNorm)
 NEURON_LAYERS = (nn.Conv2d, nn.Conv1d, nn.Linear, nn.RNNBase, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 
 
@@ -62,7 +60,8 @@ def as_tensor(output: Any) -> Tensor:
 
 @dataclass(frozen=True)
 class Layer:
-    """One analysed layer: its name, the module whose output is read, and its neuron layout.
+    """One analysed layer: its name, its module, its neuron layout and where it is read (``site``:
+    ``None`` until :func:`select_layers` has traced an example).
 
     ``channels_first``: neurons are dimension 1 (a convolution; other dimensions are averaged);
     otherwise the last dimension (a linear layer; dimensions between batch and units are averaged).
@@ -70,16 +69,22 @@ class Layer:
     ``batch_first``). ``window``: a ``Conv1d``'s geometry, to match its positions to tokens.
 
     Example:
-        >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
-        >>> [(layer.name, type(layer.observed).__name__) for layer in select_layers(net).values()]
-        [('0', 'ReLU'), ('4', 'LazyLinear')]
+        >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2)).eval()
+        >>> [(layer.name, type(layer.observed).__name__) for layer in select_layers(net, example=torch.rand(1, 1, 8, 8)).values()]
+        [('0', 'ReLU'), ('4', 'Linear')]
     """
 
     name: str
-    observed: nn.Module
+    module: nn.Module
     channels_first: bool
     sequence_first: bool = False
     window: tuple[int, int, int, int] | None = None
+    site: Site | None = None
+
+    @property
+    def observed(self) -> nn.Module:
+        """The module whose output is read (the layer's own until a site is found)."""
+        return self.site.module if self.site is not None else self.module
 
     def neurons(self, output: Any, valid: Tensor | None = None, *, total: bool = False) -> Tensor:
         """``(N, neurons)`` values of the layer from the observed module's output: each neuron's mean
@@ -133,38 +138,28 @@ class Layer:
         return None
 
 
-def _follower(modules: dict[str, nn.Module], name: str) -> nn.Module | None:
-    """The activation right after ``name`` in its ``nn.Sequential`` parent, if any."""
-    parent_name, _, child = name.rpartition(".")
-    parent = modules.get(parent_name)
-    if not isinstance(parent, nn.Sequential):
-        return None
-    children = list(parent.named_children())
-    index = [key for key, _ in children].index(child)
-    for _, module in children[index + 1 :]:
-        if isinstance(module, NORMALISATIONS):
-            continue
-        return module if isinstance(module, ACTIVATIONS) else None
-    return None
-
-
-def _layer(name: str, module: nn.Module, observed: nn.Module | None = None) -> Layer:
+def _layer(name: str, module: nn.Module) -> Layer:
     sequence_first = isinstance(module, (nn.RNNBase, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)) and not (
         getattr(module, "batch_first", False) or getattr(getattr(module, "self_attn", None), "batch_first", False))
     channels_first = not isinstance(module, (nn.Linear, *NEURON_LAYERS[3:])) and not _is_block(name, module)
-    return Layer(name, observed or module, channels_first, sequence_first, _window(module))
+    return Layer(name, module, channels_first, sequence_first, _window(module))
 
 
-def select_layers(model: nn.Module, names: Sequence[str] | None = None, *, argument: str = "layers") -> dict[str, Layer]:
-    """``{name: Layer}``: every layer of the module docstring (a convolution or linear layer read
-    after a following activation), or exactly the modules named (read as they are). An unknown name
-    is a ``ValueError`` listing the model's layers.
+def select_layers(model: nn.Module, names: Sequence[str] | None = None, *, example: Any = None,
+                  forward: Callable[[Any], Any] | None = None, argument: str = "layers") -> dict[str, Layer]:
+    """``{name: Layer}``: every layer of the module docstring, or exactly the modules named. With
+    ``example`` (model inputs; one is enough) a forward pass of it (through ``forward``, default
+    ``model``) finds where each is read: a convolution or linear layer after its activation, a
+    named layer as it is (:func:`~compass_lightning.engine.sites.read_sites`); without, the layers
+    are only named and cannot be recorded. An unknown name is a ``ValueError`` listing the model's
+    layers.
 
     Example:
         >>> net = nn.Sequential(nn.Embedding(9, 4), nn.LSTM(4, 3, batch_first=True))
-        >>> layer = select_layers(net)["1"]
+        >>> x = torch.tensor([[5, 6, 0]])
+        >>> layer = select_layers(net, example=x)["1"]
         >>> valid = torch.tensor([[True, True, False]])  # the third position is padding
-        >>> out = net(torch.tensor([[5, 6, 0]]))
+        >>> out = net(x)
         >>> torch.allclose(layer.neurons(out, valid), out[0][:, :2].mean(dim=1))
         True
     """
@@ -175,16 +170,17 @@ def select_layers(model: nn.Module, names: Sequence[str] | None = None, *, argum
         if not chosen:
             raise ValueError(f"{argument}: the model has no convolution, linear, recurrent or Transformer layer; "
                              f"name layers from: {_names(modules)}")
-        followers = {n: _follower(modules, n) if isinstance(modules[n], NEURON_LAYERS[:3]) else None for n in chosen}
-        shared = {id(f) for f in followers.values() if f is not None and sum(g is f for g in followers.values()) > 1}
-        # an activation instance reused after several layers cannot tell their outputs apart: read those raw
-        observed = {n: f if f is not None and id(f) not in shared else None for n, f in followers.items()}
-        return {n: _layer(n, modules[n], observed[n]) for n in chosen}
-    missing = [n for n in names if n not in modules or not n]
-    if missing:
-        raise ValueError(f"{argument}: the model has no layer {missing[0]!r}; its layers: {_names(modules)}")
-    return {n: _layer(n, modules[n]) if isinstance(modules[n], NEURON_LAYERS) or _is_block(n, modules[n])
-            else Layer(n, modules[n], True) for n in names}
+        layers = {n: _layer(n, modules[n]) for n in chosen}
+    else:
+        missing = [n for n in names if n not in modules or not n]
+        if missing:
+            raise ValueError(f"{argument}: the model has no layer {missing[0]!r}; its layers: {_names(modules)}")
+        layers = {n: _layer(n, modules[n]) if isinstance(modules[n], NEURON_LAYERS) or _is_block(n, modules[n])
+                  else Layer(n, modules[n], True) for n in names}
+    if example is None:
+        return layers
+    sites = read_sites(model, example, list(layers), follow=list(layers) if names is None else [], forward=forward)
+    return {n: dataclasses.replace(layer, site=sites[n]) for n, layer in layers.items()}
 
 
 def record(layers: dict[str, Layer]) -> AbstractContextManager[Recording]:
@@ -193,12 +189,15 @@ def record(layers: dict[str, Layer]) -> AbstractContextManager[Recording]:
 
     Example:
         >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
-        >>> with record(select_layers(net)) as seen:
+        >>> with record(select_layers(net, example=torch.ones(1, 3))) as seen:
         ...     _ = net(torch.ones(5, 3))
         >>> {name: tuple(out.shape) for name, out in seen.outputs.items()}, len(net[1]._forward_hooks)
         ({'0': (5, 4), '2': (5, 2)}, 0)
     """
-    return record_modules({name: layer.observed for name, layer in layers.items()})
+    unplaced = [name for name, layer in layers.items() if layer.site is None]
+    if unplaced:
+        raise ValueError(f"layers {unplaced} have no read-out yet: select them with select_layers(..., example=x)")
+    return record_modules({name: layer.site for name, layer in layers.items()})
 
 
 class NeuronValues(NamedTuple):

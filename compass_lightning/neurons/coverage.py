@@ -46,10 +46,11 @@ def profile_ranges(model: nn.Module, batches: Iterable[Tensor], *, layers: Seque
         >>> profile_ranges(net, [torch.tensor([[0.0], [2.0]]), torch.tensor([[1.0]])])["0"]
         (tensor([ 0., -2.]), tensor([2., 0.]))
     """
-    chosen = select_layers(model, layers)
+    chosen: dict[str, Layer] = {}
     low: dict[str, Tensor] = {}
     high: dict[str, Tensor] = {}
     for x in batches:
+        chosen = chosen or select_layers(model, layers, example=x, forward=forward)
         values = neuron_values(forward or model, x, chosen, positions(x) if positions else None).values
         for name, v in values.items():
             low[name] = torch.minimum(low[name], v.amin(0)) if name in low else v.amin(0)
@@ -173,9 +174,10 @@ def coverage(
         >>> result["nbc"]["total"].item(), sorted(result["nc"])
         (0.0, ['0', '2', 'total'])
     """
-    chosen: dict[str, Layer] = select_layers(model, layers)
+    chosen: dict[str, Layer] = {}
     cover = Coverage(ranges, criteria=criteria, threshold=threshold, sections=sections, top_k=top_k)
     for x in batches:
+        chosen = chosen or select_layers(model, layers, example=x)
         seen = neuron_values(model, x, chosen)
         cover.update(seen.values, seen.extents)
     return cover.result()

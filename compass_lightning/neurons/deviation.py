@@ -25,14 +25,15 @@ predicted logits with respect to all recorded layer outputs at once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from compass_lightning.attacks import run_attack
-from compass_lightning.neurons._layers import Layer, record, select_layers
+from compass_lightning.attribution.gradcam import gradcam_maps
+from compass_lightning.neurons._layers import Layer, select_layers
 from compass_lightning.engine.rng import draw
 
 SUMMARY = ("adversarial", "gaussian", "gap", "compromise_probability")
@@ -40,38 +41,15 @@ SUMMARY = ("adversarial", "gaussian", "gap", "compromise_probability")
 STRENGTHS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
-def conv_neuron_layers(model: nn.Module, names: Sequence[str] | None = None, *, argument: str = "layers") -> dict[str, Layer]:
-    """The selected layers whose outputs are feature maps (by default: every ``Conv2d``; of named
-    layers, those that are not ``Linear``)."""
-    chosen = {n: layer for n, layer in select_layers(model, names, argument=argument).items() if layer.channels_first}
+def conv_neuron_layers(model: nn.Module, names: Sequence[str] | None = None, *, example: Any = None,
+                       forward: Callable[[Any], Any] | None = None, argument: str = "layers") -> dict[str, Layer]:
+    """The selected layers whose outputs are feature maps (by default: every ``Conv2d``, read after
+    its activation; of named layers, those that are not ``Linear``): :func:`select_layers`."""
+    selected = select_layers(model, names, example=example, forward=forward, argument=argument)
+    chosen = {n: layer for n, layer in selected.items() if layer.channels_first}
     if not chosen:
         raise ValueError(f"{argument}: layer deviation needs Conv2d layers, and the model has none")
     return chosen
-
-
-def gradcam_maps(model: nn.Module, x: Tensor, target: Tensor, layers: dict[str, Layer], *, relu: bool = True) -> dict[str, Tensor]:
-    """``{layer: (N, H_l, W_l)}`` Grad-CAM maps at every layer's own resolution, from one forward
-    and one backward pass: ``ReLU(Σ_k α_k A^k)`` with ``α_k`` the spatial mean of ``∂y_target/∂A^k``.
-
-    Example:
-        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
-        >>> maps = gradcam_maps(net, torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), conv_neuron_layers(net))
-        >>> {name: tuple(m.shape) for name, m in maps.items()}
-        {'0': (4, 6, 6), '2': (4, 4, 4)}
-    """
-    with torch.enable_grad(), record(layers) as seen:
-        logits = model(x.detach().requires_grad_(True))
-        outputs = [seen.outputs[name] for name in layers]
-        gradients = torch.autograd.grad(logits.gather(1, target.view(-1, 1)).sum(), outputs, allow_unused=True)
-    maps = {}
-    for name, a, g in zip(layers, outputs, gradients):
-        if a.ndim != 4:
-            raise ValueError(f"Grad-CAM needs feature maps (N, C, H, W), but layer {name!r} returned shape {tuple(a.shape)}")
-        g = torch.zeros_like(a) if g is None else g
-        weights = g.flatten(2).mean(dim=2)[:, :, None, None]
-        cam = (weights * a).sum(dim=1).detach()
-        maps[name] = cam.clamp_min(0) if relu else cam
-    return maps
 
 
 def cosine(a: Tensor, b: Tensor) -> Tensor:
@@ -117,7 +95,7 @@ def deviation_similarities(
     pictures. ``x_adv``: adversarial inputs already made by ``attack`` (then the attack is not run
     again); ``normal``: the standard normal draws of the Gaussian noise, shaped as ``x``; each
     strength ``k`` scales the perturbation and the noise: ``clip(x + k·δ)``."""
-    layers = layers if layers is not None else conv_neuron_layers(model)
+    layers = layers if layers is not None else conv_neuron_layers(model, example=x[:1])
     if x_adv is None:
         x_adv = run_attack(attack, model, x, y, eps=eps, bounds=bounds, generator=generator, **(attack_params or {}))
     x_adv = x_adv.detach()
@@ -128,7 +106,7 @@ def deviation_similarities(
     batch = torch.cat([x, *adv, *gauss])
     with torch.no_grad():
         predicted = model(batch).argmax(dim=1)
-    maps = gradcam_maps(model, batch, predicted, layers)  # one backward for every input, strength and layer
+    maps = gradcam_maps(model, batch, predicted, {n: layer.site for n, layer in layers.items()})  # one backward for every input, strength and layer
     n, s = len(x), len(strengths)
     resized = {name: nn.functional.interpolate(m[:, None], size=tuple(x.shape[-2:]), mode="bilinear",
                                                align_corners=False)[:, 0] for name, m in maps.items()}
@@ -230,7 +208,7 @@ def layer_deviation(
         >>> sorted(result["layers"]["0"]), len(result["most_vulnerable"])
         (['adversarial', 'compromise_probability', 'gap', 'gaussian'], 2)
     """
-    chosen = conv_neuron_layers(model, layers)
+    chosen = conv_neuron_layers(model, layers, example=x[:1])
     by_strength, _ = deviation_similarities(
         model, x, y, attack=attack, eps=eps, layers=chosen, bounds=bounds, generator=generator, attack_params=attack_params
     )
