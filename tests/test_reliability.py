@@ -1,13 +1,16 @@
 """What the monitors promise, one test (family) per promise, for every callback (and for the Compass on
 token models: the TextCNN and AB-LSTM of ``text_models.py``).
 
-1. Non-interference: training with the Compass is bit-identical to training without it (fp32, bf16-mixed).
+1. Non-interference: training with the Compass is bit-identical to training without it (fp32, bf16-mixed,
+   bf16-true, 64-true: the analyses run in fp32).
 2. State: every flag, buffer, parameter, ``.grad`` and ``requires_grad`` is as before each evaluation.
 3. DDP: see ``test_ddp.py`` (two processes log what one process logs, for every module).
 4. Resume: a run resumed from a checkpoint logs the values of an uninterrupted run, at the same epochs.
 5. Fault isolation: a failing analysis, NaN logits, a device mismatch, a dict output: training
    completes, checkpoints are saved, one warning per cause, ``compass/errors`` counts; ``fail_fast`` raises.
-6. Bad input: 30+ invalid configurations raise ``ValueError``/``TypeError`` before training, naming the argument.
+   An undefined (NaN) tag that ``EarlyStopping`` watches never stops the run.
+6. Bad input: 30+ invalid configurations raise ``ValueError``/``TypeError`` before training, naming the argument;
+   targets a classifier cannot have are refused at fit start (``test_binary.py``).
 7. Safe loading: histories and checkpoints are read without unpickling.
 8. Memory: an evaluation's peak grows with the probe by a few probe-sized copies only.
 """
@@ -20,7 +23,7 @@ import pytest
 import torch
 from conftest import EVERY_MODULE, DigitsClassifier, DigitsDataModule, StateBracket, assert_monitor_ran, digits_task, make_trainer
 from text_models import ABLSTM, TextCNN, text_compass
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch import nn
 
 from compass_lightning import (
@@ -81,7 +84,8 @@ def _fit(tmp_path, callbacks, model=None, epochs=2, datamodule=None, **kwargs):
 # -- 1. non-interference -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("precision", "modality"), [("32-true", "image"), ("bf16-mixed", "image"), ("32-true", "text")])
+@pytest.mark.parametrize(("precision", "modality"), [("32-true", "image"), ("bf16-mixed", "image"), ("bf16-true", "image"),
+                                                    ("64-true", "image"), ("32-true", "text")])
 def test_training_with_the_compass_is_bit_identical_to_training_without(tmp_path, precision, modality):
     text = modality == "text"  # a TextCNN on token ids, its Compass in embedding space (tests/text_models.py)
 
@@ -267,6 +271,45 @@ def test_a_fault_warns_once_counts_and_training_and_checkpoints_go_on(tmp_path, 
     assert monitor.error_count == EVALUATIONS[name]
     if name != "PruningAnalysis":  # logged at validation epochs (pruning logs at the end, through loggers)
         assert trainer.callback_metrics["compass/errors"].item() >= 1
+
+
+class _Seen(Callback):
+    """What the watchers saw of a tag after each validation (callback_metrics), by epoch."""
+
+    def __init__(self, tag):
+        self.tag, self.values = tag, {}
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.values[trainer.current_epoch] = trainer.callback_metrics[self.tag].item()
+
+
+def test_an_undefined_watched_tag_never_stops_the_run_through_early_stopping(tmp_path):
+    tag = "compass/robustness/fgsm/asr"
+    monitor = AttackSuccessRate(attacks=["fgsm"], probe_size=16, image_count=0, every_n_epochs=1, task=digits_task())
+    evaluate = monitor.evaluate
+
+    def fails_at_even_epochs(trainer, evaluation):  # the analysis fails at epochs 0 and 2
+        if trainer.current_epoch % 2 == 0:
+            raise RuntimeError("transient failure")
+        evaluate(trainer, evaluation)
+
+    monitor.evaluate = fails_at_even_epochs
+    stop = EarlyStopping(monitor=tag, mode="min", patience=5)  # check_finite=True: a NaN would stop the run
+    best = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor=tag, mode="min")
+    seen = _Seen(tag)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = _fit(tmp_path, [monitor, stop, best, seen], epochs=4, logger=False)
+    assert trainer.current_epoch == 4 and not stop.stopped_epoch  # all four epochs trained
+    history = {r["epoch"]: r["metrics"][tag] for r in monitor.history}
+    assert history[0] is None and history[2] is None and 0 <= history[1] <= 1 and 0 <= history[3] <= 1  # NaN: None
+    # the watchers saw the worst value before any was defined, then the last defined one
+    assert seen.values[0] == torch.finfo(torch.float32).max and seen.values[2] == pytest.approx(history[1])
+    assert seen.values[1] == pytest.approx(history[1]) and seen.values[3] == pytest.approx(history[3])
+    assert best.best_model_score.item() == pytest.approx(min(history[1], history[3]))
+    held = [str(w.message) for w in caught if issubclass(w.category, CompassWarning) and "undefined (NaN)" in str(w.message)]
+    assert len(held) == 1 and tag in held[0]
 
 
 @pytest.mark.parametrize("cause", sorted(CAUSES))

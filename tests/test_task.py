@@ -43,7 +43,7 @@ def test_pixel_model_normalises_before_the_model():
     [
         ({"logits": torch.zeros(2, 3)}, "a dict with keys \\['logits'\\]"),
         ((torch.zeros(2, 3), torch.zeros(2)), "a tuple of 2 items"),
-        (torch.zeros(2), r"a tensor of shape \(2,\)"),
+        (torch.zeros(2, 3, 1), r"a tensor of shape \(2, 3, 1\)"),
         (torch.zeros(3, 3), r"a tensor of shape \(3, 3\)"),
     ],
 )

@@ -86,6 +86,12 @@ class Tabular:
     def check_inputs(self, x: Tensor) -> None:
         return None  # any feature vector
 
+    def read_targets(self, targets: Tensor) -> Tensor:
+        return targets  # integer classes already
+
+    def check_targets(self, targets: Tensor, outputs: Tensor) -> None:
+        return None
+
     def positions(self, x: Tensor) -> None:
         return None  # no sequence positions
 

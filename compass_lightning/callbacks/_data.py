@@ -20,7 +20,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from compass_lightning.callbacks._lightning import training_loaders, validation_loaders
+from compass_lightning.engine.guard import analysis_mode
 from compass_lightning.engine.probe import ProbeSet, _first_loader
+from compass_lightning.engine.samples import take, to
 
 ProbeData = Union[Dataset, tuple[Tensor, Tensor]]
 
@@ -79,6 +81,23 @@ def draw(data: Optional[ProbeData], loader: Any, task: Task, **selection: Any) -
         samples = ProbeSet.from_tensors(*data, **selection)
     else:
         samples = ProbeSet.from_dataloader(loader, task=task, **selection)
+    samples.targets = task.read_targets(samples.targets)  # a pair given as probe_data is read as batches are
     if reason := task.check_inputs(samples.inputs):
         raise ValueError(f"task: {reason}")
     return samples
+
+
+def check_targets(task: Task, samples: ProbeSet, module: pl.LightningModule, seed: int) -> None:
+    """Refuse, with a ``ValueError`` naming ``task``, a probe whose targets the model's outputs cannot
+    score as classes (:meth:`~compass_lightning.tasks.base.Task.check_targets`: a regression, one-hot
+    rows, classes the model has no output for) — at fit start, not as wrong numbers at every
+    evaluation. A model that cannot be called is left to the evaluations, which report it as a
+    fault once (promise 5), as they do for any failure of the model."""
+    x = to(take(samples.inputs, slice(0, 2)), module.device)
+    try:
+        with analysis_mode(module, seed=seed):
+            outputs = task.outputs(module, x)
+    except Exception:  # noqa: BLE001 - see the docstring
+        return
+    if reason := task.check_targets(samples.targets, outputs):
+        raise ValueError(f"task: {reason}")

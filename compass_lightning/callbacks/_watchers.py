@@ -1,5 +1,6 @@
 """What a monitor's schedule means for the rest of the run: the callbacks that watch its tags, and
-``ddp_spawn``'s limit on logged metrics. Both fail or warn at fit start, before the first step.
+``ddp_spawn``'s limit on logged metrics (both fail or warn at fit start, before the first step),
+and what the watchers see of an undefined tag (:func:`held_for_watchers`).
 
 Example:
     >>> from lightning.pytorch.callbacks import ModelCheckpoint
@@ -13,10 +14,12 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Set
+import math
+from collections.abc import Iterable, Mapping, Sequence, Set
 from typing import Any, Optional
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
@@ -72,3 +75,34 @@ def check_watchers(callbacks: Iterable[Any], tags: Set[str], every_n_epochs: Opt
             f"{monitor!r} only every {every_n_epochs} epochs (every_n_epochs={every_n_epochs}), so "
             f"Lightning would stop the run at the first epoch without it; use {advice}"
         )
+
+
+def held_for_watchers(scalars: Mapping[str, float], history: Sequence[Mapping[str, Any]],
+                      callbacks: Iterable[Any]) -> tuple[dict[str, float], dict[str, float]]:
+    """What Lightning gets (the loggers and ``callback_metrics``) of one evaluation's ``scalars``,
+    and which undefined tags were held: a tag an ``EarlyStopping`` watches that is NaN (its
+    analysis failed, or the value is undefined, as the success rate of an attack on a model that
+    classifies nothing correctly) is logged as its last defined value in ``history`` — before it
+    had one, as the watcher's ``divergence_threshold``, else the worst finite value for its mode —
+    because ``EarlyStopping(check_finite=True)``, its default, stops the run on a NaN. The history
+    keeps the NaN. Tags only a ``ModelCheckpoint`` watches stay NaN: it ranks NaN as the worst.
+
+    Example:
+        >>> stop = EarlyStopping(monitor="compass/robustness/fgsm/asr", mode="min")
+        >>> past = [{"metrics": {"compass/robustness/fgsm/asr": 0.4}}]
+        >>> held_for_watchers({"compass/robustness/fgsm/asr": float("nan"), "compass/other": float("nan")}, past, [stop])
+        ({'compass/robustness/fgsm/asr': 0.4, 'compass/other': nan}, {'compass/robustness/fgsm/asr': 0.4})
+    """
+    out, held = dict(scalars), {}
+    for callback in callbacks:
+        tag = getattr(callback, "monitor", None)
+        if not isinstance(callback, EarlyStopping) or tag not in out or math.isfinite(out[tag]):
+            continue
+        defined = (r["metrics"].get(tag) for r in reversed(history))
+        last = next((v for v in defined if isinstance(v, (int, float)) and math.isfinite(v)), None)
+        if last is None and callback.divergence_threshold is not None:
+            last = float(callback.divergence_threshold)  # the divergence rule stops only beyond it
+        if last is None:
+            last = float(torch.finfo(torch.float32).max) * (1.0 if callback.mode == "min" else -1.0)
+        out[tag] = held[tag] = last
+    return out, held

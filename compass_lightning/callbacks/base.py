@@ -21,8 +21,9 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from compass_lightning.callbacks._data import ProbeData, check_probe_data, draw, evaluation_loader, training_loader
-from compass_lightning.callbacks._watchers import check_watchers, warn_about_spawn
+from compass_lightning.callbacks._data import (ProbeData, check_probe_data, check_targets, draw, evaluation_loader,
+                                               training_loader)
+from compass_lightning.callbacks._watchers import check_watchers, held_for_watchers, warn_about_spawn
 from compass_lightning.engine.batching import auto_batch_size
 from compass_lightning.engine.checks import at_least_one, check_bool, check_int, optional
 from compass_lightning.engine.evaluation import Evaluation
@@ -241,8 +242,10 @@ class CompassCallback(Callback):
                 f"{type(self).__name__} draws its probe set from the validation data, but this run has no "
                 "validation dataloader: define val_dataloader() (and validation_step) or pass probe_data=..."
             )
-        return draw(self.probe_data, loader, self.task, probe_size=self.probe_size, seed=self.seed,
-                    default_size=self.default_probe_size, rank=trainer.global_rank, world_size=trainer.world_size)
+        probe = draw(self.probe_data, loader, self.task, probe_size=self.probe_size, seed=self.seed,
+                     default_size=self.default_probe_size, rank=trainer.global_rank, world_size=trainer.world_size)
+        check_targets(self.task, probe, trainer.lightning_module, self.seed)
+        return probe
 
     def check_on_a_sample(self, trainer: pl.Trainer, checks: Mapping[str, Callable[[Any, Tensor], Optional[str]]],
                           argument: str) -> None:
@@ -376,7 +379,14 @@ class CompassCallback(Callback):
         scalars.update({tag: float("nan") for tag in self.expected_tags() if tag not in scalars})
         scalars[ERRORS_TAG] = float(sum(cb.error_count for cb in trainer.callbacks if isinstance(cb, CompassCallback)))
         self.record(trainer, evaluation.epoch, scalars)
-        self.reporter.log_scalars(trainer, pl_module, scalars, in_epoch_end=in_epoch_end)
+        logged, held = held_for_watchers(scalars, self.history[:-1], trainer.callbacks)
+        for tag, value in held.items():
+            if ("undefined watched tag", tag) not in self._warned:
+                self._warned.add(("undefined watched tag", tag))
+                rank_zero_warn(f"compass_lightning: {tag} is undefined (NaN) at epoch {evaluation.epoch}; EarlyStopping sees "
+                               f"{value:g}, its last defined value (else the worst for its mode), so that the run goes on; "
+                               "the history file records NaN", category=CompassWarning)
+        self.reporter.log_scalars(trainer, pl_module, logged, in_epoch_end=in_epoch_end)
         with self.isolate("writing images"):
             self.reporter.log_images(trainer, evaluation.images)
             self.reporter.write_texts(trainer, evaluation.texts, evaluation.epoch)

@@ -9,14 +9,29 @@ Inside :func:`analysis_mode`:
    per-submodule ``training`` flags, ``requires_grad`` and ``.grad`` tensors are put back exactly;
 3. gradients with respect to inputs work, even when the caller is under ``torch.no_grad()`` (fit's
    validation loop) or ``torch.inference_mode()`` (``trainer.validate``/``test``);
-4. autocast is off, so analyses run in the model's own dtype (fp32 for mixed precision).
+4. analyses run in float32 whatever the training precision: autocast is off (mixed precision), and
+   a model whose floating-point parameters or buffers are of another dtype (``precision="bf16-true"``,
+   ``"16-true"``, ``"64-true"``) is cast to float32 for the block, its own tensors put back on exit
+   (the same storage, bit for bit: a float64 weight is not rounded through float32), so the probe,
+   which is float32, meets float32 weights, and gradients are not taken in bfloat16; the default
+   dtype is float32 inside the block, so the tensors an analysis creates are too.
+
+Example (invariant 4):
+    >>> import torch
+    >>> model = torch.nn.Linear(2, 1).double()
+    >>> storage, weight = model.weight.data_ptr(), model.weight.detach().clone()
+    >>> with analysis_mode(model):
+    ...     model(torch.ones(1, 2)).dtype
+    torch.float32
+    >>> model.weight.data_ptr() == storage, torch.equal(model.weight, weight), model.weight.dtype
+    (True, True, torch.float64)
 """
 
 from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -57,6 +72,36 @@ def _autocast_off() -> Iterator[None]:
         yield
 
 
+def _as_float32(module: nn.Module) -> Callable[[], None]:
+    """Cast ``module``'s floating-point parameters and buffers to float32 in place; returns what puts
+    its own tensors back (each parameter's ``.data``, each buffer). Nothing is cast (or copied) when
+    they are float32 already, the usual case."""
+    tensors = [*module.parameters(), *module.buffers()]
+    if all(t.dtype == torch.float32 or not t.is_floating_point() for t in tensors):
+        return lambda: None
+    data = [(p, p.data) for p in module.parameters()]
+    buffers = [(m, name, b) for m in module.modules() for name, b in m._buffers.items() if b is not None]
+    module.float()  # a parameter keeps its object (its .data is replaced); buffers are reassigned
+
+    def restore() -> None:
+        for p, original in data:
+            p.data = original
+        for m, name, original in buffers:
+            m._buffers[name] = original
+
+    return restore
+
+
+@contextlib.contextmanager
+def _default_float32() -> Iterator[None]:
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(default)
+
+
 @contextlib.contextmanager
 def analysis_mode(module: nn.Module, seed: int = 0) -> Iterator[nn.Module]:
     """Run an analysis on ``module`` without leaving a trace on it or on the training run.
@@ -87,12 +132,15 @@ def analysis_mode(module: nn.Module, seed: int = 0) -> Iterator[nn.Module]:
         stack.enter_context(torch.inference_mode(False))
         stack.enter_context(torch.enable_grad())
         stack.enter_context(_autocast_off())
+        stack.enter_context(_default_float32())
+        restore_dtypes = _as_float32(module)
         try:
             module.eval()
             for p in parameters:
                 p.requires_grad_(False)
             yield module
         finally:
+            restore_dtypes()  # before the gradients, which must match their parameters' dtype
             for m, training in modes:
                 m.training = training
             for p, flag, grad in zip(parameters, requires_grad, grads):

@@ -109,6 +109,15 @@ class Task(Protocol):
         """Why the analysis ``name`` of ``kind`` (one of :data:`KINDS`) does not apply to this
         task, or ``None`` when it does."""
 
+    def read_targets(self, targets: Any) -> Any:
+        """A probe's targets in the form the analyses score (class indices ``(N,)`` for a
+        classifier, whatever form the data pipeline hands them in)."""
+
+    def check_targets(self, targets: Any, outputs: Tensor) -> str | None:
+        """Why a probe's targets (after :meth:`read_targets`) cannot be scored against the model's
+        per-sample ``outputs`` of a few samples (a regression, one-hot rows, classes the model does
+        not score) — at fit start — or ``None`` when they can."""
+
     def check_inputs(self, x: Any) -> str | None:
         """Why the data-space samples ``x`` (a probe, at fit start) cannot be analysed as this task
         reads them — images outside the pixel range, or not floats — or ``None`` when they can."""

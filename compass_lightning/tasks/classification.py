@@ -19,7 +19,7 @@ from compass_lightning.engine.checks import check_interval
 from compass_lightning.metrics import confusion_matrix
 from compass_lightning.mutation import MUTATIONS, mutate
 from compass_lightning.tasks.base import IMAGE_BUDGETS
-from compass_lightning.tasks.logits import Key, LogitsAdapter, describe
+from compass_lightning.tasks.logits import Key, LogitsAdapter, describe, two_class
 
 
 
@@ -33,7 +33,9 @@ def _as_channel_vector(name: str, value: float | Sequence[float] | None) -> Tens
 
 
 class Classification(LogitsAdapter):
-    """Adapter for classifiers whose forward returns logits of shape ``(N, C)``.
+    """Adapter for classifiers whose forward returns logits of shape ``(N, C)``, or a single logit
+    ``(N, 1)``/``(N,)`` of a binary classifier (read as two classes: see
+    :func:`~compass_lightning.tasks.logits.two_class`).
 
     Its perturbation space is pixel space (:meth:`to_pixels`/:meth:`from_pixels`; the
     :class:`~compass_lightning.tasks.base.Task` name is :meth:`to_space`), a sample is correct when
@@ -43,11 +45,13 @@ class Classification(LogitsAdapter):
     Args:
         input_key: where the inputs are in a batch: an index into a tuple/list batch or a key of a
             dict batch.
-        target_key: where the integer class targets are, the same way.
+        target_key: where the class targets are, the same way (integer classes, or ``0``/``1`` of a
+            binary classifier as floats).
         mean: per-channel mean the data pipeline subtracts (``None``: the data is already in pixel
             space).
         std: per-channel standard deviation the data pipeline divides by; give it with ``mean``.
         input_range: the bounds of pixel space; perturbations are clipped to it.
+        one_hot: the targets are one-hot rows, read as their arg-max.
 
     Example:
         >>> import torch
@@ -69,8 +73,10 @@ class Classification(LogitsAdapter):
         mean: float | Sequence[float] | None = None,
         std: float | Sequence[float] | None = None,
         input_range: tuple[float, float] = (0.0, 1.0),
+        *,
+        one_hot: bool = False,
     ) -> None:
-        super().__init__(input_key, target_key)
+        super().__init__(input_key, target_key, one_hot=one_hot)
         if (mean is None) != (std is None):
             raise ValueError("mean and std must be given together (both None: the data is already in pixel space)")
         self.mean = _as_channel_vector("mean", mean)
@@ -124,16 +130,17 @@ class Classification(LogitsAdapter):
     # -- model -------------------------------------------------------------------------------
 
     def logits(self, model: Callable[[Tensor], Any], x: Tensor) -> Tensor:
-        """``model(x)`` checked to be logits of shape ``(N, C)``; ``x`` is in data space."""
+        """``model(x)`` checked to be logits of shape ``(N, C)`` (a single logit as two classes:
+        :func:`~compass_lightning.tasks.logits.two_class`); ``x`` is in data space."""
         out = model(x)
-        if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
+        if not isinstance(out, Tensor) or out.ndim not in (1, 2) or out.shape[0] != x.shape[0]:
             raise TypeError(
                 f"Classification expects the model to return logits of shape (N, C) = ({x.shape[0]}, C) "
                 f"for an input batch of shape {tuple(x.shape)}, but it returned {describe(out)}. "
                 "Make forward() return the logits tensor (e.g. return out['logits'] or out[0]), "
                 "or subclass Classification and override logits(model, x)."
             )
-        return out
+        return two_class(out)
 
     def pixel_model(self, model: nn.Module) -> PixelModel:
         """``model`` with the normalisation composed in front: pixel-space inputs to logits."""

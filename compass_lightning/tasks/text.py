@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 from compass_lightning.engine.checks import check_int
 from compass_lightning.mutation_text import TEXT_MUTATIONS, mutate_tokens
-from compass_lightning.tasks.logits import Key, LogitsAdapter
+from compass_lightning.tasks.logits import Key, LogitsAdapter, two_class
 
 ID_SCALE = float(2**20)
 
@@ -114,6 +114,7 @@ class TextClassification(LogitsAdapter):
         decode: how ids become token strings in pictures: a callable of a list of ids (e.g. a
             tokenizer's ``convert_ids_to_tokens``) or a sequence indexed by id (a vocabulary list);
             ``None``: the ids themselves.
+        one_hot: the targets are one-hot rows, read as their arg-max.
 
     Example:
         >>> task = TextClassification(pad_id=0, mask_id=1, special_ids=[2])
@@ -138,10 +139,9 @@ class TextClassification(LogitsAdapter):
         attention_mask: Optional[str] = None,
         vocabulary_size: Optional[int] = None,
         decode: Any = None,
+        one_hot: bool = False,
     ) -> None:
-        super().__init__(input_key, target_key)
-        if input_key == target_key:
-            raise ValueError(f"input_key and target_key are both {input_key!r}; the ids and the labels are apart")
+        super().__init__(input_key, target_key, one_hot=one_hot)
         self.embedding = embedding
         self.pad_id = check_int("pad_id", pad_id, minimum=0)
         self.mask_id = None if mask_id is None else check_int("mask_id", mask_id, minimum=0)
@@ -181,9 +181,10 @@ class TextClassification(LogitsAdapter):
         return found
 
     def outputs(self, model: nn.Module, ids: Tensor) -> Tensor:
-        """The logits ``(N, C)`` for token ids ``(N, L)`` (with the attention mask, if the model takes one)."""
+        """The logits ``(N, C)`` for token ids ``(N, L)`` (with the attention mask, if the model takes
+        one); a single logit as two classes (:func:`~compass_lightning.tasks.logits.two_class`)."""
         kwargs = {self.attention_mask: (ids != self.pad_id).long()} if self.attention_mask else {}
-        return logits_of(model(ids, **kwargs))
+        return two_class(logits_of(model(ids, **kwargs)))
 
     @property
     def reference_id(self) -> int:
