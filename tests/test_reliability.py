@@ -13,6 +13,8 @@ token models: the TextCNN and AB-LSTM of ``text_models.py``).
    targets a classifier cannot have are refused at fit start (``test_binary.py``).
 7. Safe loading: histories and checkpoints are read without unpickling.
 8. Memory: an evaluation's peak grows with the probe by a few probe-sized copies only.
+9. Files: every file under the run's directory, crash-safe history appends, reports of hostile
+   histories render or exit 2 (``test_report.py``, ``test_report_hostile.py``).
 """
 
 import pickle
@@ -421,8 +423,10 @@ class Payload:
 
 def test_a_history_file_holding_a_pickle_is_refused_without_running_it(tmp_path):
     (tmp_path / "compass_history.jsonl").write_bytes(pickle.dumps(Payload()))
-    with pytest.raises(ValueError):
-        read_history(tmp_path)
+    assert read_history(tmp_path) == []  # not a single record: every line skipped, nothing unpickled
+    from compass_lightning.cli import main
+
+    assert main(["report", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
     assert Payload.ran is False
 
 

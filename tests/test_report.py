@@ -71,3 +71,50 @@ def test_scalars_outside_epoch_end_hooks_go_to_every_logger(tmp_path):
         assert [float(r["compass/test/at_end"]) for r in csv.DictReader(stream) if r.get("compass/test/at_end")] == [0.25]
     (event,) = read_events(loggers[1].log_dir).Scalars("compass/test/at_end")
     assert event.value == 0.25 and event.step == trainer.global_step
+
+
+def test_a_line_cut_short_never_fuses_with_the_next_record_and_is_skipped(tmp_path, capsys):
+    from compass_lightning.cli import main
+
+    reporter = Reporter(pl.Trainer(logger=False, default_root_dir=tmp_path))
+    history = [_record(0)]
+    reporter.write_history("X{}", history)
+    with (tmp_path / HISTORY_FILE).open("a") as stream:  # a write that failed midway (disk full, a kill)
+        stream.write(json.dumps(_record(1))[:25])
+    history.append(_record(2))
+    reporter.write_history("X{}", history)
+    lines = (tmp_path / HISTORY_FILE).read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[2])["epoch"] == 2  # the next record starts on its own line
+    assert [r["epoch"] for r in read_history(tmp_path)] == [0, 2]
+    assert main(["report", str(tmp_path), "--output", str(tmp_path / "out")]) == 0  # was exit 2: the whole file refused
+    assert "1 damaged lines skipped" in capsys.readouterr().out
+
+
+class _NoDirectoryLogger(pl.loggers.Logger):
+    """A logger with neither save_dir nor log_dir (a metrics service, say)."""
+
+    name, version = "service", 0
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+    def log_metrics(self, metrics, step=None):
+        pass
+
+
+@pytest.mark.parametrize("case", ["fast_dev_run", "logger_without_save_dir"])
+def test_every_file_goes_under_the_run_directory_never_the_working_directory(tmp_path, monkeypatch, case):
+    from compass_lightning import AttackSuccessRate
+    from conftest import digits_task
+
+    working, root = tmp_path / "cwd", tmp_path / "root"
+    working.mkdir()
+    monkeypatch.chdir(working)
+    monitor = AttackSuccessRate(attacks=["fgsm"], probe_size=8, image_count=2, task=digits_task())
+    options = {"fast_dev_run": True} if case == "fast_dev_run" else {"logger": _NoDirectoryLogger(), "max_epochs": 1}
+    trainer = pl.Trainer(default_root_dir=root, callbacks=[monitor], accelerator="cpu", enable_progress_bar=False,
+                         enable_model_summary=False, **options)
+    trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule())
+    assert list(working.iterdir()) == []  # was compass_images/ here, and no history anywhere
+    assert [r["epoch"] for r in read_history(root)] == [0]
+    assert list((root / "compass_images").rglob("*.png"))

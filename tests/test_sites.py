@@ -105,3 +105,51 @@ def test_layers_named_by_the_user_are_read_as_they_are_at_their_last_call(resnet
     seen = _block_outputs(resnet, x, ["layer1.0.conv2", "layer1.0"])
     torch.testing.assert_close(values["layer1.0.conv2"], seen["layer1.0.conv2"].mean(dim=(2, 3)))
     torch.testing.assert_close(values["layer1.0.relu"], seen["layer1.0"].mean(dim=(2, 3)))
+
+
+# -- models whose modules do not all run as modules (issue 17 item 7) ---------------------------
+
+
+def _vit_digits():
+    from conftest import DigitsClassifier
+
+    class ViTDigits(DigitsClassifier):  # torchvision's ViT, tiny, on the digits as three channels
+        def __init__(self):
+            super().__init__()
+            self.net = torchvision.models.VisionTransformer(image_size=8, patch_size=4, num_layers=1, num_heads=2,
+                                                            hidden_dim=8, mlp_dim=16, num_classes=10)
+
+        def forward(self, x):
+            return self.net(x.expand(-1, 3, -1, -1))
+
+    return ViTDigits()
+
+
+def _neurons(**kwargs):
+    from conftest import digits_task
+
+    from compass_lightning import NeuronAnalysis
+
+    return NeuronAnalysis(probe_size=16, profile_size=32, image_count=0, task=digits_task(), **kwargs)
+
+
+def test_a_vision_transformer_is_analysed_without_the_attention_projection_it_never_calls(tmp_path):
+    from conftest import DigitsDataModule, assert_monitor_ran, make_trainer
+
+    monitor = _neurons()
+    make_trainer(tmp_path, [monitor], logger=False).fit(_vit_digits(), datamodule=DigitsDataModule())
+    assert_monitor_ran(monitor, "compass/neurons/coverage/nc", "compass/neurons/sensitivity/fraction")
+    assert "net.encoder.layers.encoder_layer_0.mlp.0" in monitor._layer_names
+    assert not any(name.endswith("out_proj") for name in monitor._layer_names)  # nn.MultiheadAttention's, never called
+    named = _neurons(layers=["net.encoder.layers.encoder_layer_0.self_attention.out_proj"], deviation=False)
+    with pytest.raises(ValueError, match="layers: layer '.*out_proj' is never called in a forward pass"):
+        make_trainer(tmp_path, [named], logger=False).fit(_vit_digits(), datamodule=DigitsDataModule())
+
+
+def test_a_compiled_model_is_analysed_through_its_modules(tmp_path):
+    from conftest import DigitsClassifier, DigitsDataModule, assert_monitor_ran, make_trainer
+
+    monitor = _neurons()
+    make_trainer(tmp_path, [monitor], logger=False, epochs=1).fit(
+        torch.compile(DigitsClassifier(), backend="eager"), datamodule=DigitsDataModule())
+    assert_monitor_ran(monitor, "compass/neurons/coverage/nc", "compass/neurons/sensitivity/fraction")

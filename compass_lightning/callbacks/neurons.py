@@ -14,6 +14,7 @@ from typing_extensions import override
 from compass_lightning.attacks import ATTACKS
 from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData, compass_module
 from compass_lightning.engine.checks import check_bool, check_int, check_real, check_reals, positive, probability
+from compass_lightning.engine.guard import analysis_mode
 from compass_lightning.reporting.figures import bar_chart, heatmap_overlay, labelled_image_grid, line_chart, matrix_chart
 from compass_lightning.neurons import (
     CRITERIA,
@@ -189,6 +190,17 @@ class NeuronAnalysis(CompassCallback):
         self._layer_names = list(select_layers(pl_module, self.layers))
         if self.deviation:
             self._conv_names = list(conv_neuron_layers(pl_module, self.layers))
+
+    @override
+    def prepare(self, trainer: pl.Trainer) -> None:
+        """The layers that run: one traced forward pass of a sample leaves out default layers the
+        model never calls as modules and refuses named ones (``layers``), before the first step."""
+        model = trainer.lightning_module
+        source = self._probe or self.training_sample(trainer, 1, self.profile_data, argument="profile_data")
+        one = to(take(source.inputs, slice(0, 1)), model.device)
+        with analysis_mode(model, seed=self.seed):
+            self._layer_names = list(select_layers(model, self.layers, example=one,
+                                                   forward=lambda x: self.task.outputs(model, x)))
 
     @override
     def expected_tags(self) -> list[str]:

@@ -14,7 +14,10 @@ Inside :func:`analysis_mode`:
    ``"16-true"``, ``"64-true"``) is cast to float32 for the block, its own tensors put back on exit
    (the same storage, bit for bit: a float64 weight is not rounded through float32), so the probe,
    which is float32, meets float32 weights, and gradients are not taken in bfloat16; the default
-   dtype is float32 inside the block, so the tensors an analysis creates are too.
+   dtype is float32 inside the block, so the tensors an analysis creates are too;
+5. compiled code runs eagerly (``torch.compiler.set_stance("force_eager")``): a model trained under
+   ``torch.compile`` is analysed through its original modules, whose forward hooks then fire (a
+   compiled graph skips them) and whose gradients are the eager ones.
 
 Example (invariant 4):
     >>> import torch
@@ -133,6 +136,8 @@ def analysis_mode(module: nn.Module, seed: int = 0) -> Iterator[nn.Module]:
         stack.enter_context(torch.enable_grad())
         stack.enter_context(_autocast_off())
         stack.enter_context(_default_float32())
+        if hasattr(torch.compiler, "set_stance"):  # torch >= 2.6; before it, compiled models are not hooked
+            stack.enter_context(torch.compiler.set_stance("force_eager"))
         restore_dtypes = _as_float32(module)
         try:
             module.eval()

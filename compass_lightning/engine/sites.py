@@ -160,8 +160,9 @@ def read_sites(model: nn.Module, example: Any, names: Sequence[str], *, follow: 
                forward: Callable[[Any], Any] | None = None) -> dict[str, Site]:
     """``{name: Site}``: where each layer of ``names`` is read (see the module docstring) — after
     its activation for the layers of ``follow`` (default: all of ``names``) that are convolutions or
-    linear layers, else at its own last call. A layer the example's forward pass never calls is
-    read at its own output."""
+    linear layers, else at its own last call. A layer the example's forward pass never calls (a
+    module whose parent uses its weights directly, as ``nn.MultiheadAttention`` its ``out_proj``) is
+    left out: it has no output to read."""
     modules = dict(unwrap(model).named_modules())
     calls, counts = trace(model, example, forward)
     last = {call.name: i for i, call in enumerate(calls)}
@@ -175,7 +176,7 @@ def read_sites(model: nn.Module, example: Any, names: Sequence[str], *, follow: 
 
     out: dict[str, Site] = {}
     claims: dict[tuple[str, int], list[tuple[tuple[int, int], str, Call]]] = {}
-    for name in names:
+    for name in [n for n in names if counts[n]]:  # a module never called has no output to read
         if name not in follow or not isinstance(modules[name], FOLLOWED) or name not in last:
             out[name] = own(name)
             continue
@@ -186,7 +187,18 @@ def read_sites(model: nn.Module, example: Any, names: Sequence[str], *, follow: 
     for claimants in claims.values():
         _, name, activation = max(claimants, key=lambda claim: claim[0])
         out[name] = site(activation)
-    return {name: out[name] for name in names}
+    return {name: out[name] for name in names if name in out}
+
+
+def never_called(names: Iterable[str], sites: dict[str, Site], argument: str) -> ValueError | None:
+    """The error for layers of ``names`` that a forward pass never called (absent from ``sites``,
+    :func:`read_sites`' answer), naming ``argument``, or ``None``."""
+    missing = [n for n in names if n not in sites]
+    if not missing:
+        return None
+    return ValueError(f"{argument}: layer {missing[0]!r} is never called in a forward pass of the model (its parent uses "
+                      "its weights directly, as nn.MultiheadAttention does with out_proj), so it has no output to "
+                      f"analyse; choose from the layers that run: {sorted(sites)[:20]}")
 
 
 def _rank(calls: list[Call], position: int) -> tuple[int, int]:
@@ -209,4 +221,7 @@ def layer_site(model: nn.Module, name: str | None, example: Any, *, default: str
         ('3', '1', '2')
     """
     chosen = layer_name(model, name, default=default, argument=argument)
-    return read_sites(model, example, [chosen], follow=[] if name else None, forward=forward)[chosen]
+    sites = read_sites(model, example, [chosen], follow=[] if name else None, forward=forward)
+    if error := never_called([chosen], sites, argument):
+        raise error
+    return sites[chosen]

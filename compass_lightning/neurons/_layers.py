@@ -9,7 +9,9 @@ convolution or linear layer is read at the output of its activation, for any mod
 block's reused ``relu`` at the right call; :mod:`compass_lightning.engine.sites` says how the place
 is found from one traced forward pass), so neurons are read after their non-linearity, as the
 coverage and sensitivity definitions intend — the same place as Grad-CAM and the transfer attacks.
-Layers named by the user are read as they are.
+Layers named by the user are read as they are. A layer the traced forward pass never calls as a
+module — ``nn.MultiheadAttention``'s ``out_proj``, whose weights the attention uses directly — has
+no output to read: it is left out of the defaults, and naming it is a ``ValueError``.
 
 For token models the averages cover real tokens only: given ``valid`` (``(N, L)``, whether each
 input position is a token rather than padding), a layer whose sequence has the input's length
@@ -33,7 +35,7 @@ from torch import Tensor, nn
 
 from compass_lightning.engine.layers import Recording, Site, _names, unwrap
 from compass_lightning.engine.layers import record as record_modules
-from compass_lightning.engine.sites import read_sites
+from compass_lightning.engine.sites import never_called, read_sites
 
 NEURON_LAYERS = (nn.Conv2d, nn.Conv1d, nn.Linear, nn.RNNBase, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 
@@ -152,7 +154,8 @@ def select_layers(model: nn.Module, names: Sequence[str] | None = None, *, examp
     ``model``) finds where each is read: a convolution or linear layer after its activation, a
     named layer as it is (:func:`~compass_lightning.engine.sites.read_sites`); without, the layers
     are only named and cannot be recorded. An unknown name is a ``ValueError`` listing the model's
-    layers.
+    layers; so is a named layer the forward pass never calls (with ``example``), which the
+    defaults leave out.
 
     Example:
         >>> net = nn.Sequential(nn.Embedding(9, 4), nn.LSTM(4, 3, batch_first=True))
@@ -180,7 +183,13 @@ def select_layers(model: nn.Module, names: Sequence[str] | None = None, *, examp
     if example is None:
         return layers
     sites = read_sites(model, example, list(layers), follow=list(layers) if names is None else [], forward=forward)
-    return {n: dataclasses.replace(layer, site=sites[n]) for n, layer in layers.items()}
+    if names is not None and (error := never_called(names, sites, argument)):
+        raise error
+    if not sites:  # every default layer is one its parent calls functionally
+        raise ValueError(f"{argument}: no layer of the model is called as a module in a forward pass; name layers from: "
+                         f"{_names(modules)}")
+    # default layers a forward pass never calls (MultiheadAttention's out_proj) are left out: nothing to read
+    return {n: dataclasses.replace(layer, site=sites[n]) for n, layer in layers.items() if n in sites}
 
 
 def record(layers: dict[str, Layer]) -> AbstractContextManager[Recording]:

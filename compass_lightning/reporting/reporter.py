@@ -11,6 +11,11 @@
 * Every evaluation is appended to ``compass_history.jsonl`` in the log directory — plain JSON, one
   object per line: ``{"epoch", "global_step", "callback", "key", "stage", "metrics"}``.
 
+The log directory is the trainer's (its first logger's), else ``trainer.default_root_dir`` — as under
+``fast_dev_run``, whose logger has no directory, or with a logger without ``save_dir`` — so nothing
+is written into the working directory unless it is the run's root; without any directory the files
+are not written, and one warning says so.
+
 Only the global-zero process writes images and files.
 """
 
@@ -28,7 +33,7 @@ from lightning.fabric.loggers import TensorBoardLogger
 import torch
 from torch import Tensor
 
-from compass_lightning.reporting.history import HISTORY_FILE, TEXTS_FILE, read_history
+from compass_lightning.reporting.history import HISTORY_FILE, TEXTS_FILE, append_lines, read_history
 from compass_lightning.reporting.tags import tensorboard_layout
 
 IMAGE_DIR = "compass_images"
@@ -60,9 +65,10 @@ class Reporter:
     """
 
     def __init__(self, trainer: pl.Trainer) -> None:
-        self.log_dir: str | None = trainer.log_dir
+        self.log_dir: str | None = trainer.log_dir or trainer.default_root_dir or None
         self.is_global_zero = trainer.is_global_zero
         self._warned_no_logger = False
+        self._warned_no_directory = False
         self._history_keys: set[str] = set()
 
     def register_layout(self, trainer: pl.Trainer) -> None:
@@ -120,10 +126,25 @@ class Reporter:
                 for tag, image in images.items():
                     logger.experiment.add_image(tag, image.clamp(0, 1), global_step=trainer.global_step)
                 continue
-            directory = Path(getattr(logger, "log_dir", None) or logger.save_dir or self.log_dir or ".")
-            if directory not in written:
+            directory = self._directory_of(logger)
+            if directory is not None and directory not in written:
                 written.add(directory)
                 self._save_pngs(directory, images, trainer.global_step)
+
+    def _directory_of(self, logger: Any) -> Path | None:
+        """Where a logger without TensorBoard gets its PNGs: its own directory, else the run's."""
+        for candidate in (getattr(logger, "log_dir", None), getattr(logger, "save_dir", None), self.log_dir):
+            if isinstance(candidate, (str, Path)) and str(candidate):
+                return Path(candidate)
+        self._nowhere()
+        return None
+
+    def _nowhere(self) -> None:
+        if not self._warned_no_directory:
+            self._warned_no_directory = True
+            warnings.warn("compass_lightning: this run has no log directory (no logger directory and no "
+                          "default_root_dir), so the history file and images are not written; give the "
+                          "Trainer a default_root_dir", CompassWarning, stacklevel=3)
 
     @staticmethod
     def _save_pngs(directory: Path, images: Mapping[str, Tensor], step: int) -> None:
@@ -138,12 +159,10 @@ class Reporter:
         """Append each ``{tag: rows}`` picture made of text to ``compass_texts.jsonl`` (global zero)."""
         if not texts or not self.log_dir or not self.wants_images(trainer):
             return
-        path = Path(self.log_dir) / TEXTS_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as stream:
-            for tag, rows in texts.items():
-                record = {"epoch": epoch, "global_step": trainer.global_step, "tag": tag, "rows": list(rows)}
-                stream.write(json.dumps(record, allow_nan=False) + "\n")
+        append_lines(Path(self.log_dir) / TEXTS_FILE, [
+            json.dumps({"epoch": epoch, "global_step": trainer.global_step, "tag": tag, "rows": list(rows)}, allow_nan=False)
+            for tag, rows in texts.items()
+        ])
 
     # -- history -------------------------------------------------------------------------------
 
@@ -159,7 +178,10 @@ class Reporter:
         restored from a checkpoint when a resumed run logs into a new directory.
         """
         path = self.history_path
-        if path is None or not self.is_global_zero or not history:
+        if not self.is_global_zero or not history:
+            return
+        if path is None:
+            self._nowhere()
             return
         pending = list(history[-1:])
         if key not in self._history_keys:
@@ -170,7 +192,4 @@ class Reporter:
                     (r["epoch"], r["global_step"], r["stage"]) for r in read_history(path) if r.get("key") == key
                 }
             pending = [r for r in history if (r["epoch"], r["global_step"], r["stage"]) not in present]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as stream:
-            for record in pending:
-                stream.write(json.dumps(record, allow_nan=False) + "\n")
+        append_lines(path, [json.dumps(record, allow_nan=False) for record in pending])

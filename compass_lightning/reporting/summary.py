@@ -2,19 +2,26 @@
 epochs or runs, as self-contained HTML and as a text summary; and the TensorBoard custom-scalars
 layout that groups the same charts per module.
 
-The history is plain JSON (read with :func:`~compass_lightning.reporting.reporter.read_history`), so nothing is
-unpickled.
+The history is plain JSON (read with :func:`~compass_lightning.reporting.history.read_records`), so nothing is
+unpickled. A hostile or damaged history renders or is refused with the reason
+(:class:`HistoryError`), never a traceback: lines that are not records are skipped and counted on
+the page, every text is escaped (HTML) or kept out of matplotlib's mathtext (a ``$`` in a path),
+numbers beyond a chart's range are left out of the charts, and the page stays bounded — at most
+:data:`MAX_ROWS` evaluations and :data:`MAX_COLUMNS` tags per table (evenly spaced, the first and
+the latest always kept; every value is in the history file) — so a report of many evaluations
+costs time linear in them.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +29,22 @@ from torch import Tensor
 
 from compass_lightning.reporting.figures import line_chart
 from compass_lightning.reporting.radar import AXES, axis_values, radar_chart, radar_scores
-from compass_lightning.reporting.history import HISTORY_FILE, read_history, read_texts
+from compass_lightning.reporting.history import HISTORY_FILE, read_records, read_texts
 from compass_lightning.reporting.tags import CHARTS, best, module_of
+
+#: The most evaluations (rows) and tags (columns) a table of the report shows.
+MAX_ROWS, MAX_COLUMNS = 120, 60
+#: Values beyond this magnitude are left out of the charts (matplotlib cannot lay out an axis to 1e308).
+CHART_LIMIT = 1e30
+
 
 class HistoryError(ValueError):
     """A log directory without a readable compass history."""
 
 
-def load_run(log_dir: str | Path) -> list[dict[str, Any]]:
-    """The records of ``log_dir/compass_history.jsonl``; :class:`HistoryError` with the reason if there are none."""
+def load_run(log_dir: str | Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """``(records, skipped)`` of ``log_dir/compass_history.jsonl``: its complete records and the
+    numbers of the lines that are not records; :class:`HistoryError` with the reason if it has none."""
     directory = Path(log_dir)
     path = directory / HISTORY_FILE
     if not directory.is_dir():
@@ -40,29 +54,44 @@ def load_run(log_dir: str | Path) -> list[dict[str, Any]]:
         hint = f"; runs below it: {', '.join(map(str, found))}" if found else ""
         raise HistoryError(f"no {HISTORY_FILE} in {directory} (is it a run's log directory?){hint}")
     try:
-        records = read_history(path)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise HistoryError(f"{path} is not a compass history ({error})") from error
-    if not records or not all(isinstance(r, dict) and isinstance(r.get("metrics"), dict) for r in records):
-        raise HistoryError(f"{path} holds no compass evaluations")
-    return records
+        records, skipped = read_records(path)
+    except OSError as error:
+        raise HistoryError(f"{path} cannot be read ({error})") from error
+    if not records:
+        lines = f" ({len(skipped)} lines, none a complete record)" if skipped else ""
+        raise HistoryError(f"{path} holds no compass evaluations{lines}")
+    return records, skipped
 
 
 def merged(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, dict[str, float]]]:
-    """One row per evaluated epoch and stage (the records of several callbacks at the same step
-    merged), in order: ``(label, {tag: value})``."""
+    """One row per evaluation (the records of several callbacks at the same epoch, step and stage
+    merged), in order: ``(label, {tag: value})``, undefined values left out. An epoch evaluated
+    more than once (``trainer.validate`` between epochs) is labelled with the step too."""
     rows: dict[tuple[Any, ...], dict[str, float]] = {}
     for record in records:
         key = (record.get("stage"), record.get("epoch"), record.get("global_step"))
         values = rows.setdefault(key, {})
         values.update({k: float(v) for k, v in record["metrics"].items() if v is not None})
-    labels = []
-    for (stage, epoch, _), values in rows.items():
+    labels, seen = [], set()
+    for (stage, epoch, step), values in rows.items():
         label = f"epoch {epoch}" if stage == "fit" else f"{stage} (epoch {epoch})"
-        while label in dict(labels):
-            label += "'"
+        if label in seen:
+            label = f"{label}, step {step}"
+        base, copy = label, 1
+        while label in seen:  # only records that repeat (stage, epoch, step) with other types get here
+            copy += 1
+            label = f"{base} #{copy}"
+        seen.add(label)
         labels.append((label, values))
     return labels
+
+
+def _spread(items: Sequence[Any], limit: int) -> list[Any]:
+    """At most ``limit`` of ``items``, evenly spaced, the first and the last always among them."""
+    if len(items) <= limit:
+        return list(items)
+    step = (len(items) - 1) / (limit - 1)
+    return [items[round(i * step)] for i in range(limit)]
 
 
 def carried_axes(rows: Sequence[tuple[str, Mapping[str, float]]]) -> dict[str, dict[str, float | None]]:
@@ -87,28 +116,42 @@ def _png(image: Tensor) -> str:
 
 
 def _table(columns: Sequence[str], rows: Sequence[tuple[str, Mapping[str, float]]], prefix: str = "") -> str:
-    head = "".join(f"<th>{html.escape(c[len(prefix):] if c.startswith(prefix) else c)}</th>" for c in columns)
+    shown_rows, shown_columns = _spread(rows, MAX_ROWS), _spread(columns, MAX_COLUMNS)
+    head = "".join(f"<th>{html.escape(c[len(prefix):] if c.startswith(prefix) else c)}</th>" for c in shown_columns)
     body = "".join(
         f"<tr><th>{html.escape(label)}</th>"
-        + "".join(f"<td>{'' if values.get(c) is None else f'{values[c]:.4g}'}</td>" for c in columns)
+        + "".join(f"<td>{'' if values.get(c) is None else f'{values[c]:.4g}'}</td>" for c in shown_columns)
         + "</tr>"
-        for label, values in rows
+        for label, values in shown_rows
     )
-    return f"<div class=scroll><table><tr><th></th>{head}</tr>{body}</table></div>"
+    note = ""
+    if len(shown_rows) < len(rows) or len(shown_columns) < len(columns):
+        note = (f"<p>{len(shown_rows)} of {len(rows)} evaluations and {len(shown_columns)} of {len(columns)} tags shown "
+                f"(evenly spaced, the first and the latest kept); every value is in {HISTORY_FILE}.</p>")
+    return f"{note}<div class=scroll><table><tr><th></th>{head}</tr>{body}</table></div>"
 
 
-def _charts(module: str, rows: Sequence[tuple[str, Mapping[str, float]]]) -> list[Tensor]:
-    epochs = [i for i, (label, _) in enumerate(rows)]
+def _chart_value(value: float) -> float:
+    return value if math.isfinite(value) and abs(value) <= CHART_LIMIT else math.nan
+
+
+def _charts(module: str, rows: Sequence[tuple[str, Mapping[str, float]]]) -> list[str]:
+    """The module's charts over the evaluations, as ``<img>`` elements (a chart that cannot be drawn
+    as a sentence saying why)."""
+    epochs = list(range(len(rows)))
     images = []
     for title, regex in CHARTS.get(module, {}).items():
         tags = sorted({t for _, values in rows for t in values if re.match(regex, t)})
-        if not tags or len(rows) < 1:
+        if not tags:
             continue
-        series = {t.split("/", 2)[-1]: [values.get(t, math.nan) for _, values in rows] for t in tags[:12]}
+        series = {t.split("/", 2)[-1]: [_chart_value(values.get(t, math.nan)) for _, values in rows] for t in tags[:12]}
         finite = [v for s in series.values() for v in s if math.isfinite(v)]
         bounded = finite and min(finite) >= 0 and max(finite) <= 1
-        images.append(line_chart(epochs, series, xlabel="evaluation (see the table)", ylabel=title, title=title,
-                                 ylim=(0.0, 1.0) if bounded else None))
+        try:
+            images.append(_png(line_chart(epochs, series, xlabel="evaluation (see the table)", ylabel=title, title=title,
+                                          ylim=(0.0, 1.0) if bounded else None)))
+        except (ValueError, OverflowError) as error:  # matplotlib's layout of a crafted series
+            images.append(f"<p>The chart {html.escape(title)!s} could not be drawn ({html.escape(str(error))}).</p>")
     return images
 
 
@@ -136,18 +179,46 @@ def _token_text(pictures: Mapping[str, Mapping[str, Any]]) -> str:
     return "".join(parts)
 
 
+def _skipped_note(skipped: Sequence[int]) -> str:
+    """A sentence naming the skipped lines (numbers only: nothing to escape), or ``""``."""
+    if not skipped:
+        return ""
+    shown = ", ".join(map(str, skipped[:10])) + (", ..." if len(skipped) > 10 else "")
+    return (f"{len(skipped)} lines of {HISTORY_FILE} are not complete records (a write cut short, an edit) and "
+            f"were skipped: lines {shown}.")
+
+
+def _skipped_text(skipped: Sequence[int]) -> str:
+    return f"; {len(skipped)} damaged lines skipped" if skipped else ""
+
+
 def _page(title: str, sections: Sequence[str]) -> str:
     return (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{''.join(sections)}</body></html>")
 
 
+def _plain_text(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` with matplotlib's mathtext off: a ``$`` in a run's path or a tag is a character."""
+
+    @functools.wraps(function)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return function(*args, **kwargs)
+
+    return wrapped
+
+
+@_plain_text
 def run_report(log_dir: str | Path) -> tuple[str, str]:
     """``(html, text)``: the report of one run (tables and charts per module, the radar across epochs)
     and its terminal summary."""
-    rows = merged(load_run(log_dir))
+    records, skipped = load_run(log_dir)
+    rows = merged(records)
     modules = [m for m in CHARTS if any(module_of(t) == m for _, values in rows for t in values)]
     sections = [f"<p>Log directory: <code>{html.escape(str(Path(log_dir).resolve()))}</code>; "
-                f"{len(rows)} evaluations.</p>"]
+                f"{len(rows)} evaluations. {_skipped_note(skipped)}</p>"]
     axes = carried_axes(rows)
     if any(v is not None for row in axes.values() for v in row.values()):
         labels = list(axes)
@@ -155,11 +226,11 @@ def run_report(log_dir: str | Path) -> tuple[str, str]:
         scores = radar_scores(axes)
         sections.append("<h2>Radar</h2>" + _png(radar_chart({k: scores[k] for k in pick}, values=axes, title="best = 5 per axis"))
                         + _table(list(AXES), [(k, {a: v for a, v in axes[k].items() if v is not None}) for k in labels]))
-    text = [f"compass report: {Path(log_dir)} ({len(rows)} evaluations)"]
+    text = [f"compass report: {Path(log_dir)} ({len(rows)} evaluations)" + _skipped_text(skipped)]
     for module in modules:
         tags = sorted({t for _, values in rows for t in values if module_of(t) == module})
         prefix = f"compass/{module}/"
-        sections.append(f"<h2>{html.escape(module)}</h2>" + _table(tags, rows, prefix) + "".join(map(_png, _charts(module, rows))))
+        sections.append(f"<h2>{html.escape(module)}</h2>" + _table(tags, rows, prefix) + "".join(_charts(module, rows)))
         for title, regex in CHARTS[module].items():
             for tag in [t for t in tags if re.match(regex, t)][:6]:
                 values = [v[tag] for _, v in rows if tag in v and math.isfinite(v[tag])]
@@ -171,18 +242,20 @@ def run_report(log_dir: str | Path) -> tuple[str, str]:
     return _page("compass_lightning report", sections), "\n".join(text)
 
 
+@_plain_text
 def compare_runs(log_dirs: Sequence[str | Path]) -> tuple[str, str]:
     """``(html, text)``: runs side by side — the radar with one polygon per run (each run's latest
     value of every axis) and each run's best and last value of every charted tag."""
     runs: dict[str, list[tuple[str, dict[str, float]]]] = {}
-    for directory in log_dirs:
-        label = str(directory)
-        while label in runs:
-            label += "'"
-        runs[label] = merged(load_run(directory))
+    skipped: dict[str, list[int]] = {}
+    for index, directory in enumerate(log_dirs):
+        label = str(directory) if str(directory) not in runs else f"{directory} #{index + 1}"
+        records, skipped[label] = load_run(directory)
+        runs[label] = merged(records)
     latest = {label: list(carried_axes(rows).values())[-1] for label, rows in runs.items()}
     scores = radar_scores(latest)
-    sections = ["<h2>Radar (each run's latest values)</h2>", _png(radar_chart(scores, values=latest, title="best run = 5 per axis")),
+    sections = ["".join(f"<p>{html.escape(label)}: {_skipped_note(lines)}</p>" for label, lines in skipped.items() if lines),
+                "<h2>Radar (each run's latest values)</h2>", _png(radar_chart(scores, values=latest, title="best run = 5 per axis")),
                 _table(list(AXES), [(k, {a: v for a, v in row.items() if v is not None}) for k, row in latest.items()])]
     tags = sorted({t for rows in runs.values() for _, v in rows for t in v
                    if any(re.match(r, t) for charts in CHARTS.values() for r in charts.values())})
@@ -197,7 +270,7 @@ def compare_runs(log_dirs: Sequence[str | Path]) -> tuple[str, str]:
             table_rows.append((f"{label} ({kind})", values))
     sections += ["<h2>Best and last values</h2><p>best: the highest value, the lowest where lower is better (loss, ASR, deletion, accuracy drop, ...).</p>",
                  _table(tags, table_rows, "compass/")]
-    text = [f"compass compare: {len(runs)} runs"] + [
+    text = [f"compass compare: {len(runs)} runs" + _skipped_text([n for lines in skipped.values() for n in lines])] + [
         f"  {label:<30} " + "  ".join(f"{a} {v:.3g}" for a, v in row.items() if v is not None)
         for label, row in latest.items()
     ]
