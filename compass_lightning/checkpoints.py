@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import pathlib
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import lightning.pytorch as pl
+import torch
 from torch import Tensor
 
 from compass_lightning.callbacks.compass import Compass
@@ -42,6 +45,16 @@ class CheckpointComparison:
         for label, values in self.axes.items():
             lines.append(f"| {label} | " + " | ".join(cell(values.get(a), self.scores[label].get(a) or 0.0) for a in AXES) + " |")
         return "\n".join(lines)
+
+
+#: Types that ``weights_only`` loading may construct besides tensors and plain containers: paths, which
+#: ordinary checkpoints' hyper-parameters hold (``save_hyperparameters()`` of a ``data_dir: Path``).
+SAFE_TYPES = (pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath, pathlib.PureWindowsPath)
+
+
+def _safe_paths() -> contextlib.AbstractContextManager:
+    safe = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    return safe(list(SAFE_TYPES)) if safe is not None else contextlib.nullcontext()
 
 
 def compare_checkpoints(
@@ -91,7 +104,8 @@ def _validate_each(
     """Every compass scalar of each checkpoint, from one ``trainer.validate`` per checkpoint."""
     metrics: dict[str, dict[str, float]] = {}
     for path in ckpt_paths:
-        model = model_cls.load_from_checkpoint(path, weights_only=True, map_location="cpu")
+        with _safe_paths():  # hyper-parameters often hold paths; constructing one runs no code
+            model = model_cls.load_from_checkpoint(path, weights_only=True, map_location="cpu")
         label = Path(path).name
         while label in metrics:
             label += "'"

@@ -277,7 +277,7 @@ def test_data_problems_raise_before_training_starts(tmp_path, monitor, model, me
         ({"every_n_epochs": 0}, ValueError, "every_n_epochs must be an integer >= 1"),
         ({"probe_size": 0}, ValueError, "probe_size must be an integer >= 1"),
         ({"batch_size": 2.5}, TypeError, "batch_size must be an integer"),
-        ({"seed": -1}, ValueError, "seed must be an integer >= 0"),
+        ({"seed": -1}, ValueError, r"seed must be an integer in \[0, "),
         ({"image_count": -1}, ValueError, "image_count must be an integer >= 0"),
         ({"shuffle_tolerance": -0.1}, ValueError, "shuffle_tolerance must be a number"),
         ({"task": "classification"}, TypeError, "task must be a task adapter"),

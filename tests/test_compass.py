@@ -155,7 +155,7 @@ def test_report_and_compare_refuse_a_bad_log_directory_with_status_2(tmp_path, c
     assert cli(["report", str(directory)]) == 2
     assert cli(["compare", str(directory), str(directory)]) == 2
     err = capsys.readouterr().err
-    assert {"missing": "is not a directory", "empty": "no compass_history.jsonl", "garbage": "is not a compass history"}[bad] in err
+    assert {"missing": "is not a directory", "empty": "no compass_history.jsonl", "garbage": "holds no compass evaluations"}[bad] in err
 
 
 def test_the_console_script_runs_report(compass_run, tmp_path):

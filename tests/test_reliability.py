@@ -5,11 +5,12 @@ token models: the TextCNN and AB-LSTM of ``text_models.py``).
    bf16-true, 64-true: the analyses run in fp32).
 2. State: every flag, buffer, parameter, ``.grad`` and ``requires_grad`` is as before each evaluation.
 3. DDP: see ``test_ddp.py`` (two processes log what one process logs, for every module).
-4. Resume: a run resumed from a checkpoint logs the values of an uninterrupted run, at the same epochs.
+4. Resume: a run resumed from a checkpoint logs the values of an uninterrupted run, at the same epochs;
+   an end-of-fit analysis killed midway runs when the finished fit is resumed.
 5. Fault isolation: a failing analysis, NaN logits, a device mismatch, a dict output: training
    completes, checkpoints are saved, one warning per cause, ``compass/errors`` counts; ``fail_fast`` raises.
    An undefined (NaN) tag that ``EarlyStopping`` watches never stops the run.
-6. Bad input: 30+ invalid configurations raise ``ValueError``/``TypeError`` before training, naming the argument;
+6. Bad input: 50+ invalid configurations raise ``ValueError``/``TypeError`` before training, naming the argument;
    targets a classifier cannot have are refused at fit start (``test_binary.py``).
 7. Safe loading: histories and checkpoints are read without unpickling.
 8. Memory: an evaluation's peak grows with the probe by a few probe-sized copies only.
@@ -19,6 +20,7 @@ token models: the TextCNN and AB-LSTM of ``text_models.py``).
 
 import pickle
 import warnings
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -31,11 +33,13 @@ from torch import nn
 from compass_lightning import (
     AttackSuccessRate,
     AttributionScores,
+    Classification,
     Compass,
     CompassWarning,
     MutationMetrics,
     NeuronAnalysis,
     PruningAnalysis,
+    TextClassification,
 )
 from compass_lightning.engine.evaluation import Evaluation
 from compass_lightning.reporting.history import read_history
@@ -200,6 +204,33 @@ def test_a_resumed_run_logs_the_values_of_an_uninterrupted_run(tmp_path, name):
         assert last["compass/neurons/sensitivity/top10_stability"] is not None
 
 
+@pytest.mark.parametrize("name", ["PruningAnalysis", "Compass"])
+def test_an_end_of_fit_analysis_killed_midway_runs_when_the_finished_fit_is_resumed(tmp_path, name):
+    first = _monitor(name, fail_fast=True)
+    pruning = first.modules["pruning"] if name == "Compass" else first
+    analyse = pruning.evaluate
+
+    def killed(trainer, evaluation):  # the process dies during the end-of-fit analysis
+        if not trainer.sanity_checking and trainer.state.stage != "validate":
+            raise RuntimeError("killed")
+        analyse(trainer, evaluation)
+
+    pruning.evaluate = killed
+    saving = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    with pytest.raises(RuntimeError, match="killed"):
+        _fit(tmp_path / "first", [first, saving], logger=False)
+    assert not any("compass/pruning/magnitude/max_safe_rate" in r["metrics"] for r in first.history)
+    # resumed from last.ckpt, the fit loop is finished and Lightning skips on_train_end: the analysis still runs
+    resumed = _monitor(name)
+    pl.seed_everything(0)
+    trainer = make_trainer(tmp_path / "second", [resumed, ModelCheckpoint(dirpath=tmp_path / "ckpt2")], logger=False)
+    trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    ends = [r for r in resumed.history if "compass/pruning/magnitude/max_safe_rate" in r["metrics"]]
+    assert len(ends) == 1 and ends[0]["global_step"] == trainer.global_step
+    assert_monitor_ran(ends, "compass/pruning/*/max_safe_rate")
+    assert [r["global_step"] for r in read_history(tmp_path / "second")][-1] == trainer.global_step  # in the file too
+
+
 # -- 5. fault isolation --------------------------------------------------------------------------
 
 
@@ -333,7 +364,7 @@ BAD = [
     (MutationMetrics, {"every_n_epochs": 0}, ValueError, "every_n_epochs must be an integer >= 1"),
     (MutationMetrics, {"probe_size": 0}, ValueError, "probe_size must be an integer >= 1"),
     (MutationMetrics, {"batch_size": 2.5}, TypeError, "batch_size must be an integer"),
-    (MutationMetrics, {"seed": -1}, ValueError, "seed must be an integer >= 0"),
+    (MutationMetrics, {"seed": -1}, ValueError, r"seed must be an integer in \[0, "),
     (MutationMetrics, {"task": "classification"}, TypeError, "task must be a task adapter"),
     (MutationMetrics, {"fail_fast": "no"}, TypeError, "fail_fast must be True or False"),
     (MutationMetrics, {"probe_data": [1, 2, 3]}, TypeError, "probe_data must be a Dataset or a pair"),
@@ -363,11 +394,27 @@ BAD = [
     (Compass, {"neurons": {"seed": 3}}, ValueError, r"neurons: seed is shared by every module; set Compass\(seed=...\)"),
     (Compass, {"pruning": "yes"}, TypeError, "pruning must be True, False or a mapping"),
     (Compass, {"radar": 1}, TypeError, "radar must be True or False"),
+    # accepted once, and every analysis then failed or gave NaN (issue 17 items 8 and 10)
+    (MutationMetrics, {"seed": 2**63}, ValueError, r"seed must be an integer in \[0, 4294967295\]"),
+    (Compass, {"seed": 2**32}, ValueError, r"seed must be an integer in \[0, 4294967295\]"),
+    (AttackSuccessRate, {"eps": float("inf")}, ValueError, "eps must be a finite number"),
+    (AttackSuccessRate, {"eps_l2": [0.5, float("inf")]}, ValueError, r"eps_l2\[1\] must be a finite number"),
+    (AttackSuccessRate, {"eps": [8 / 255, 0.03137, 0.031372]}, ValueError, "eps: .* would both be logged as eps_0.03137"),
+    (AttackSuccessRate, {"attacks": {"pgd": {"alpha": float("inf")}}}, ValueError, "pgd.alpha must be a finite number"),
+    (AttackSuccessRate, {"transfer_from": {"a/b": nn.Linear(2, 2)}}, ValueError, "surrogate name 'a/b' must be a non-empty str without '/'"),
+    (MutationMetrics, {"mutations": {"noise": {"sigma": float("inf")}}}, ValueError, "noise.sigma must be a finite number"),
+    (MutationMetrics, {"mutations": {"brightness": {"factor": float("inf")}}}, ValueError, "brightness.factor must be a finite number"),
+    (NeuronAnalysis, {"sigma": float("inf")}, ValueError, "sigma must be a finite number"),
+    (PruningAnalysis, {"tolerance": float("inf")}, ValueError, "tolerance must be a finite number"),
+    (Classification, {"input_range": (0.0, float("inf"))}, ValueError, r"input_range\[1\] must be a finite number"),
+    (Classification, {"input_key": "x", "target_key": "x"}, ValueError, "input_key and target_key are both 'x'"),
+    (Classification, {"one_hot": "yes"}, TypeError, "one_hot must be True or False"),
+    (TextClassification, {"input_key": 1, "target_key": 1}, ValueError, "input_key and target_key are both 1"),
 ]
 
 
 def test_the_bad_input_table_is_long_enough():
-    assert len(BAD) >= 30 and {cls for cls, *_ in BAD} == {type(_monitor(n)) for n in CALLBACKS}
+    assert len(BAD) >= 50 and {cls for cls, *_ in BAD} >= {type(_monitor(n)) for n in CALLBACKS}
 
 
 @pytest.mark.parametrize(("cls", "kwargs", "error", "message"), BAD, ids=[f"{c.__name__}-{sorted(k)[0]}-{i}" for i, (c, k, *_) in enumerate(BAD)])
@@ -508,3 +555,32 @@ def test_the_memory_of_an_evaluation_grows_with_the_probe_by_a_few_probe_copies_
     copies = (large - small) / probe_growth
     print(f"peak {small / 2**20:.1f} MB at 16 samples, {large / 2**20:.1f} MB at 64: {copies:.1f} probe copies")
     assert copies <= PROBE_COPIES, copies
+
+
+# -- 10. smaller ones (issue 17 item 10) ---------------------------------------------------------
+
+
+def test_a_schedule_that_never_meets_validation_is_said_at_fit_start(tmp_path):
+    monitor = MutationMetrics(mutations=["noise"], probe_size=8, every_n_epochs=2, task=digits_task())
+    with pytest.warns(CompassWarning, match=r"every_n_epochs=2.*check_val_every_n_epoch=3\), so it never runs within max_epochs=2"):
+        _fit(tmp_path, [monitor], logger=False, check_val_every_n_epoch=3)
+    assert monitor.history == []
+
+
+class PathDigits(DigitsClassifier):
+    def __init__(self, data_dir=Path("data")):  # an ordinary hyper-parameter
+        super().__init__()
+        self.save_hyperparameters()
+
+
+def test_compare_checkpoints_loads_ordinary_checkpoints_whose_hyper_parameters_hold_paths(tmp_path):
+    from compass_lightning.checkpoints import compare_checkpoints
+
+    trainer = make_trainer(tmp_path, [], logger=False, epochs=1, enable_checkpointing=False)
+    trainer.fit(PathDigits(tmp_path / "data"), datamodule=DigitsDataModule())
+    trainer.save_checkpoint(tmp_path / "a.ckpt")
+    result = compare_checkpoints(PathDigits, [tmp_path / "a.ckpt"], datamodule=DigitsDataModule(),
+                                 compass=Compass(pruning=False, robustness={"attacks": ["fgsm"]}, interpretability=False,
+                                                 neurons=False, mutation={"mutations": ["noise"]}, probe_size=16,
+                                                 task=digits_task()))
+    assert result.metrics["a.ckpt"]["compass/robustness/fgsm/asr"] >= 0

@@ -211,3 +211,15 @@ def test_per_sample_gathers_dicts_key_by_key_and_ragged_lists_in_probe_order():
     # ragged: one object per sample, e.g. a variable number of detections
     ragged = evaluation.per_sample(lambda x: [row[: int(row[0]) % 3] for row in x], probe.inputs)
     assert [len(r) for r in ragged] == [0, 2, 1, 0, 2]
+
+
+def test_feature_vectors_under_the_image_adapter_skip_their_pictures_once_and_fail_nothing(tmp_path):
+    # the default image_count with tabular data: the analyses run, the pictures are left out, said once
+    mutation = cl.MutationMetrics(mutations={"noise": {"sigma": 0.3}}, task=cl.Classification())
+    attacks = cl.AttackSuccessRate(attacks=["fgsm"], eps=0.2, task=cl.Classification())
+    pl.seed_everything(0)
+    with pytest.warns(UserWarning, match=r"inputs of shape \(6,\) per sample are not images") as caught:
+        make_trainer(tmp_path, [mutation, attacks], epochs=2).fit(TabularNet())
+    assert sum("are not images" in str(w.message) for w in caught) == 2  # once per adapter, not per evaluation
+    assert_monitor_ran(mutation, "compass/mutation/noise/accuracy")  # compass/errors == 0: no failure counted
+    assert_monitor_ran(attacks, "compass/robustness/fgsm/asr")

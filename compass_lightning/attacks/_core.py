@@ -65,7 +65,7 @@ def default_step(eps: float, steps: int, alpha: float | None) -> float:
 
 def check_budget(eps: float, bounds: tuple[float, float]) -> tuple[float, tuple[float, float]]:
     """``eps >= 0`` (``inf`` allowed for minimal-norm attacks) and ``bounds`` low < high."""
-    return check_real("eps", eps, low=0.0), check_interval("bounds", bounds)
+    return check_real("eps", eps, low=0.0, finite=False), check_interval("bounds", bounds, finite=False)
 
 
 def input_gradient(model: Model, x: Tensor, y: Tensor, transform: Callable[[Tensor], Tensor] | None = None) -> Tensor:

@@ -119,7 +119,7 @@ def agi_paths(
 
 
 @register("agi", source="native", explains="label", eps=positive, steps=at_least_one, classes=at_least_one,
-          bounds=check_interval)
+          bounds=partial(check_interval, finite=False))
 def agi(
     model: Model, x: Tensor, target: Tensor, *, eps: float = 0.05, steps: int = 20, classes: int = 20,
     bounds: tuple[float, float] = (0.0, 1.0),
@@ -130,7 +130,7 @@ def agi(
 
 
 @register("agi_predicted", source="native", eps=positive, steps=at_least_one, classes=at_least_one,
-          bounds=check_interval)
+          bounds=partial(check_interval, finite=False))
 def agi_predicted(
     model: Model, x: Tensor, target: Tensor, *, eps: float = 0.05, steps: int = 20, classes: int = 20,
     bounds: tuple[float, float] = (0.0, 1.0),
@@ -157,7 +157,8 @@ def boundary_baselines(
     return best, torch.isfinite(best_distance)
 
 
-@register("big", source="native", eps=partial(check_reals, low=0.0, low_open=True), steps=at_least_one, bounds=check_interval)
+@register("big", source="native", eps=partial(check_reals, low=0.0, low_open=True, finite=False), steps=at_least_one,
+          bounds=partial(check_interval, finite=False))
 def big(
     model: Model, x: Tensor, target: Tensor, *, eps: tuple[float, ...] = (2 / 255, 4 / 255, 8 / 255, 16 / 255, 32 / 255, 64 / 255),
     steps: int = 50, bounds: tuple[float, float] = (0.0, 1.0),

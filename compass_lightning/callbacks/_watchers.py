@@ -77,6 +77,24 @@ def check_watchers(callbacks: Iterable[Any], tags: Set[str], every_n_epochs: Opt
         )
 
 
+def warn_about_schedule(trainer: pl.Trainer, every_n_epochs: Optional[int], name: str) -> None:
+    """Warn at fit start when a monitor's ``every_n_epochs`` does not fall on validation epochs
+    (``Trainer(check_val_every_n_epoch=...)``): it runs only where both coincide — never, if that
+    is beyond ``max_epochs``."""
+    every_val = getattr(trainer, "check_val_every_n_epoch", None)
+    if every_n_epochs is None or not isinstance(every_val, int) or every_val < 1:
+        return
+    period = math.lcm(every_n_epochs, every_val)
+    if period == every_n_epochs:
+        return
+    max_epochs = trainer.max_epochs
+    when = (f"never runs within max_epochs={max_epochs}" if max_epochs is not None and 0 < max_epochs < period
+            else f"runs only every {period} epochs")
+    rank_zero_warn(f"{name}(every_n_epochs={every_n_epochs}) runs at validation epochs, and the Trainer validates every "
+                   f"{every_val} (check_val_every_n_epoch={every_val}), so it {when}; make every_n_epochs a multiple "
+                   "of check_val_every_n_epoch", category=CompassWarning)
+
+
 def held_for_watchers(scalars: Mapping[str, float], history: Sequence[Mapping[str, Any]],
                       callbacks: Iterable[Any]) -> tuple[dict[str, float], dict[str, float]]:
     """What Lightning gets (the loggers and ``callback_metrics``) of one evaluation's ``scalars``,

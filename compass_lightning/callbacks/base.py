@@ -23,7 +23,7 @@ from typing_extensions import override
 
 from compass_lightning.callbacks._data import (ProbeData, check_probe_data, check_targets, draw, evaluation_loader,
                                                training_loader)
-from compass_lightning.callbacks._watchers import check_watchers, held_for_watchers, warn_about_spawn
+from compass_lightning.callbacks._watchers import check_watchers, held_for_watchers, warn_about_schedule, warn_about_spawn
 from compass_lightning.engine.batching import auto_batch_size
 from compass_lightning.engine.checks import at_least_one, check_bool, check_int, optional
 from compass_lightning.engine.evaluation import Evaluation
@@ -123,7 +123,7 @@ class CompassCallback(Callback):
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, minimum=1)
         self.probe_size = optional(at_least_one)("probe_size", probe_size)
         self.batch_size = optional(at_least_one)("batch_size", batch_size)
-        self.seed = check_int("seed", seed, minimum=0)
+        self.seed = check_int("seed", seed, minimum=0, maximum=2**32 - 1)  # numpy's and Lightning's seed range
         if task is not None and not isinstance(task, Task):
             missing = [m for m in ("input_range", *_TASK_METHODS) if not hasattr(task, m)]
             raise TypeError(
@@ -314,6 +314,7 @@ class CompassCallback(Callback):
         """Fail now if a checkpoint or early-stopping callback would look for this monitor's tags on
         epochs where it does not run (see :func:`~compass_lightning.callbacks._watchers.check_watchers`)."""
         check_watchers(trainer.callbacks, set(self.expected_tags()), self.every_n_epochs, type(self).__name__)
+        warn_about_schedule(trainer, self.every_n_epochs, type(self).__name__)
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 
 from typing_extensions import override
 
+from compass_lightning.callbacks._end_of_fit import EndOfFit
 from compass_lightning.callbacks.base import COMPASS_MODULES, CompassCallback, Evaluation, ProbeData
 from compass_lightning.engine.checks import at_least_one, check_bool, optional
 from compass_lightning.engine.passes import PassCounter
@@ -26,7 +27,7 @@ MODULE_ORDER = ("mutation", "robustness", "interpretability", "neurons", "prunin
 ModuleConfig = Union[bool, Mapping[str, Any], None]
 
 
-class Compass(CompassCallback):
+class Compass(EndOfFit, CompassCallback):
     """Every compass module in one callback: one probe set, one clean forward pass, shared adversarial
     examples, per-module schedules, and the AI-Compass radar.
 
@@ -174,8 +175,13 @@ class Compass(CompassCallback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)  # EndOfFit: it ran in this fit
+        names = self._scheduled(trainer, end_of_fit=True)
+        if any(r["stage"] == "fit" and r["global_step"] == trainer.global_step and
+               any(t.startswith("compass/pruning/") for t in r["metrics"]) for r in self.history):
+            return  # this model's end-of-fit analysis is in the history already (restored from a checkpoint)
         # self.log is not allowed in on_train_end
-        self._run_modules(trainer, pl_module, self._scheduled(trainer, end_of_fit=True), in_epoch_end=False)
+        self._run_modules(trainer, pl_module, names, in_epoch_end=False)
 
     def _run_modules(self, trainer: pl.Trainer, pl_module: pl.LightningModule, names: list[str], *,
                      in_epoch_end: bool = True) -> None:

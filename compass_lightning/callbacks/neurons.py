@@ -15,6 +15,7 @@ from compass_lightning.attacks import ATTACKS
 from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData, compass_module
 from compass_lightning.engine.checks import check_bool, check_int, check_real, check_reals, positive, probability
 from compass_lightning.engine.guard import analysis_mode
+from compass_lightning.engine.sites import NotCalledError
 from compass_lightning.reporting.figures import bar_chart, heatmap_overlay, labelled_image_grid, line_chart, matrix_chart
 from compass_lightning.neurons import (
     CRITERIA,
@@ -198,9 +199,14 @@ class NeuronAnalysis(CompassCallback):
         model = trainer.lightning_module
         source = self._probe or self.training_sample(trainer, 1, self.profile_data, argument="profile_data")
         one = to(take(source.inputs, slice(0, 1)), model.device)
-        with analysis_mode(model, seed=self.seed):
-            self._layer_names = list(select_layers(model, self.layers, example=one,
-                                                   forward=lambda x: self.task.outputs(model, x)))
+        try:
+            with analysis_mode(model, seed=self.seed):
+                self._layer_names = list(select_layers(model, self.layers, example=one,
+                                                       forward=lambda x: self.task.outputs(model, x)))
+        except NotCalledError:
+            raise
+        except Exception:  # noqa: BLE001 - a model that cannot be called is reported by the evaluations, once
+            pass
 
     @override
     def expected_tags(self) -> list[str]:

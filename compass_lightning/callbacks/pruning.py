@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
+from compass_lightning.callbacks._end_of_fit import EndOfFit
 from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData, compass_module
 from compass_lightning.attacks import ATTACKS, mean_attack_success_rate
 from compass_lightning.attacks.scoring import attack_metrics, attack_probe
@@ -55,7 +56,7 @@ def rate_tag(rate: float) -> str:
 
 
 @compass_module('pruning')
-class PruningAnalysis(CompassCallback):
+class PruningAnalysis(EndOfFit, CompassCallback):
     """Prunes copies of the model without fine-tuning and measures what is lost, at the end of fit.
 
     For every importance method (:data:`~compass_lightning.pruning.IMPORTANCES`) it scores the
@@ -230,6 +231,7 @@ class PruningAnalysis(CompassCallback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)  # EndOfFit: it ran in this fit
         last = self.history[-1] if self.history else None
         if last is not None and last["stage"] == "fit" and last["global_step"] == trainer.global_step:
             return  # the last validation epoch has already analysed this very model

@@ -48,10 +48,11 @@ def _surrogate_names(transfer_from: object) -> dict[str, Union[str, nn.Module]]:
     else:
         raise TypeError(f"transfer_from must be a list of modules and/or 'snapshot', or a mapping, got {transfer_from!r}")
     for name, source in pairs:
-        if not (source == SNAPSHOT or isinstance(source, nn.Module)) or not isinstance(name, str) or "/" in name:
-            raise ValueError(
-                f"transfer_from: {name!r}: {source!r} is neither an nn.Module nor 'snapshot' (names may not contain '/')"
-            )
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ValueError(f"transfer_from: the surrogate name {name!r} must be a non-empty str without '/' (it is a "
+                             "level of the tag compass/robustness/transfer/<name>/...)")
+        if not (source == SNAPSHOT or isinstance(source, nn.Module)):
+            raise ValueError(f"transfer_from: {name!r}: {source!r} is neither an nn.Module nor 'snapshot'")
     return dict(pairs)
 
 
@@ -137,6 +138,12 @@ class AttackSuccessRate(CompassCallback):
         budgets = self.task.budgets  # the task's own where not given: 8/255 and 0.5 for images in [0, 1]
         self.eps = {"linf": check_reals("eps", budgets["linf"] if eps is None else eps, low=0.0),
                     "l2": check_reals("eps_l2", budgets["l2"] if eps_l2 is None else eps_l2, low=0.0)}
+        for argument, norm in (("eps", "linf"), ("eps_l2", "l2")):
+            tags = [_eps_tag(e) for e in self.eps[norm]]
+            if clash := next((t for t in tags if tags.count(t) > 1), None):
+                values = [e for e, t in zip(self.eps[norm], tags) if t == clash]
+                raise ValueError(f"{argument}: {values[0]!r} and {values[1]!r} would both be logged as {clash}; give "
+                                 "budgets that differ within 4 significant digits (or one of them)")
         self.transfer_from = _surrogate_names(transfer_from)
         self.transfer_attacks = resolve_selection(ATTACKS, "transfer_attacks", transfer_attacks)
         self.attacks = self.applicable("attack", self.attacks, "attacks", explicit=attacks != DEFAULT_ATTACKS)

@@ -22,12 +22,13 @@ def _is_real(value: object) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool)
 
 
-def check_int(name: str, value: object, *, minimum: int) -> int:
-    """``value`` as an ``int`` that is at least ``minimum``."""
+def check_int(name: str, value: object, *, minimum: int, maximum: int | None = None) -> int:
+    """``value`` as an ``int`` that is at least ``minimum`` (and at most ``maximum``)."""
+    accepted = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
     if not _is_int(value):
-        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+        raise TypeError(f"{name} must be an integer {accepted}, got {value!r} ({type(value).__name__})")
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be an integer {accepted}, got {value}")
     return int(value)
 
 
@@ -39,14 +40,20 @@ def check_real(
     high: float = math.inf,
     low_open: bool = False,
     high_open: bool = False,
+    finite: bool = True,
 ) -> float:
-    """``value`` as a finite ``float`` inside the interval given by ``low``/``high`` (closed unless ``*_open``)."""
+    """``value`` as a finite ``float`` inside the interval given by ``low``/``high`` (closed unless
+    ``*_open``). Infinities are refused whatever the bounds (an infinite budget, range or scale of a
+    monitor makes every loss NaN later, not now), unless ``finite=False``: the pure functions take
+    ``eps=inf`` (an unbudgeted minimal attack) and unbounded ``bounds`` (embedding space)."""
     interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
     if not _is_real(value):
         raise TypeError(f"{name} must be a number in {interval}, got {value!r} ({type(value).__name__})")
     value = float(value)
     too_low = value <= low if low_open else value < low
     too_high = value >= high if high_open else value > high
+    if finite and math.isinf(value):
+        raise ValueError(f"{name} must be a finite number in {interval}, got {value}")
     if math.isnan(value) or too_low or too_high:
         raise ValueError(f"{name} must be a number in {interval}, got {value}")
     return value
@@ -60,12 +67,13 @@ def check_interval(
     high: float = math.inf,
     low_open: bool = False,
     strict: bool = True,
+    finite: bool = True,
 ) -> tuple[float, float]:
     """A pair ``(a, b)`` with ``low <= a < b <= high`` (``a <= b`` unless ``strict``; ``low < a`` if ``low_open``)."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
         raise TypeError(f"{name} must be a pair (low, high), got {value!r}")
-    a = check_real(f"{name}[0]", value[0], low=low, high=high, low_open=low_open)
-    b = check_real(f"{name}[1]", value[1], low=low, high=high, low_open=low_open)
+    a = check_real(f"{name}[0]", value[0], low=low, high=high, low_open=low_open, finite=finite)
+    b = check_real(f"{name}[1]", value[1], low=low, high=high, low_open=low_open, finite=finite)
     if a > b or (strict and a == b):
         relation = "<" if strict else "<="
         raise ValueError(f"{name} must be a pair (low, high) with low {relation} high, got {tuple(value)!r}")

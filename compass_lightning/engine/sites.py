@@ -190,13 +190,17 @@ def read_sites(model: nn.Module, example: Any, names: Sequence[str], *, follow: 
     return {name: out[name] for name in names if name in out}
 
 
-def never_called(names: Iterable[str], sites: dict[str, Site], argument: str) -> ValueError | None:
+class NotCalledError(ValueError):
+    """Layers an analysis needs that a forward pass of the model never calls as modules."""
+
+
+def never_called(names: Iterable[str], sites: dict[str, Site], argument: str) -> NotCalledError | None:
     """The error for layers of ``names`` that a forward pass never called (absent from ``sites``,
     :func:`read_sites`' answer), naming ``argument``, or ``None``."""
     missing = [n for n in names if n not in sites]
     if not missing:
         return None
-    return ValueError(f"{argument}: layer {missing[0]!r} is never called in a forward pass of the model (its parent uses "
+    return NotCalledError(f"{argument}: layer {missing[0]!r} is never called in a forward pass of the model (its parent uses "
                       "its weights directly, as nn.MultiheadAttention does with out_proj), so it has no output to "
                       f"analyse; choose from the layers that run: {sorted(sites)[:20]}")
 

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from compass_lightning.engine.layers import Recording, Site, _names, unwrap
 from compass_lightning.engine.layers import record as record_modules
-from compass_lightning.engine.sites import never_called, read_sites
+from compass_lightning.engine.sites import NotCalledError, never_called, read_sites
 
 NEURON_LAYERS = (nn.Conv2d, nn.Conv1d, nn.Linear, nn.RNNBase, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 
@@ -186,7 +186,7 @@ def select_layers(model: nn.Module, names: Sequence[str] | None = None, *, examp
     if names is not None and (error := never_called(names, sites, argument)):
         raise error
     if not sites:  # every default layer is one its parent calls functionally
-        raise ValueError(f"{argument}: no layer of the model is called as a module in a forward pass; name layers from: "
+        raise NotCalledError(f"{argument}: no layer of the model is called as a module in a forward pass; name layers from: "
                          f"{_names(modules)}")
     # default layers a forward pass never calls (MultiheadAttention's out_proj) are left out: nothing to read
     return {n: dataclasses.replace(layer, site=sites[n]) for n, layer in layers.items() if n in sites}

@@ -9,6 +9,7 @@ space, and normalises again before the model.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -88,6 +89,7 @@ class Classification(LogitsAdapter):
                 raise ValueError(f"mean and std must have the same length, got {mean!r} and {std!r}")
         self.input_range = check_interval("input_range", input_range)
         self._cache: dict[tuple[torch.device, torch.dtype, int], tuple[Tensor, Tensor]] = {}
+        self._said_no_pictures = False
 
     def __repr__(self) -> str:
         norm = "" if self.mean is None else f", mean={self.mean.tolist()}, std={self.std.tolist()}"
@@ -230,12 +232,21 @@ class Classification(LogitsAdapter):
     def perturbable(self, x: Tensor) -> None:
         return None  # every pixel
 
-    def display(self, x: Tensor) -> Tensor:
-        """Pixel-space images mapped from ``input_range`` to ``[0, 1]``."""
+    def display(self, x: Tensor) -> Tensor | None:
+        """Pixel-space images mapped from ``input_range`` to ``[0, 1]``; ``None`` for inputs that are
+        not images ``(N, 1 or 3, H, W)`` (feature vectors, say), said once: the analyses run, only
+        their pictures are left out."""
+        if x.ndim != 4 or x.shape[1] not in (1, 3):
+            if not self._said_no_pictures:
+                self._said_no_pictures = True
+                warnings.warn(f"compass_lightning: inputs of shape {tuple(x.shape[1:])} per sample are not images "
+                              "(1 or 3 channels, H, W), so their example pictures are not drawn; the analyses run",
+                              UserWarning, stacklevel=2)
+            return None
         low, high = self.input_range
         return ((x - low) / (high - low)).clamp(0, 1)
 
-    def show(self, x: Tensor) -> Tensor:
+    def show(self, x: Tensor) -> Tensor | None:
         """Data-space images in ``[0, 1]``: :meth:`display` of :meth:`to_pixels`."""
         return self.display(self.to_pixels(x))
 
@@ -245,6 +256,8 @@ class Classification(LogitsAdapter):
         from compass_lightning.reporting.figures import heatmap_overlay, labelled_image_grid
 
         images = self.show(x)
+        if images is None:
+            return None
         overlays = {name: heatmap_overlay(images, maps) for name, maps in attributions.items()}
         rows = {f"#{i}": torch.stack([images[i].expand(3, -1, -1), *(o[i] for o in overlays.values())])
                 for i in range(len(images))}
@@ -259,6 +272,8 @@ class Classification(LogitsAdapter):
         """:func:`~compass_lightning.reporting.figures.adversarial_grid` of the images."""
         from compass_lightning.reporting.figures import adversarial_grid
 
+        if self.display(x[:1]) is None:
+            return None
         return adversarial_grid(self.display, self.input_range, x, adversarial, targets, predicted, title)
 
 
