@@ -151,7 +151,7 @@ def _charts(module: str, rows: Sequence[tuple[str, Mapping[str, float]]]) -> lis
             images.append(_png(line_chart(epochs, series, xlabel="evaluation (see the table)", ylabel=title, title=title,
                                           ylim=(0.0, 1.0) if bounded else None)))
         except (ValueError, OverflowError) as error:  # matplotlib's layout of a crafted series
-            images.append(f"<p>The chart {html.escape(title)!s} could not be drawn ({html.escape(str(error))}).</p>")
+            images.append(f"<p>The chart {html.escape(title)} could not be drawn ({html.escape(str(error))}).</p>")
     return images
 
 

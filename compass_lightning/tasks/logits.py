@@ -38,6 +38,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
+from compass_lightning.engine.checks import check_bool
 from compass_lightning.metrics import METRIC_NAMES, classification_metrics
 
 Key = Union[int, str]
@@ -85,11 +86,9 @@ class LogitsAdapter:
         if input_key == target_key:
             raise ValueError(f"input_key and target_key are both {input_key!r}: the inputs and the targets must be "
                              "different items of the batch")
-        if not isinstance(one_hot, bool):
-            raise TypeError(f"one_hot must be True or False, got {one_hot!r}")
         self.input_key = input_key
         self.target_key = target_key
-        self.one_hot = one_hot
+        self.one_hot = check_bool("one_hot", one_hot)
 
     # -- batches -----------------------------------------------------------------------------
 
@@ -162,11 +161,12 @@ class LogitsAdapter:
 
     def metrics(self, logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
         """:func:`~compass_lightning.metrics.classification_metrics` over the classes of ``logits``."""
-        return classification_metrics(two_class(logits), targets, self.classes(logits))
+        logits = two_class(logits)
+        return classification_metrics(logits, targets, logits.shape[1])
 
     def classes(self, logits: Tensor) -> int:
         """The number of classes: the width of the logits (two for a single logit)."""
-        return two_class(logits).shape[1]
+        return 2 if logits.ndim == 1 or logits.shape[1] == 1 else logits.shape[1]
 
     def predictions(self, logits: Tensor) -> Tensor:
         """The predicted class of each sample (``z > 0`` for a single logit)."""
