@@ -55,6 +55,9 @@ SMALL_MODULES = {
 CALLBACKS = {  # each with small settings, so that the whole promise list runs in CI
     "MutationMetrics": lambda **kw: MutationMetrics(**SMALL_MODULES["mutation"], **{"probe_size": 48, **kw}),
     "AttackSuccessRate": lambda **kw: AttackSuccessRate(**SMALL_MODULES["robustness"], **{"probe_size": 48, **kw}),
+    "AttackSuccessRate-autoattack": lambda **kw: AttackSuccessRate(  # APGD, Square, the cascade and its checks
+        attacks={"apgd_dlr": None, "square": {"queries": 50}, "autoattack": None}, image_count=2, **{"probe_size": 32, **kw}
+    ),
     "AttributionScores": lambda **kw: AttributionScores(
         **{k: v for k, v in SMALL_MODULES["interpretability"].items() if k != "probe_size"}, **{"probe_size": 8, **kw}
     ),

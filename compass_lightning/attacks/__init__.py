@@ -22,6 +22,11 @@ deepfool   L2    DeepFool, budgeted by eps
 ssa        L∞    spectrum simulation attack (transfer)
 naa        L∞    neuron attribution-based attack (transfer)
 ata        L∞    attention-guided transfer attack (transfer)
+apgd_ce    L∞    APGD, cross-entropy (AutoAttack); ``apgd_ce_l2`` in L2
+apgd_dlr   L∞    APGD, difference of logits ratio; ``apgd_dlr_l2`` in L2
+apgd_t     L∞    APGD, targeted DLR over the most likely wrong classes; ``apgd_t_l2`` in L2
+square     L∞    Square Attack, score-based black box; ``square_l2`` in L2
+autoattack L∞    the AutoAttack cascade, per-sample worst case; ``autoattack_l2`` in L2
 hotflip    —     HotFlip: at most ``k`` first-order token flips (text models only)
 ========== ===== ==========================================================================
 
@@ -48,6 +53,11 @@ from compass_lightning.attacks.minimal import cw, deepfool
 from compass_lightning.attacks.success import attack_success_rate, mean_attack_success_rate, robust_accuracy
 from compass_lightning.attacks.transfer import ata, naa, ssa
 
+# registered after the classic attacks, which the lists of choices name first
+from compass_lightning.attacks.apgd import apgd_ce, apgd_ce_l2, apgd_dlr, apgd_dlr_l2, apgd_t, apgd_t_l2  # noqa: E402, I001
+from compass_lightning.attacks.square import square, square_l2  # noqa: E402
+from compass_lightning.attacks.autoattack import autoattack, autoattack_l2, cascade  # noqa: E402
+
 
 def run_attack(
     name: str,
@@ -68,7 +78,16 @@ def run_attack(
 __all__ = [
     "ATTACKS",
     "Attack",
+    "apgd_ce",
+    "apgd_ce_l2",
+    "apgd_dlr",
+    "apgd_dlr_l2",
+    "apgd_t",
+    "apgd_t_l2",
     "ata",
+    "autoattack",
+    "autoattack_l2",
+    "cascade",
     "attack_success_rate",
     "cw",
     "hotflip",
@@ -84,6 +103,8 @@ __all__ = [
     "robust_accuracy",
     "run_attack",
     "sinifgsm",
+    "square",
+    "square_l2",
     "ssa",
     "tifgsm",
 ]

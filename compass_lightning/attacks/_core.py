@@ -37,6 +37,10 @@ class Attack(Operation):
     norm: str = "linf"
     transfer: bool = False  # meant to be crafted on a surrogate and transferred
     layer_default: str | None = None  # for attacks with a `layer` parameter: "last" or "middle" Conv2d
+    #: ``details(model, x, y, **same) -> (x_adv, per-sample rows)`` for attacks that report more than
+    #: their examples (the AutoAttack cascade: which attack broke each sample, its cost)
+    details: Callable | None = None
+    metrics: tuple[str, ...] = ()  # the metrics the rows of ``details`` add to the logged ones
 
 
 ATTACKS: Registry[Attack] = Registry("attack")
@@ -44,13 +48,15 @@ ATTACKS: Registry[Attack] = Registry("attack")
 RESERVED = ("eps", "bounds", "generator")
 
 def register(
-    name: str, *, norm: str = "linf", transfer: bool = False, layer_default: str | None = None, **checks: Check
+    name: str, *, norm: str = "linf", transfer: bool = False, layer_default: str | None = None,
+    details: Callable | None = None, metrics: tuple[str, ...] = (), **checks: Check
 ) -> Callable:
     """Decorator adding an attack to :data:`ATTACKS`; its parameters are its keyword-only arguments."""
 
     def add(function: Callable[..., Tensor]) -> Callable[..., Tensor]:
         attack = Attack.from_function(
-            name, function, checks, RESERVED, norm=norm, transfer=transfer, layer_default=layer_default
+            name, function, checks, RESERVED, norm=norm, transfer=transfer, layer_default=layer_default,
+            details=details, metrics=metrics,
         )
         ATTACKS.register(name)(attack)
         return function

@@ -37,6 +37,7 @@ from compass_lightning.engine.samples import Samples
 
 #: ``(clean, adversarial, prediction)`` of the first samples of this process' shard, for pictures.
 Kept = tuple[Tensor, Tensor, Tensor]
+BROKEN_BY = "broken_by/"
 
 
 def attack_probe(
@@ -69,7 +70,9 @@ def attack_probe(
         target = task.space_model(evaluation.model, inputs)
         crafting = target if crafter is None else task.space_model(crafter, inputs)
         x = task.to_space(inputs, evaluation.model)
-        x_adv = attack.function(crafting, x, targets, eps=eps, bounds=task.input_range, generator=generator, **params)
+        craft = attack.details or attack.function
+        crafted = craft(crafting, x, targets, eps=eps, bounds=task.input_range, generator=generator, **params)
+        x_adv, details = crafted if attack.details else (crafted, {})
         with torch.no_grad():
             outputs = target(x_adv)
         predicted = task.predictions(outputs)
@@ -82,14 +85,15 @@ def attack_probe(
             "linf": delta.abs().amax(dim=1),
             "l2": delta.norm(dim=1),
         }
+        rows.update({key: value.to(delta.dtype) for key, value in details.items()})  # e.g. which attack broke it
         if share:
             rows["x_adv"] = x_adv.detach()
         rows.update(task.project(x_adv.detach(), inputs, targets, evaluation.model))  # e.g. the tokens really changed
         return rows
 
     rows = {key: value.cpu() for key, value in evaluation.per_sample(run, probe.inputs, probe.targets).items()}
-    for key in ("correct", "projected_correct"):
-        if key in rows:
+    for key in rows:
+        if key in ("correct", "projected_correct") or key.startswith(BROKEN_BY):
             rows[key] = rows[key].bool()
     if share:
         evaluation.shared.put(attack_key(name, eps, params), rows.pop("x_adv").to(probe.inputs.dtype))
@@ -100,7 +104,9 @@ def attack_metrics(clean_correct: Tensor, rows: Mapping[str, Tensor]) -> dict[st
     """The logged metrics of one attack from :func:`attack_probe`'s rows and whether each sample was
     correct before it: ``asr``, ``robust_accuracy``, ``mean_linf``, ``mean_l2``; for a task whose
     adversarial points are not real inputs (text) also ``token_change_rate`` and ``projected_asr``,
-    the ASR of the nearest real inputs."""
+    the ASR of the nearest real inputs; for the AutoAttack cascade ``broken_by/<attack>`` (the
+    fraction of the probe that attack broke first) and ``passes`` (forward and backward passes per
+    sample)."""
     metrics = {
         "asr": attack_success_rate(clean_correct, rows["correct"]),
         "robust_accuracy": robust_accuracy(rows["correct"]),
@@ -111,4 +117,7 @@ def attack_metrics(clean_correct: Tensor, rows: Mapping[str, Tensor]) -> dict[st
         metrics["token_change_rate"] = rows["token_change_rate"].mean()
     if "projected_correct" in rows:
         metrics["projected_asr"] = attack_success_rate(clean_correct, rows["projected_correct"])
+    for key, values in rows.items():  # a cascade's: the fraction of the probe each stage broke, its passes per sample
+        if key.startswith(BROKEN_BY) or key == "passes":
+            metrics[key] = values.float().mean()
     return metrics

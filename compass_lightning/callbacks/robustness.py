@@ -8,17 +8,20 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
 from compass_lightning.attacks import ATTACKS, mean_attack_success_rate
+from compass_lightning.attacks.masking import BLACK_BOX, CASCADES, CHECKS, WARNINGS, masking_checks
 from compass_lightning.attacks.scoring import Kept, attack_metrics, attack_probe
 from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData, compass_module
-from compass_lightning.engine.checks import check_int, check_reals
+from compass_lightning.engine.checks import check_bool, check_int, check_reals
 from compass_lightning.reporting.figures import line_chart
 from compass_lightning.engine.guard import analysis_mode
 from compass_lightning.engine.layers import check_layer_parameters
 from compass_lightning.engine.registry import resolve_selection
+from compass_lightning.reporting.reporter import CompassWarning
 from compass_lightning.reporting.tags import MEAN_ASR, tag
 from compass_lightning.tasks import Task
 
@@ -93,6 +96,11 @@ class AttackSuccessRate(CompassCallback):
         transfer_attacks: the attacks crafted on the surrogates (names or a mapping, as ``attacks``).
         snapshot_every: epochs between two refreshes of the snapshot surrogate.
         image_count: probe images shown in the example grid (0: none).
+        checks: run the gradient-masking checks of :mod:`~compass_lightning.attacks.masking` on one
+            probe batch at every evaluation (about three passes of a batch) and log
+            ``compass/robustness/checks/<check>`` (1 fired, 0 silent), with one warning per check that
+            fires; ``black_box`` runs when a black-box attack (``square``) and a white-box one, or
+            the ``autoattack`` cascade, are among ``attacks``.
         every_n_epochs, probe_size, batch_size, seed, task, probe_data, fail_fast: see
             :class:`~compass_lightning.callbacks.base.CompassCallback`; the probe holds up to 256
             samples by default.
@@ -117,6 +125,7 @@ class AttackSuccessRate(CompassCallback):
         transfer_attacks: Attacks = DEFAULT_TRANSFER,
         snapshot_every: int = 5,
         image_count: int = 8,
+        checks: bool = True,
         every_n_epochs: int = 1,
         probe_size: Optional[int] = None,
         batch_size: Optional[int] = None,
@@ -154,6 +163,7 @@ class AttackSuccessRate(CompassCallback):
                                                     explicit=transfer_attacks != DEFAULT_TRANSFER)
         self.snapshot_every = check_int("snapshot_every", snapshot_every, minimum=1)
         self.image_count = check_int("image_count", image_count, minimum=0)
+        self.checks = check_bool("checks", checks)
         self._snapshot: nn.Module | None = None
         self._snapshot_epoch: int | None = None
         self._pending_snapshot: dict[str, Tensor] | None = None
@@ -169,9 +179,18 @@ class AttackSuccessRate(CompassCallback):
             "transfer_from": sorted(self.transfer_from),
         }
 
-    def _metrics(self) -> tuple[str, ...]:
-        """The metrics of every attack: :data:`METRICS` and what the task adds (text: the tokens changed)."""
-        return (*METRICS, *self.task.adversarial_metrics)
+    def _metrics(self, name: str) -> tuple[str, ...]:
+        """The metrics of the attack ``name``: :data:`METRICS`, what the task adds (text: the tokens
+        changed) and what the attack adds (the cascade: which attack broke each sample, its cost)."""
+        return (*METRICS, *self.task.adversarial_metrics, *ATTACKS[name].metrics)
+
+    def _checks(self) -> tuple[str, ...]:
+        if not self.checks:
+            return ()
+        black = any(n in BLACK_BOX for n in self.attacks)
+        white = any(n not in BLACK_BOX for n in self.attacks)
+        both = (black and white) or any(n in CASCADES for n in self.attacks)
+        return tuple(c for c in CHECKS if c != "black_box" or both)
 
     def _budgets(self, name: str) -> tuple[float, ...]:
         return self.eps[ATTACKS[name].norm]
@@ -182,11 +201,12 @@ class AttackSuccessRate(CompassCallback):
         for name in self.attacks:
             budgets = self._budgets(name)
             prefixes = [()] + ([(_eps_tag(e),) for e in budgets] if len(budgets) > 1 else [])
-            tags += [tag(MODULE, name, *prefix, metric) for prefix in prefixes for metric in self._metrics()]
+            tags += [tag(MODULE, name, *prefix, metric) for prefix in prefixes for metric in self._metrics(name)]
         tags.append(MEAN_ASR)
+        tags += [tag(MODULE, "checks", check) for check in self._checks()]
         for surrogate in self.transfer_from:
             for name in self.transfer_attacks:
-                tags += [tag(MODULE, "transfer", surrogate, name, metric) for metric in self._metrics()]
+                tags += [tag(MODULE, "transfer", surrogate, name, metric) for metric in self._metrics(name)]
         return tags
 
     @override
@@ -208,11 +228,12 @@ class AttackSuccessRate(CompassCallback):
         examples: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
         sweeps: dict[str, dict[str, list[float]]] = {"linf": {}, "l2": {}}  # norm -> attack -> per eps
         asrs = []
+        outcomes: dict[str, dict[str, Tensor]] = {}  # per-sample rows of each attack at its first eps
         for name, params in self.attacks.items():
             for index, eps in enumerate(self._budgets(name)):
                 with self.isolate(f"attack {name!r} at eps={eps:.4g}"):
                     keep = shown if index == 0 else 0
-                    metrics, kept = self._attack(evaluation, name, params, eps, correct, keep)
+                    metrics, kept, rows = self._attack(evaluation, name, params, eps, correct, keep)
                     prefixes = [tag(MODULE, name)] if index == 0 else []
                     if len(self._budgets(name)) > 1:
                         prefixes.append(tag(MODULE, name, _eps_tag(eps)))
@@ -221,11 +242,15 @@ class AttackSuccessRate(CompassCallback):
                     for prefix in prefixes:
                         evaluation.scalars.update({f"{prefix}/{m}": v for m, v in metrics.items()})
                     if index == 0:
+                        outcomes[name] = rows
                         asrs.append(metrics["asr"])
                         if kept is not None:
                             examples[name] = kept
         if asrs:
             evaluation.scalars[MEAN_ASR] = mean_attack_success_rate(asrs)
+        if self._checks():
+            with self.isolate("gradient-masking checks"):
+                self._check_masking(evaluation, correct, outcomes)
         self._transfer(trainer, evaluation, correct)
         if shown and examples:
             first = next(iter(examples.values()))[0]
@@ -253,13 +278,29 @@ class AttackSuccessRate(CompassCallback):
         correct: Tensor,
         keep: int,
         crafter: nn.Module | None = None,
-    ) -> tuple[dict[str, Tensor], Kept | None]:
+    ) -> tuple[dict[str, Tensor], Kept | None, dict[str, Tensor]]:
         """Craft on ``crafter`` (``None``: white-box), score on the evaluated model: the metrics over
-        the whole probe, and the first ``keep`` (clean, adversarial, prediction) triples of this
-        process' shard."""
+        the whole probe, the first ``keep`` (clean, adversarial, prediction) triples of this
+        process' shard, and the per-sample rows."""
         generator = self.generator(f"{name}@{eps!r}", evaluation.device)
         rows, kept = attack_probe(evaluation, name, params, eps, generator, crafter=crafter, keep=keep)
-        return attack_metrics(correct, rows), kept
+        return attack_metrics(correct, rows), kept, rows
+
+    def _check_masking(self, evaluation: Evaluation, correct: Tensor, outcomes: dict[str, dict[str, Tensor]]) -> None:
+        """The gradient-masking checks on the probe's first batch (the same on every process)."""
+        probe, task = evaluation.probe, evaluation.task
+        inputs = next(iter(probe.chunks(probe.inputs, evaluation.batch_size, evaluation.device)))
+        targets = next(iter(probe.chunks(probe.targets, evaluation.batch_size, evaluation.device)))
+        model = task.space_model(evaluation.model, inputs)
+        fired = masking_checks(model, task.to_space(inputs, evaluation.model), targets, correct, outcomes)
+        for check in self._checks():
+            if check not in fired:
+                continue
+            evaluation.scalars[tag(MODULE, "checks", check)] = float(fired[check])
+            if fired[check] and ("checks", check) not in self._warned:
+                self._warned.add(("checks", check))
+                rank_zero_warn(f"AttackSuccessRate: compass/robustness/checks/{check} fired at epoch "
+                               f"{evaluation.epoch}: {WARNINGS[check]}", category=CompassWarning)
 
     def _transfer(self, trainer: pl.Trainer, evaluation: Evaluation, correct: Tensor) -> None:
         model = evaluation.model
@@ -276,7 +317,7 @@ class AttackSuccessRate(CompassCallback):
                 for name, params in self.transfer_attacks.items():
                     eps = self._budgets(name)[0]
                     with self.isolate(f"transfer attack {name!r} from {surrogate_name!r}"):
-                        metrics, _ = self._attack(evaluation, name, params, eps, correct, 0, surrogate)
+                        metrics, _, _ = self._attack(evaluation, name, params, eps, correct, 0, surrogate)
                         prefix = tag(MODULE, "transfer", surrogate_name, name)
                         evaluation.scalars.update({f"{prefix}/{m}": v for m, v in metrics.items()})
         if SNAPSHOT in self.transfer_from.values() and trainer.state.fn == "fit":

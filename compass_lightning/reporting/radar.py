@@ -5,7 +5,9 @@ axis                value (from the logged scalars)
 ==================  ====================================================================
 accuracy            ``compass/basic/accuracy``
 mutation_accuracy   ``compass/mutation/mean_accuracy``: mean accuracy under the mutants
-robustness          ``1 − compass/robustness/mean_asr``: 1 − mean white-box attack success rate
+robustness          ``1 − compass/robustness/mean_asr``: 1 − mean white-box attack success rate;
+                    where the AutoAttack cascade ran, ``1 − compass/robustness/autoattack/asr``
+                    (its per-sample worst case: the number a masked model cannot inflate)
 interpretability    mean ``insertion − deletion`` over the attribution methods (not ``random``)
 pruning             mean ``max_safe_rate`` over the pruning methods
 ==================  ====================================================================
@@ -26,8 +28,9 @@ from collections.abc import Mapping
 from torch import Tensor
 
 from compass_lightning.reporting.figures import _colours, render
-from compass_lightning.reporting.tags import BASIC_ACCURACY, MEAN_ASR, MEAN_MUTATION_ACCURACY, describe, module_of
+from compass_lightning.reporting.tags import BASIC_ACCURACY, MEAN_ASR, MEAN_MUTATION_ACCURACY, describe, module_of, tag
 
+AUTOATTACK_ASR, AUTOATTACK_L2_ASR = tag("robustness", "autoattack", "asr"), tag("robustness", "autoattack_l2", "asr")
 AXES = ("accuracy", "mutation_accuracy", "robustness", "interpretability", "pruning")
 
 
@@ -42,12 +45,16 @@ def axis_values(metrics: Mapping[str, float | None]) -> dict[str, float | None]:
     Example:
         >>> axis_values({"compass/basic/accuracy": 0.9, "compass/robustness/mean_asr": 0.25})["robustness"]
         0.75
+        >>> axis_values({"compass/robustness/mean_asr": 0.25, "compass/robustness/autoattack/asr": 0.5})["robustness"]
+        0.5
     """
     def get(tag: str) -> float | None:
         value = metrics.get(tag)
         return float(value) if value is not None and math.isfinite(float(value)) else None
 
-    asr = get(MEAN_ASR)
+    worst = [get(t) for t in (AUTOATTACK_ASR, AUTOATTACK_L2_ASR)]
+    asr = max((w for w in worst if w is not None), default=None)
+    asr = get(MEAN_ASR) if asr is None else asr
     return {
         "accuracy": get(BASIC_ACCURACY),
         "mutation_accuracy": get(MEAN_MUTATION_ACCURACY),

@@ -63,6 +63,9 @@ METRICS: dict[str, Metric] = {
     "asr": _FRACTION_DOWN, "mean_asr": _FRACTION_DOWN, "robust_accuracy": _FRACTION_UP,
     "mean_linf": Metric(None, "perturbation-space units"), "mean_l2": Metric(None, "perturbation-space units"),
     "token_change_rate": Metric(None, "fraction of tokens"), "projected_asr": _FRACTION_DOWN,
+    "broken_by": Metric(None, "fraction of the probe"), "passes": Metric(None, "sample passes per sample"),
+    **{check: Metric("lower", "flag (1: fired)") for check in ("randomised", "probabilities", "zero_gradients",
+                                                              "black_box", "dynamic")},
     # interpretability
     "insertion": Metric("higher", "AUC"), "deletion": Metric("lower", "AUC"),
     "insertion_minus_deletion": Metric("higher", "AUC"),
@@ -80,7 +83,11 @@ METRICS: dict[str, Metric] = {
 }
 
 # Tags whose final part is a layer name rather than a metric: (regex, the metric part's group).
-_LAYER_TAGS = (re.compile(r"^compass/neurons/coverage/([^/]+)/.+$"), re.compile(r"^compass/neurons/[^/]+/(fraction|scaled_fraction)/.+$"))
+_LAYER_TAGS = (
+    re.compile(r"^compass/robustness/.+/(broken_by)/[^/]+$"),  # the last part names the attack of a cascade
+    re.compile(r"^compass/neurons/coverage/([^/]+)/.+$"),
+    re.compile(r"^compass/neurons/[^/]+/(fraction|scaled_fraction)/.+$"),
+)
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,7 @@ CHARTS: dict[str, dict[str, str]] = {
         "attack success rate": r"^compass/robustness/([^/]+/asr|mean_asr)$",
         "robust accuracy": r"^compass/robustness/[^/]+/robust_accuracy$",
         "transfer attack success rate": r"^compass/robustness/transfer/.+/asr$",
+        "gradient-masking checks (1: fired)": r"^compass/robustness/checks/[^/]+$",
     },
     "interpretability": {
         "insertion - deletion": r"^compass/interpretability/[^/]+/insertion_minus_deletion$",
