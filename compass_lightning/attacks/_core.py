@@ -92,6 +92,18 @@ def per_sample_norm(t: Tensor) -> Tensor:
     return t.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (t.ndim - 1)))
 
 
+def l2_norms(t: Tensor) -> Tensor:
+    """L2 norm of every sample as ``sqrt(sum(t²))``, shaped to broadcast against ``t``: the formula of
+    the APGD and Square references, kept so that their examples agree bit for bit."""
+    return t.flatten(1).pow(2).sum(1).sqrt().view(-1, *([1] * (t.ndim - 1)))
+
+
+def best_other_logit(logits: Tensor, y: Tensor) -> Tensor:
+    """``max_{j≠y} z_j`` per sample (the true class set to −∞, not to 0)."""
+    rows = torch.arange(len(y), device=y.device)
+    return logits.index_put((rows, y), torch.tensor(float("-inf"), device=logits.device)).amax(1)
+
+
 def random_linf_start(x: Tensor, eps: float, bounds: tuple[float, float], generator: torch.Generator | None) -> Tensor:
     """A uniformly random point of the L∞ ball around ``x``, inside ``bounds``."""
     return (x + eps * (2 * draw(torch.rand, tuple(x.shape), generator, x) - 1)).clamp(*bounds)

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from compass_lightning.attacks._core import Model, check_budget, register
+from compass_lightning.attacks._core import Model, check_budget, l2_norms, register
 from compass_lightning.engine.checks import at_least_one, probability
 from compass_lightning.engine.rng import draw
 
@@ -86,14 +86,10 @@ def _per_sample(t: Tensor) -> tuple[int, ...]:
     return (-1, *([1] * (t.ndim - 1)))
 
 
-def _l2(t: Tensor) -> Tensor:
-    return t.flatten(1).pow(2).sum(1).sqrt().view(_per_sample(t))
-
-
 def _project_l2(x: Tensor, point: Tensor, eps: float, bounds: Bounds, slack: float) -> Tensor:
     # the reference's L2 projection (slack: it adds 1e-12 to the norm in the second of its two calls)
     delta = point - x
-    norm = _l2(delta)
+    norm = l2_norms(delta)
     return (x + delta / (norm + 1e-12) * torch.clamp(norm + slack, max=eps)).clamp(*bounds)
 
 
@@ -120,7 +116,7 @@ def apgd_run(
         x_adv = x + eps * t / t.flatten(1).abs().amax(dim=1).view(shape)
     else:
         t = draw(torch.randn, tuple(x.shape), generator, x)
-        x_adv = x + eps * t / (_l2(t) + 1e-12)
+        x_adv = x + eps * t / (l2_norms(t) + 1e-12)
     x_adv = x_adv.clamp(*bounds)
     x_best, x_best_adv = x_adv.clone(), x_adv.clone()
     losses = torch.zeros(steps, len(x), device=x.device, dtype=x.dtype)
@@ -140,7 +136,7 @@ def apgd_run(
             mixed = x_adv + (stepped - x_adv) * a + move * (1 - a)
             x_adv = torch.minimum(torch.maximum(mixed, x - eps), x + eps).clamp(*bounds)
         else:
-            stepped = _project_l2(x, x_adv + step * gradient / (_l2(gradient) + 1e-12), eps, bounds, 0.0)
+            stepped = _project_l2(x, x_adv + step * gradient / (l2_norms(gradient) + 1e-12), eps, bounds, 0.0)
             x_adv = _project_l2(x, x_adv + (stepped - x_adv) * a + move * (1 - a), eps, bounds, 1e-12)
         current, gradient, logits = _gradient(model, x_adv, y, loss)
         predicted_right = logits.argmax(1) == y

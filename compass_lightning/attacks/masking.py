@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from compass_lightning.attacks._core import Model
+from compass_lightning.attacks._core import Model, best_other_logit
 
 CHECKS = ("randomised", "probabilities", "zero_gradients", "black_box", "dynamic")
 ZERO_GRADIENT_SHARE = 0.05
@@ -85,9 +85,8 @@ def zero_gradient_share(model: Model, x: Tensor, y: Tensor) -> Tensor:
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model(x)
-        rows = torch.arange(len(y), device=y.device)
-        others = logits.index_put((rows, y), torch.tensor(float("-inf"), device=logits.device)).amax(1)
-        (gradient,) = torch.autograd.grad((logits[rows, y] - others).sum(), x, allow_unused=True)
+        margin = logits[torch.arange(len(y), device=y.device), y] - best_other_logit(logits, y)
+        (gradient,) = torch.autograd.grad(margin.sum(), x, allow_unused=True)
     if gradient is None:  # the output does not depend on the input through autograd at all
         return torch.tensor(1.0)
     return (gradient.flatten(1).abs().amax(1) == 0).float().mean().cpu()

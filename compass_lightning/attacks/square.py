@@ -29,7 +29,7 @@ import math
 import torch
 from torch import Tensor
 
-from compass_lightning.attacks._core import Model, check_budget, register
+from compass_lightning.attacks._core import Model, best_other_logit, check_budget, l2_norms, register
 from compass_lightning.engine.checks import at_least_one, check_bool, check_choice, probability
 from compass_lightning.engine.rng import draw
 
@@ -58,9 +58,7 @@ def _p_schedule(query: int, queries: int, p_init: float, rescale: bool) -> float
 def _margin_and_loss(model: Model, x: Tensor, y: Tensor, loss: str) -> tuple[Tensor, Tensor]:
     with torch.no_grad():
         logits = model(x)
-    rows = torch.arange(len(y), device=y.device)
-    correct = logits[rows, y]
-    margin = correct - logits.index_put((rows, y), torch.tensor(float("-inf"), device=logits.device)).amax(1)
+    margin = logits[torch.arange(len(y), device=y.device), y] - best_other_logit(logits, y)
     if loss == "ce":
         return margin, -torch.nn.functional.cross_entropy(logits, y, reduction="none")
     return margin, margin
@@ -90,10 +88,6 @@ def _eta(side: int, generator: torch.Generator | None, like: Tensor) -> Tensor:
     return (delta.T if transpose else delta).to(like.device)
 
 
-def _l2(t: Tensor) -> Tensor:
-    return t.flatten(1).pow(2).sum(1).sqrt().view(-1, *([1] * (t.ndim - 1)))
-
-
 def _l2_start(x: Tensor, eps: float, bounds: Bounds, generator: torch.Generator | None) -> Tensor:
     n, c, h, _ = x.shape
     side = h // 5
@@ -104,7 +98,7 @@ def _l2_start(x: Tensor, eps: float, bounds: Bounds, generator: torch.Generator 
             top, left = start + row * side, start + column * side
             pattern = _eta(side, generator, x).view(1, 1, side, side)
             delta[:, :, top:top + side, left:left + side] += pattern * _signs((n, c, 1, 1), generator, x)
-    return (x + delta / (_l2(delta) + 1e-12) * eps).clamp(*bounds)
+    return (x + delta / (l2_norms(delta) + 1e-12) * eps).clamp(*bounds)
 
 
 def _l2_proposal(x: Tensor, best: Tensor, eps: float, p: float, bounds: Bounds, generator: torch.Generator | None) -> Tensor:
@@ -120,7 +114,7 @@ def _l2_proposal(x: Tensor, best: Tensor, eps: float, p: float, bounds: Bounds, 
     mask = torch.zeros_like(x)
     mask[window] = 1.0
     mask[window2] = 1.0
-    norm_image, norm_windows = _l2(delta), _l2(delta * mask)
+    norm_image, norm_windows = l2_norms(delta), l2_norms(delta * mask)
     new = torch.ones(n, c, side, side, device=x.device, dtype=x.dtype)
     new = new * _eta(side, generator, x).view(1, 1, side, side) * _signs((n, c, 1, 1), generator, x)
     new = new + delta[window] / (1e-12 + norm_window)
@@ -128,7 +122,7 @@ def _l2_proposal(x: Tensor, best: Tensor, eps: float, p: float, bounds: Bounds, 
     new = new / (1e-12 + new.pow(2).sum(dim=(-2, -1), keepdim=True).sqrt()) * room
     delta[window2] = 0.0
     delta[window] = new
-    return (x + delta / (_l2(delta) + 1e-12) * eps).clamp(*bounds)
+    return (x + delta / (l2_norms(delta) + 1e-12) * eps).clamp(*bounds)
 
 
 def _linf_proposal(x: Tensor, best: Tensor, eps: float, p: float, bounds: Bounds, generator: torch.Generator | None) -> Tensor:
