@@ -1,5 +1,6 @@
-"""The examples: the ResNet-18 one's generated data is deterministic and learnable, and a --fast run of
-each (ResNet-18, digits, text) logs every module of the Compass and writes only under its log directory."""
+"""The examples: the ResNet-18 one's generated data is deterministic and learnable, a --fast run of
+each (ResNet-18, digits, text) logs every module of the Compass and writes only under its log directory,
+and the adversarial-training one shows the cascade seeing through a gradient-masked model."""
 
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ import torch
 from conftest import EVERY_MODULE, assert_monitor_ran, read_events
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import adversarial_training  # noqa: E402
 import cifar_like  # noqa: E402
 import digits  # noqa: E402
 import text  # noqa: E402
@@ -59,3 +61,26 @@ def test_the_text_example_reads_the_real_sentences_of_the_installed_gensim_wheel
     data = text.Reviews()
     assert len(data.train_set) == 150 and len(data.val_set) == 50
     assert int(data.train_set.tensors[0].max()) < len(data.vocabulary) + 3
+
+
+def test_the_cascade_and_the_checks_see_through_the_gradient_masked_model_of_the_adversarial_training_example(
+    tmp_path, monkeypatch
+):
+    from compass_lightning.reporting.summary import load_run, merged
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    log_dir = adversarial_training.main(["--fast", "--logdir", str(tmp_path / "logs")])
+    last = {name: merged(load_run(log_dir / name)[0])[-1][1] for name in adversarial_training.MODELS}
+    robust = {name: {a: values[f"compass/robustness/{a}/robust_accuracy"] for a in adversarial_training.ATTACKS}
+              for name, values in last.items()}
+    # FGSM and PGD call the quantised model robust; the cascade (Square) breaks almost all of it
+    assert robust["masked"]["pgd"] > robust["masked"]["autoattack"] + 0.4, robust
+    assert robust["masked"]["fgsm"] > 0.6 and robust["masked"]["autoattack"] < 0.1, robust
+    fired = {name: {c for c in adversarial_training.CHECKS if values[f"compass/robustness/checks/{c}"] == 1.0}
+             for name, values in last.items()}
+    assert fired["masked"] == {"zero_gradients", "black_box"} and fired["standard"] == set(), fired
+    # adversarial training buys robustness the cascade confirms, where the standard model has none
+    assert robust["pgd_trained"]["autoattack"] > robust["standard"]["autoattack"], robust
+    assert (log_dir / "robust_accuracy.png").stat().st_size > 0 and list(work.iterdir()) == []
