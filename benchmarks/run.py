@@ -13,6 +13,8 @@ reported as the median of the per-round ratios with its min-max (see ``common.py
   separate callbacks; on a GPU (or without ``--quick``) also the ResNet-18 example;
 * ``attacks``: every attack torchattacks also has, against torchattacks and its pass floor; PGD
   against ART;
+* ``autoattack``: the AutoAttack cascade (lite, and standard without ``--quick``) against
+  torchattacks' ``MultiAttack`` of the same attacks; APGD and Square against their pass floors;
 * ``attribution``: integrated gradients against Captum, insertion/deletion against Quantus and its
   forward floor, every gradient method against its pass floor;
 * ``pruning``: the pruning sweep against its floor and ModelPruning-style masking, Taylor and OBD
@@ -34,6 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import attacks  # noqa: E402
 import attribution  # noqa: E402
+import autoattack  # noqa: E402
 import memory  # noqa: E402
 import neurons  # noqa: E402
 import overhead  # noqa: E402
@@ -55,6 +58,7 @@ def parts(device: torch.device, quick: bool) -> dict[str, Callable[[], list[Row]
     return {
         "overhead": fit_overhead,
         "attacks": lambda: attacks.rows(device, 3 if quick else 7, quick=cpu_quick, batch=32 if quick else 64),
+        "autoattack": lambda: autoattack.quick_rows(device) if quick else autoattack.rows(device, 5),
         "attribution": lambda: attribution.rows(device, 3 if quick else 5),
         "pruning": lambda: pruning.rows(device, 3 if quick else 5),
         "neurons": lambda: neurons.rows(device, 2 if quick else 3),
@@ -64,7 +68,7 @@ def parts(device: torch.device, quick: bool) -> dict[str, Callable[[], list[Row]
 
 def main(argv: list[str] | None = None) -> None:
     parser = arguments(__doc__)
-    parser.add_argument("--only", nargs="*", default=None, help="parts to run: overhead attacks attribution pruning "
+    parser.add_argument("--only", nargs="*", default=None, help="parts to run: overhead attacks autoattack attribution pruning "
                         "neurons text scaling (default: all)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)

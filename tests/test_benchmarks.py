@@ -54,3 +54,19 @@ def test_the_benchmark_machinery_runs_from_an_empty_directory_and_writes_nothing
     case = memory.measure(16, 1, "cpu", 16, 4, True)
     assert case["size"] == 16 and case["seconds"] > 0 and case["peak_mb"] > 0
     assert not list(cwd.iterdir())
+
+
+def test_the_attack_floor_replays_the_model_calls_the_attack_made():
+    import autoattack
+
+    from compass_lightning.attacks import run_attack
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4)).eval()
+    x, y = torch.rand(5, 3, 2, 2), torch.tensor([0, 1, 2, 3, 0])
+    recording = autoattack.Recording(model)
+    run_attack("apgd_ce", recording, x, y, eps=0.1, steps=3, generator=torch.Generator().manual_seed(0))
+    assert sum(gradient for _, gradient in recording.calls) >= 3 and any(not g for _, g in recording.calls)
+    replayed = autoattack.Recording(model)
+    autoattack.replay(replayed, x, recording.calls)()
+    assert replayed.calls == recording.calls and not any(p.grad is not None for p in model.parameters())
