@@ -11,10 +11,13 @@ One run measures, interleaved after a warm-up, on a torchvision ResNet-18 adapte
   against a single-layer Grad-CAM pass: at the first convolution (the floor: any pass that reaches
   every layer runs the backward through the whole depth) and, for reference, at the last one
   (whose backward stops after the head);
-* **coverage**: NC, KMNC, NBC, SNAC and TKNC of the batch (``coverage``) against a plain forward.
+* **coverage**: NC, KMNC, NBC, SNAC, TKNC and BKNC of the batch (``coverage``) against a plain forward;
+* **test generation**: DeepSensor's swarm (``generate_tests``, 4 seeds × 8 particles, 3 generations)
+  against its forward floor, the forwards it cannot avoid: the seeds once, and all seeds × particles
+  before the first generation and after each.
 
 Targets: all-layers deviation maps within 1.5x of a single-layer Grad-CAM pass; coverage <= 1.3x a
-plain forward.
+plain forward; test generation <= 1.10x its forward floor.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import cifar_like  # noqa: E402
 from common import Row, arguments, interleaved, machine, table  # noqa: E402
 
 from compass_lightning.attribution import gradcam_maps  # noqa: E402
-from compass_lightning.neurons import conv_neuron_layers, coverage, profile_ranges  # noqa: E402
+from compass_lightning.neurons import conv_neuron_layers, coverage, generate_tests, profile_ranges  # noqa: E402
 
 
 def resnet18_32() -> nn.Module:
@@ -63,12 +66,24 @@ def rows(device: torch.device, repeats: int, *, batch: int = 16) -> list[Row]:
         with torch.no_grad():
             model(x)
 
+    seeds, particles, generations = x[:4], 8, 3
+    swarm = torch.rand(len(seeds) * particles, *x.shape[1:], generator=torch.Generator().manual_seed(1)).to(device)
+
+    def generation_floor() -> None:
+        with torch.no_grad():
+            model(seeds)
+            for _ in range(generations + 1):
+                model(swarm)
+
     count = len(layers)
     pairs = {
         f"Grad-CAM at all {count} convs in one backward / one backward per layer": (maps(layers), per_layer, None),
         f"Grad-CAM at all {count} convs / Grad-CAM at the first conv (a full-depth backward)": (maps(layers), maps(first), 1.5),
         f"Grad-CAM at all {count} convs / Grad-CAM at the last conv (a shallow backward)": (maps(layers), maps(last), None),
-        "coverage (5 criteria) / a plain forward": (lambda: coverage(model, [x], ranges=ranges), forward, 1.3),
+        "coverage (6 criteria) / a plain forward": (lambda: coverage(model, [x], ranges=ranges), forward, 1.3),
+        f"test generation ({len(seeds)} seeds x {particles} particles, {generations} generations) / its "
+        f"{generations + 1} forwards of {len(swarm)} and one of the seeds (floor)": (
+            lambda: generate_tests(model, seeds, particles=particles, generations=generations), generation_floor, 1.10),
     }
     ratios = interleaved({name: (a, b) for name, (a, b, _) in pairs.items()}, repeats, device)
     return [Row("neurons", name, ratios[name], target) for name, (_, _, target) in pairs.items()]

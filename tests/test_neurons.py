@@ -57,6 +57,12 @@ def test_coverage_criteria_equal_hand_computed_values():
     assert result["snac"]["total"].item() == pytest.approx(1 / 3)
     # TKNC (k=1): top neurons 2, 0, 2 -> {0, 2}
     assert result["tknc"]["total"].item() == pytest.approx(2 / 3)
+    # BKNC (k=1): bottom neurons 0 (0.05), 2 (-1.0), 0 (0.5) -> {0, 2}; k=2 adds neuron 1 (0.1 in input 1)
+    assert result["bknc"]["total"].item() == pytest.approx(2 / 3)
+    two = coverage(net, [probe], criteria=["tknc", "bknc"], top_k=2)
+    assert two["bknc"]["fc"].item() == pytest.approx(1.0) and two["tknc"]["fc"].item() == pytest.approx(1.0)
+    only_first = coverage(net, [probe[:1]], criteria=["bknc"])  # input 0 alone: its smallest is neuron 0
+    assert only_first["bknc"]["fc"].item() == pytest.approx(1 / 3)
 
 
 def test_nc_of_a_convolution_scales_by_the_whole_feature_map_then_takes_the_channel_mean():

@@ -90,7 +90,7 @@ class NeuronAnalysis(CompassCallback):
             layer, see :mod:`compass_lightning.neurons._layers`; a convolution or linear layer read after
             its activation, for any model: :mod:`compass_lightning.engine.sites`); named layers are read as
             they are; deviation uses the convolutions among them.
-        criteria: coverage criteria, from ``nc kmnc nbc snac tknc``.
+        criteria: coverage criteria, from ``nc kmnc nbc snac tknc bknc``.
         threshold: NC's threshold on per-input min-max scaled values, in [0, 1].
         sections: KMNC's sections per neuron (>= 1).
         top_k: TKNC's neurons per layer (>= 1).

@@ -1,9 +1,11 @@
 """Neuron analysis (AI-Compass module 5 beyond pruning, DeepSensor, the explainable-attacks paper).
 
-- :mod:`~compass_lightning.neurons.coverage`: DeepGauge coverage (NC, KMNC, NBC, SNAC, TKNC)
-  against ranges profiled on training data;
+- :mod:`~compass_lightning.neurons.coverage`: DeepGauge coverage (NC, KMNC, NBC, SNAC, TKNC, and
+  BKNC, TKNC's bottom-k mirror) against ranges profiled on training data;
 - :mod:`~compass_lightning.neurons.sensitivity`: DeepSensor neuron sensitivity, and the first-order
   excitable-neuron proxy;
+- :mod:`~compass_lightning.neurons.generation`: DeepSensor's particle-swarm test generation around
+  seed inputs (:func:`generate_tests`);
 - :mod:`~compass_lightning.neurons.deviation`: Grad-CAM at every convolution under attack and under
   matched Gaussian noise, and which layers the attack compromises.
 
@@ -26,6 +28,7 @@ from compass_lightning.neurons.deviation import (
     summarise_deviation,
     summarise_strengths,
 )
+from compass_lightning.neurons.generation import GeneratedTests, generate_tests, swarm_fitness
 from compass_lightning.neurons.sensitivity import (
     jaccard,
     neuron_excitability,
@@ -45,6 +48,8 @@ __all__ = [
     "conv_neuron_layers",
     "cosine",
     "coverage",
+    "GeneratedTests",
+    "generate_tests",
     "jaccard",
     "layer_deviation",
     "matched_gaussian",
@@ -60,5 +65,6 @@ __all__ = [
     "sensitivity",
     "summarise_deviation",
     "summarise_strengths",
+    "swarm_fitness",
     "top_neurons",
 ]

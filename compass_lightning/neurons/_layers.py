@@ -218,14 +218,16 @@ class NeuronValues(NamedTuple):
     extents: dict[str, Tensor]
 
 
-def neuron_values(model: nn.Module, x: Tensor, layers: dict[str, Layer], valid: Tensor | None = None) -> NeuronValues:
+def neuron_values(model: nn.Module, x: Tensor, layers: dict[str, Layer], valid: Tensor | None = None, *,
+                  extents: bool = True) -> NeuronValues:
     """The neuron values, the outputs and the layers' extents of one forward pass without gradients;
     ``valid``: which input positions are tokens (``(N, L)``, see the module docstring), ``None`` for
-    images."""
+    images; ``extents=False``: no extents (``{}``), for the analyses that do not scale by them (a
+    pass over every activation saved)."""
     with torch.no_grad(), record(layers) as seen:
         logits = model(x)
     missing = [name for name in layers if name not in seen.outputs]
     if missing:
         raise RuntimeError(f"layers {missing} were not called in the model's forward pass")
     return NeuronValues({name: layer.neurons(seen.outputs[name], valid).float() for name, layer in layers.items()}, logits,
-                        {name: layer.extent(seen.outputs[name], valid) for name, layer in layers.items()})
+                        {name: layer.extent(seen.outputs[name], valid) for name, layer in layers.items()} if extents else {})

@@ -12,6 +12,10 @@ kmnc  each neuron's training range ``[low, high]`` is cut into ``sections`` (10)
 nbc   ``(upper + lower corners covered) / (2 · neurons)``: values above ``high`` / below ``low``
 snac  ``upper corners covered / neurons``
 tknc  the neurons that are among their layer's ``top_k`` (1) for some input
+bknc  the neurons that are among their layer's bottom ``top_k`` (1), the smallest values, for some
+      input: TKNC's mirror. DeepSensor reports BKNC beside TKNC (top-1) without defining it, and
+      DeepGauge has no criterion of that name; this is the reading its name and DeepHunter's use give
+      (``research/deepsensor.md`` §2): the neurons a test drives to their layer's least active
 ====  ==========================================================================================
 
 Written here because no maintained PyTorch library computes these batched on any device.
@@ -26,7 +30,7 @@ from torch import Tensor, nn
 
 from compass_lightning.neurons._layers import Layer, neuron_values, select_layers
 
-CRITERIA = ("nc", "kmnc", "nbc", "snac", "tknc")
+CRITERIA = ("nc", "kmnc", "nbc", "snac", "tknc", "bknc")
 Ranges = dict[str, tuple[Tensor, Tensor]]
 
 
@@ -50,8 +54,8 @@ def profile_ranges(model: nn.Module, batches: Iterable[Tensor], *, layers: Seque
     low: dict[str, Tensor] = {}
     high: dict[str, Tensor] = {}
     for x in batches:
-        chosen = chosen or select_layers(model, layers, example=x, forward=forward)
-        values = neuron_values(forward or model, x, chosen, positions(x) if positions else None).values
+        chosen = chosen or select_layers(model, layers, example=x[:1], forward=forward)  # one input finds the read-outs
+        values = neuron_values(forward or model, x, chosen, positions(x) if positions else None, extents=False).values
         for name, v in values.items():
             low[name] = torch.minimum(low[name], v.amin(0)) if name in low else v.amin(0)
             high[name] = torch.maximum(high[name], v.amax(0)) if name in high else v.amax(0)
@@ -68,13 +72,13 @@ class Coverage:
         criteria: which of :data:`CRITERIA` to compute.
         threshold: NC's threshold on the per-input min-max scaled values.
         sections: KMNC's sections per neuron.
-        top_k: TKNC's neurons per layer and input.
+        top_k: TKNC's (and BKNC's) neurons per layer and input.
 
     Example:
         >>> cover = Coverage({"fc": (torch.zeros(2), torch.ones(2))}, sections=2)
         >>> cover.update({"fc": torch.tensor([[0.2, 0.9], [1.5, 0.1]])})
         >>> {k: round(v["total"].item(), 2) for k, v in cover.result().items()}
-        {'nc': 1.0, 'kmnc': 0.75, 'nbc': 0.25, 'snac': 0.5, 'tknc': 1.0}
+        {'nc': 1.0, 'kmnc': 0.75, 'nbc': 0.25, 'snac': 0.5, 'tknc': 1.0, 'bknc': 1.0}
     """
 
     def __init__(
@@ -101,7 +105,7 @@ class Coverage:
             n = values.shape[1]
             flags = lambda *shape: torch.zeros(*shape, dtype=torch.bool, device=values.device)  # noqa: E731
             self._covered[name] = {"nc": flags(n), "kmnc": flags(n, self.sections), "upper": flags(n),
-                                   "lower": flags(n), "tknc": flags(n)}
+                                   "lower": flags(n), "tknc": flags(n), "bknc": flags(n)}
         return self._covered[name]
 
     def update(self, values: dict[str, Tensor], extents: dict[str, Tensor] | None = None) -> None:
@@ -127,9 +131,10 @@ class Coverage:
                 hit = torch.zeros_like(state["kmnc"], dtype=torch.long)
                 hit.scatter_add_(1, section.T, inside.T.long())  # neurons × sections hit counts
                 state["kmnc"] |= hit > 0
-            if "tknc" in self.criteria:
-                k = min(self.top_k, v.shape[1])
-                state["tknc"][v.topk(k, dim=1).indices.flatten().unique()] = True
+            for criterion, largest in (("tknc", True), ("bknc", False)):
+                if criterion in self.criteria:
+                    k = min(self.top_k, v.shape[1])
+                    state[criterion][v.topk(k, dim=1, largest=largest).indices.flatten().unique()] = True
 
     def result(self) -> dict[str, dict[str, Tensor]]:
         """``{criterion: {"total": value, layer: value, ...}}`` as 0-dim float tensors."""
@@ -177,7 +182,7 @@ def coverage(
     chosen: dict[str, Layer] = {}
     cover = Coverage(ranges, criteria=criteria, threshold=threshold, sections=sections, top_k=top_k)
     for x in batches:
-        chosen = chosen or select_layers(model, layers, example=x)
-        seen = neuron_values(model, x, chosen)
+        chosen = chosen or select_layers(model, layers, example=x[:1])  # one input finds the read-outs
+        seen = neuron_values(model, x, chosen, extents="nc" in cover.criteria)
         cover.update(seen.values, seen.extents)
     return cover.result()

@@ -65,7 +65,7 @@ def neuron_sensitivity(
         >>> bool((scores[:, 0] <= 5.0 + 1e-5).all()), scores[:, 1].abs().max().item()
         (True, 0.0)
     """
-    chosen = select_layers(model, layers, example=x)
+    chosen = select_layers(model, layers, example=x[:1])  # one input finds the read-outs
     noise = _noise(x, sigma, draws, generator, normal)
     batch = torch.cat([x, (x.unsqueeze(0) + noise).flatten(0, 1)])
     values = neuron_values(model, batch, chosen, None if valid is None else valid.repeat(draws + 1, 1)).values
@@ -92,7 +92,7 @@ def neuron_excitability(
     """``{layer: (N, neurons)}`` first-order excitability (see the module docstring), averaged over
     the noise draws: two forward and two backward passes' worth of work per draw, batched.
     ``normal`` and ``valid`` as in :func:`neuron_sensitivity`."""
-    chosen = select_layers(model, layers, example=x)
+    chosen = select_layers(model, layers, example=x[:1])
     noise = _noise(x, sigma, draws, generator, normal)
     # the input requires grad so that a graph exists even when every parameter is frozen (the guard)
     batch = torch.cat([x, (x.unsqueeze(0) + noise).flatten(0, 1)]).detach().requires_grad_(True)

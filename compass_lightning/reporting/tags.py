@@ -70,7 +70,7 @@ METRICS: dict[str, Metric] = {
     "insertion": Metric("higher", "AUC"), "deletion": Metric("lower", "AUC"),
     "insertion_minus_deletion": Metric("higher", "AUC"),
     # neurons
-    "nc": _FRACTION_UP, "kmnc": _FRACTION_UP, "nbc": _FRACTION_UP, "snac": _FRACTION_UP, "tknc": _FRACTION_UP,
+    "nc": _FRACTION_UP, "kmnc": _FRACTION_UP, "nbc": _FRACTION_UP, "snac": _FRACTION_UP, "tknc": _FRACTION_UP, "bknc": _FRACTION_UP,
     "fraction": Metric(None, "fraction"), "scaled_fraction": Metric(None, "fraction"), "top10_stability": Metric("higher", "Jaccard index"),
     "adversarial": Metric("higher", "cosine similarity"), "gaussian": Metric("higher", "cosine similarity"),
     "gap": Metric("lower", "cosine similarity"), "compromise_probability": _FRACTION_DOWN, "fooled": _FRACTION_DOWN,
