@@ -12,6 +12,7 @@ from conftest import EVERY_MODULE, assert_monitor_ran, read_events
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import adversarial_training  # noqa: E402
 import cifar_like  # noqa: E402
+import deepsensor_retrain  # noqa: E402
 import digits  # noqa: E402
 import text  # noqa: E402
 
@@ -84,3 +85,14 @@ def test_the_cascade_and_the_checks_see_through_the_gradient_masked_model_of_the
     # adversarial training buys robustness the cascade confirms, where the standard model has none
     assert robust["pgd_trained"]["autoattack"] > robust["standard"]["autoattack"], robust
     assert (log_dir / "robust_accuracy.png").stat().st_size > 0 and list(work.iterdir()) == []
+
+
+def test_retraining_on_deepsensor_tests_lowers_the_white_box_asr_more_than_the_seeds_alone(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    results = deepsensor_retrain.main(["--fast", "--logdir", str(tmp_path / "logs")])  # asserts the live model is untouched
+    before, after, control = (results[k] for k in ("trained model", "retrained: deepsensor", "retrained: seeds only"))
+    assert after["pgd_asr"] < before["pgd_asr"] - 0.05 and after["fgsm_asr"] < before["fgsm_asr"]
+    assert before["pgd_asr"] - after["pgd_asr"] > before["pgd_asr"] - control["pgd_asr"], results
+    assert after["accuracy"] > 0.85 and list(work.iterdir()) == []
