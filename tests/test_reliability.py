@@ -62,6 +62,10 @@ CALLBACKS = {  # each with small settings, so that the whole promise list runs i
         **{k: v for k, v in SMALL_MODULES["interpretability"].items() if k != "probe_size"}, **{"probe_size": 8, **kw}
     ),
     "NeuronAnalysis": lambda **kw: NeuronAnalysis(**SMALL_MODULES["neurons"], **{"probe_size": 32, **kw}),
+    "NeuronAnalysis-generation": lambda **kw: NeuronAnalysis(  # DeepSensor's swarm, every evaluation
+        **SMALL_MODULES["neurons"], test_generation={"seeds": 4, "particles": 4, "generations": 2, "every_n_epochs": 1},
+        **{"probe_size": 32, **kw}
+    ),
     "PruningAnalysis": lambda **kw: PruningAnalysis(**SMALL_MODULES["pruning"], **{"probe_size": 32, **kw}),
     "Compass": lambda **kw: Compass(**{**SMALL_MODULES, "probe_size": 32, **kw}),
 }

@@ -13,10 +13,11 @@ from typing_extensions import override
 
 from compass_lightning.attacks import ATTACKS
 from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData, compass_module
+from compass_lightning.callbacks._generation import check_generation, due, run_generation
 from compass_lightning.engine.checks import check_bool, check_int, check_real, check_reals, positive, probability
 from compass_lightning.engine.guard import analysis_mode
 from compass_lightning.engine.sites import NotCalledError
-from compass_lightning.reporting.figures import bar_chart, heatmap_overlay, labelled_image_grid, line_chart, matrix_chart
+from compass_lightning.reporting.figures import bar_chart, gradcam_grid, line_chart, matrix_chart
 from compass_lightning.neurons import (
     CRITERIA,
     Coverage,
@@ -49,11 +50,6 @@ def strength_tag(strength: float) -> str:
     return f"strength_{strength:g}"
 
 
-def _means(per_sample: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The probe mean of every layer's per-sample scores, on the CPU."""
-    return {name: scores.mean(dim=0).cpu() for name, scores in per_sample.items()}
-
-
 @compass_module('neurons')
 class NeuronAnalysis(CompassCallback):
     """Which neurons the data exercises, which react most to noise, and which layers an attack hijacks.
@@ -78,7 +74,9 @@ class NeuronAnalysis(CompassCallback):
       fraction of the inputs whose adversarial example fools the model and compromises the layer;
       ``compass/neurons/deviation/fooled`` the fraction of the inputs whose example fools it;
       ``.../deviation/strength_<k>/{fooled,compromise_probability}`` the same with the perturbation
-      scaled by each of ``strengths`` (the layers' mean compromise).
+      scaled by each of ``strengths`` (the layers' mean compromise);
+    - ``compass/neurons/generation/...`` with ``test_generation``: DeepSensor's test generation on its
+      own schedule (:mod:`~compass_lightning.callbacks._generation`).
 
     Images: a layers × epochs map of the sensitive fraction (growing every evaluation), a per-layer
     bar chart of adversarial vs Gaussian similarity, each layer's compromise against the strength,
@@ -108,6 +106,8 @@ class NeuronAnalysis(CompassCallback):
             paper's 0.25, 0.5, 1, 2, 4; 1 is always included; each costs one more Grad-CAM pass of
             the adversarial and the noisy inputs).
         image_count: probe images in the Grad-CAM grid (0: none).
+        test_generation: ``None`` (off) or the settings of DeepSensor's swarm (``{}``: its defaults;
+            :data:`~compass_lightning.callbacks._generation.DEFAULTS`: seeds, particles, generations, bound, norm, every_n_epochs).
         every_n_epochs, probe_size, batch_size, seed, task, probe_data, fail_fast: see
             :class:`~compass_lightning.callbacks.base.CompassCallback`; the probe holds up to 256 samples
             by default.
@@ -139,6 +139,7 @@ class NeuronAnalysis(CompassCallback):
         eps: float = 8 / 255,
         strengths: Sequence[float] = STRENGTHS,
         image_count: int = 4,
+        test_generation: Optional[dict[str, Any]] = None,
         every_n_epochs: int = 1,
         probe_size: Optional[int] = None,
         batch_size: Optional[int] = None,
@@ -176,6 +177,9 @@ class NeuronAnalysis(CompassCallback):
         self.eps = check_real("eps", eps, low=0.0)
         self.strengths = tuple(sorted({1.0, *check_reals("strengths", list(strengths), low=0.0, low_open=True)}))
         self.image_count = check_int("image_count", image_count, minimum=0)
+        self.test_generation = check_generation(test_generation)
+        if self.test_generation is not None:
+            self.applicable("neurons", ["test_generation"], "test_generation", explicit=True)
         self._layer_names: list[str] = []
         self._conv_names: list[str] = []
         self._previous_top: list[str] | None = None
@@ -267,6 +271,10 @@ class NeuronAnalysis(CompassCallback):
         if self.deviation:
             with self.isolate(f"layer deviation under {self.attack}"):
                 self._deviation(trainer, evaluation)
+        runs = sum(r.get("key") == self.state_key and r["stage"] == "fit" for r in self.history)
+        if due(self.test_generation, runs):
+            with self.isolate("DeepSensor test generation"):
+                run_generation(evaluation, self.test_generation, self.layers, self.seed)
         if evaluation.want_images:
             self._sensitivity_map(evaluation)
 
@@ -304,7 +312,7 @@ class NeuronAnalysis(CompassCallback):
         """Log DeepSensor's fraction (unscaled per-input scores above the threshold) as ``fraction``
         and the scale-free one (per-layer min-max scaled probe means) as ``scaled_fraction``;
         return the probe means."""
-        scores = _means(per_input)
+        scores = {name: s.mean(dim=0).cpu() for name, s in per_input.items()}
         for form, fractions in (("fraction", paper_fraction(per_input, self.sensitivity_threshold)),
                                 ("scaled_fraction", sensitive_fraction(scores, self.sensitivity_threshold))):
             evaluation.scalars[f"{PREFIX}/{kind}/{form}"] = fractions.pop("total")
@@ -370,20 +378,11 @@ class NeuronAnalysis(CompassCallback):
             title=f"compromised layers per fooling example ({len(counts)} of {len(probe)}), epoch {evaluation.epoch}",
         )
         if kept:
-            evaluation.images[f"{PREFIX}/deviation/gradcam"] = self._gradcam_grid(evaluation, kept, most_vulnerable(summary, 1)[0])
-
-    def _gradcam_grid(self, evaluation: Evaluation, kept: dict[str, Any], layer: str) -> Tensor:
-        images = [evaluation.task.display(kept[key]) for key in ("x", "x_adv", "x_gauss")]
-        size = tuple(kept["x"].shape[-2:])
-        maps = nn.functional.interpolate(kept["maps"][layer].flatten(0, 1)[:, None], size=size, mode="bilinear")
-        maps = maps.view(3, -1, 1, *size)
-        overlays = [heatmap_overlay(image, m) for image, m in zip(images, maps)]
-        rows = {f"#{i}": torch.stack([images[0][i].expand(3, -1, -1), *(o[i] for o in overlays)]) for i in range(len(images[0]))}
-        return labelled_image_grid(
-            rows, columns=["input", "clean", self.attack, "gaussian"],
-            title=f"epoch {evaluation.epoch}: Grad-CAM at {layer}, the most vulnerable layer\n"
-            "each map explains the class the model predicts on that input",
-        )
+            shown, layer = [evaluation.task.display(kept[key]) for key in ("x", "x_adv", "x_gauss")], most_vulnerable(summary, 1)[0]
+            evaluation.images[f"{PREFIX}/deviation/gradcam"] = gradcam_grid(
+                shown, kept["maps"][layer], ["clean", self.attack, "gaussian"],
+                title=f"epoch {evaluation.epoch}: Grad-CAM at {layer}, the most vulnerable layer\n"
+                "each map explains the class the model predicts on that input")
 
     def _sensitivity_map(self, evaluation: Evaluation) -> None:
         records = [r for r in self.history if r.get("key") == self.state_key and r["stage"] == "fit"]

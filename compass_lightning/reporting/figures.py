@@ -346,3 +346,21 @@ def adversarial_grid(display: Callable[[Tensor], Tensor], input_range: tuple[flo
         title=f"{title}\nlabel: prediction (on red where the attack changed it); frame: green right, red wrong\n"
         "δ: the perturbation, amplified (grey: unchanged)",
     )
+
+
+def gradcam_grid(images: Sequence[Tensor], maps: Tensor, names: Sequence[str], *, title: str) -> Tensor:
+    """One row per input: the input, then each of its versions (``images``: ``(k, C, H, W)`` in
+    ``[0, 1]`` each, the first the clean input) overlaid with its Grad-CAM map (``maps``:
+    ``(len(images), k, h, w)``, resized to the images), the columns headed by ``names``.
+
+    Example:
+        >>> images = [torch.rand(2, 1, 8, 8) for _ in range(3)]
+        >>> gradcam_grid(images, torch.rand(3, 2, 4, 4), ["clean", "fgsm", "gaussian"], title="t").shape[0]
+        3
+    """
+    size = tuple(images[0].shape[-2:])
+    resized = F.interpolate(maps.flatten(0, 1)[:, None].float(), size=size, mode="bilinear")
+    resized = resized.view(len(images), -1, 1, *size)
+    overlays = [heatmap_overlay(image, m) for image, m in zip(images, resized)]
+    rows = {f"#{i}": torch.stack([images[0][i].expand(3, -1, -1), *(o[i] for o in overlays)]) for i in range(len(images[0]))}
+    return labelled_image_grid(rows, columns=["input", *names], title=title)

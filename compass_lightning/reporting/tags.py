@@ -74,6 +74,8 @@ METRICS: dict[str, Metric] = {
     "fraction": Metric(None, "fraction"), "scaled_fraction": Metric(None, "fraction"), "top10_stability": Metric("higher", "Jaccard index"),
     "adversarial": Metric("higher", "cosine similarity"), "gaussian": Metric("higher", "cosine similarity"),
     "gap": Metric("lower", "cosine similarity"), "compromise_probability": _FRACTION_DOWN, "fooled": _FRACTION_DOWN,
+    "error_rate": Metric("lower", "fraction of seeds"), "errors_found": Metric("lower", "tests per seed"),
+    "categories": Metric("lower", "wrong classes per seed"), "mean_fitness": Metric(None, "fraction of neurons"),
     # pruning
     "sparsity": Metric(None, "fraction"), "sparsity_all": Metric(None, "fraction"), "max_safe_rate": Metric("higher", "fraction"),
     # the Compass
@@ -143,6 +145,7 @@ CHARTS: dict[str, dict[str, str]] = {
         "sensitive and excitable fractions (DeepSensor, λ on the raw scores)": r"^compass/neurons/(sensitivity|excitability)/fraction$",
         "scale-free fractions (per-layer min-max)": r"^compass/neurons/(sensitivity|excitability)/scaled_fraction$",
         "deviation gap per layer": r"^compass/neurons/deviation/.+/gap$",
+        "DeepSensor test generation: seeds with errors": r"^compass/neurons/generation/error_rate$",
     },
     "pruning": {
         "max safe pruning rate": r"^compass/pruning/[^/]+/max_safe_rate$",

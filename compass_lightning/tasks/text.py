@@ -83,7 +83,8 @@ REFUSED: dict[str, dict[str, str]] = {
         **{name: "not yet checked against Captum's layer methods on token models"
            for name in ("deeplift", "fast_ig", "guided_ig", "big", "rise")},
     },
-    "neurons": {"deviation": "Grad-CAM layer deviation needs Conv2d feature maps"},
+    "neurons": {"deviation": "Grad-CAM layer deviation needs Conv2d feature maps",
+                "test_generation": "DeepSensor's swarm searches the input space; for token models it is not built yet"},
 }
 
 
