@@ -6,6 +6,9 @@
   excitable-neuron proxy;
 - :mod:`~compass_lightning.neurons.generation`: DeepSensor's particle-swarm test generation around
   seed inputs (:func:`generate_tests`);
+- :mod:`~compass_lightning.neurons.validation`: Deep Validation, per-layer per-class one-class models
+  of the hidden layers and the discrepancy that flags corner cases (scikit-learn, the
+  ``validation`` extra, imported when first used);
 - :mod:`~compass_lightning.neurons.deviation`: Grad-CAM at every convolution under attack and under
   matched Gaussian noise, and which layers the attack compromises.
 
