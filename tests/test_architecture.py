@@ -57,7 +57,7 @@ def test_no_callback_module_imports_another_except_base_and_the_private_helpers(
     callbacks = [n for n in MODULES if n.startswith("compass_lightning.callbacks.")]
     allowed = {"compass_lightning.callbacks.base"} | {n for n in callbacks if n.rsplit(".", 1)[1].startswith("_")}
     monitors = [n for n in callbacks if n not in allowed]
-    assert len(monitors) == 6  # mutation, robustness, interpretability, neurons, pruning, compass
+    assert len(monitors) == 7  # mutation, robustness, interpretability, neurons, validation, pruning, compass
     for name in monitors:
         others = {m for m in _internal(name) if m.startswith("compass_lightning.callbacks") and m not in allowed}
         assert not others, f"{name} imports {others}"

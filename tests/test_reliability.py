@@ -36,6 +36,7 @@ from compass_lightning import (
     Classification,
     Compass,
     CompassWarning,
+    DeepValidation,
     MutationMetrics,
     NeuronAnalysis,
     PruningAnalysis,
@@ -67,6 +68,8 @@ CALLBACKS = {  # each with small settings, so that the whole promise list runs i
         **{"probe_size": 32, **kw}
     ),
     "PruningAnalysis": lambda **kw: PruningAnalysis(**SMALL_MODULES["pruning"], **{"probe_size": 32, **kw}),
+    "DeepValidation": lambda **kw: DeepValidation(transforms=["rotation", "complement"], attacks=["fgsm"], fit_size=200,
+                                                  **{"probe_size": 32, **kw}),
     "Compass": lambda **kw: Compass(**{**SMALL_MODULES, "probe_size": 32, **kw}),
 }
 #: Evaluations in a 2-epoch fit: every epoch, pruning at the end, the Compass both.

@@ -10,7 +10,8 @@ from compass_lightning.reporting.tags import CHARTS, METRICS, best, describe, ta
 
 
 def _every_tag() -> list[str]:
-    compass = cl.Compass(task=digits_task(), robustness={"transfer_from": ["snapshot"], "eps": [2 / 255, 8 / 255]})
+    compass = cl.Compass(task=digits_task(), robustness={"transfer_from": ["snapshot"], "eps": [2 / 255, 8 / 255]},
+                         validation=True)
     compass.check_model(DigitsClassifier())  # resolves the layer names of the neuron tags
     generation = generation_tags()  # on its own schedule, so not among the tags every evaluation logs
     return [*compass.expected_tags(), *generation, "compass/errors", "compass/passes/forward", "compass/score/robustness"]

@@ -7,5 +7,7 @@ from compass_lightning.callbacks.mutation import MutationMetrics
 from compass_lightning.callbacks.neurons import NeuronAnalysis
 from compass_lightning.callbacks.pruning import PruningAnalysis
 from compass_lightning.callbacks.robustness import AttackSuccessRate
+from compass_lightning.callbacks.validation import DeepValidation
 
-__all__ = ["AttackSuccessRate", "AttributionScores", "Compass", "CompassCallback", "MutationMetrics", "NeuronAnalysis", "PruningAnalysis"]
+__all__ = ["AttackSuccessRate", "AttributionScores", "Compass", "CompassCallback", "DeepValidation", "MutationMetrics",
+           "NeuronAnalysis", "PruningAnalysis"]

@@ -53,8 +53,8 @@ def compass_module(name: str) -> Callable[[type[CompassCallback]], type[CompassC
     """Register a monitor class as the Compass module ``name`` (its configuration argument).
 
     Example:
-        >>> sorted(COMPASS_MODULES)  # the library's five, registered where each is defined
-        ['interpretability', 'mutation', 'neurons', 'pruning', 'robustness']
+        >>> sorted(COMPASS_MODULES)  # the library's six, registered where each is defined
+        ['interpretability', 'mutation', 'neurons', 'pruning', 'robustness', 'validation']
     """
 
     def register(cls: type[CompassCallback]) -> type[CompassCallback]:

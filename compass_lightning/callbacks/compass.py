@@ -22,7 +22,7 @@ SHARED = ("task", "seed", "batch_size", "probe_data", "fail_fast")
 
 #: The modules in the order they run: robustness before neurons, whose layer deviation reuses its
 #: adversarial examples; pruning last.
-MODULE_ORDER = ("mutation", "robustness", "interpretability", "neurons", "pruning")
+MODULE_ORDER = ("mutation", "robustness", "interpretability", "neurons", "validation", "pruning")
 
 ModuleConfig = Union[bool, Mapping[str, Any], None]
 
@@ -34,8 +34,8 @@ class Compass(EndOfFit, CompassCallback):
     Each module is configured by a mapping of its callback's arguments (``True``: its defaults,
     ``False``: off) — :class:`~compass_lightning.MutationMetrics` (basic metrics and mutants),
     :class:`~compass_lightning.AttackSuccessRate`, :class:`~compass_lightning.AttributionScores`,
-    :class:`~compass_lightning.NeuronAnalysis` and :class:`~compass_lightning.PruningAnalysis` (at the
-    end of fit) — and logs the same tags as that callback. A module's ``every_n_epochs`` is its
+    :class:`~compass_lightning.NeuronAnalysis`, :class:`~compass_lightning.PruningAnalysis` (at the
+    end of fit) and :class:`~compass_lightning.DeepValidation` (off by default: it needs scikit-learn) — and logs the same tags as that callback. A module's ``every_n_epochs`` is its
     schedule, and its ``probe_size`` the number of samples it analyses from the start of the shared
     probe (by default its own default, capped at the probe). ``task``, ``seed``, ``batch_size``,
     ``probe_data`` and ``fail_fast`` are shared and set on the Compass.
@@ -49,7 +49,7 @@ class Compass(EndOfFit, CompassCallback):
     carry their latest value).
 
     Args:
-        mutation, robustness, interpretability, neurons, pruning: each module's configuration.
+        mutation, robustness, interpretability, neurons, pruning, validation: each module's configuration.
         radar: log the radar axes and figure.
         probe_size, batch_size, seed, task, probe_data, fail_fast: see
             :class:`~compass_lightning.callbacks.base.CompassCallback`; the probe holds up to 256
@@ -71,6 +71,7 @@ class Compass(EndOfFit, CompassCallback):
         interpretability: ModuleConfig = True,
         neurons: ModuleConfig = True,
         pruning: ModuleConfig = True,
+        validation: ModuleConfig = False,
         radar: bool = True,
         probe_size: Optional[int] = None,
         batch_size: Optional[int] = None,
@@ -84,7 +85,7 @@ class Compass(EndOfFit, CompassCallback):
         self.radar = check_bool("radar", radar)
         shared = {"task": self.task, "seed": self.seed, "batch_size": self.batch_size, "fail_fast": self.fail_fast}
         configs = {"mutation": mutation, "robustness": robustness, "interpretability": interpretability,
-                   "neurons": neurons, "pruning": pruning}
+                   "neurons": neurons, "pruning": pruning, "validation": validation}
         self.modules: dict[str, CompassCallback] = {}
         self.module_probe_sizes: dict[str, Optional[int]] = {}
         for name, config in configs.items():

@@ -49,7 +49,8 @@ from torchmetrics.functional.classification import binary_auroc
 from compass_lightning.neurons._layers import neuron_values, select_layers
 
 
-def _one_class_svm() -> Any:
+def one_class_svm() -> Any:
+    """scikit-learn's ``OneClassSVM`` class, or an ``ImportError`` naming the extra that brings it."""
     try:
         from sklearn.svm import OneClassSVM
     except ImportError as error:  # an optional dependency: say which extra brings it
@@ -123,7 +124,7 @@ def fit_validator(
     """Fit the one-class models on the training inputs ``x`` the model classifies as ``y`` (the
     others are left out, Algorithm 1); ``layers``: the hidden layers (default: every default layer
     but the last, the logits); ``nu``, ``gamma``: ``OneClassSVM``'s."""
-    one_class_svm = _one_class_svm()
+    svm_class = one_class_svm()
     model_layers = _hidden_layers(model, layers, x)  # the thesis validates the hidden layers
     features, predicted = _features(model, x, model_layers, batch_size)
     correct = predicted == y.cpu()
@@ -134,7 +135,7 @@ def fit_validator(
         validator.std[name] = kept.std(0).clamp_min(1e-6) if len(kept) > 1 else torch.ones(values.shape[1])
         scaled = ((kept - validator.mean[name]) / validator.std[name]).double().numpy()
         classes = y.cpu()[correct]
-        validator.models[name] = {int(k): one_class_svm(nu=nu, gamma=gamma).fit(scaled[(classes == k).numpy()])
+        validator.models[name] = {int(k): svm_class(nu=nu, gamma=gamma).fit(scaled[(classes == k).numpy()])
                                   for k in classes.unique() if int((classes == k).sum()) >= 2}
     return validator
 
@@ -159,7 +160,7 @@ def detection_auc(clean: Tensor, corner: Tensor) -> float:
 #: the thesis' shear factor); translation in pixels; scale below 1 shrinks.
 TRANSFORMS: Mapping[str, tuple[Callable[[Tensor, float], Tensor], Sequence[float]]] = {
     "brightness": (lambda x, b: (x + b).clamp(0, 1), [round(0.004 * i, 3) for i in range(1, 238)]),
-    "contrast": (lambda x, a: (a * x).clamp(0, 1), [round(0.1 * i, 1) for i in range(0, 51)]),
+    "contrast": (lambda x, a: (a * x).clamp(0, 1), [round(0.1 * i, 1) for i in range(11, 51)]),  # from identity up: α = 0 is a blank image
     "rotation": (lambda x, t: TF.affine(x, angle=float(t), translate=[0, 0], scale=1.0, shear=[0.0, 0.0]), list(range(1, 71))),
     "shear": (lambda x, s: TF.affine(x, angle=0.0, translate=[0, 0], scale=1.0,
                                      shear=[math.degrees(math.atan(s)), math.degrees(math.atan(s))]), [0.1, 0.2, 0.3, 0.4, 0.5]),

@@ -76,6 +76,9 @@ METRICS: dict[str, Metric] = {
     "gap": Metric("lower", "cosine similarity"), "compromise_probability": _FRACTION_DOWN, "fooled": _FRACTION_DOWN,
     "error_rate": Metric("lower", "fraction of seeds"), "errors_found": Metric("lower", "tests per seed"),
     "categories": Metric("lower", "wrong classes per seed"), "mean_fitness": Metric(None, "fraction of neurons"),
+    # Deep Validation
+    "auc": Metric("higher", "ROC AUC"), "strength": Metric(None, "transform units"),
+    "success_rate": Metric(None, "fraction of seeds"),
     # pruning
     "sparsity": Metric(None, "fraction"), "sparsity_all": Metric(None, "fraction"), "max_safe_rate": Metric("higher", "fraction"),
     # the Compass
@@ -146,6 +149,10 @@ CHARTS: dict[str, dict[str, str]] = {
         "scale-free fractions (per-layer min-max)": r"^compass/neurons/(sensitivity|excitability)/scaled_fraction$",
         "deviation gap per layer": r"^compass/neurons/deviation/.+/gap$",
         "DeepSensor test generation: seeds with errors": r"^compass/neurons/generation/error_rate$",
+    },
+    "validation": {
+        "Deep Validation AUC (successful corner cases vs clean)": r"^compass/validation/([^/]+/)?auc$",
+        "AUC per layer": r"^compass/validation/layer/[^/]+/auc$",
     },
     "pruning": {
         "max safe pruning rate": r"^compass/pruning/[^/]+/max_safe_rate$",

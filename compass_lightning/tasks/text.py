@@ -84,7 +84,8 @@ REFUSED: dict[str, dict[str, str]] = {
            for name in ("deeplift", "fast_ig", "guided_ig", "big", "rise")},
     },
     "neurons": {"deviation": "Grad-CAM layer deviation needs Conv2d feature maps",
-                "test_generation": "DeepSensor's swarm searches the input space; for token models it is not built yet"},
+                "test_generation": "DeepSensor's swarm searches the input space; for token models it is not built yet",
+                "deep_validation": "its corner cases are image transforms (rotation, shear, scale, ...)"},
 }
 
 
