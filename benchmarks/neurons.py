@@ -16,8 +16,13 @@ One run measures, interleaved after a warm-up, on a torchvision ResNet-18 adapte
   against its forward floor, the forwards it cannot avoid: the seeds once, and all seeds × particles
   before the first generation and after each.
 
+* **Deep Validation** (on the briefly trained benchmark CNN, whose predictions cover the classes):
+  the discrepancy of the batch (``Validator.discrepancy``) against its floor, one plain forward plus
+  the one-class SVMs' scoring of features computed beforehand; the fitting time on 512 training
+  images is printed in the row's note.
+
 Targets: all-layers deviation maps within 1.5x of a single-layer Grad-CAM pass; coverage <= 1.3x a
-plain forward; test generation <= 1.10x its forward floor.
+plain forward; test generation <= 1.10x its forward floor; the discrepancy <= 1.3x its floor.
 """
 
 from __future__ import annotations
@@ -89,13 +94,50 @@ def rows(device: torch.device, repeats: int, *, batch: int = 16) -> list[Row]:
     return [Row("neurons", name, ratios[name], target) for name, (_, _, target) in pairs.items()]
 
 
+def validation_rows(device: torch.device, repeats: int, *, batch: int = 64) -> list[Row]:
+    """Deep Validation's discrepancy against a forward plus the SVM scoring; the fitting time."""
+    import time
+
+    from common import trained_for_benchmark
+
+    from compass_lightning.neurons import neuron_values
+    from compass_lightning.neurons.validation import _features, _hidden_layers, fit_validator
+
+    model, x = trained_for_benchmark(device, samples=batch + 512)
+    x, train = x[:batch], x[batch:]
+    with torch.no_grad():
+        labels = model(train).argmax(1)  # all "correct": every class that the model predicts gets its models
+    started = time.perf_counter()
+    validator = fit_validator(model, train, labels, batch_size=batch)
+    fitting = time.perf_counter() - started
+    layers = _hidden_layers(model, None, x)
+    features, predicted = _features(model, x, layers, batch)
+
+    def floor() -> None:
+        with torch.no_grad():
+            model(x)
+        for name in validator.layers:
+            scaled = ((features[name] - validator.mean[name]) / validator.std[name]).double().numpy()
+            for k, svm in validator.models[name].items():
+                rows = (predicted == k).numpy()
+                if rows.any():
+                    svm.decision_function(scaled[rows])
+
+    ratios = interleaved({"d": (lambda: validator.discrepancy(model, x, batch), floor)}, repeats, device)
+    models = sum(len(m) for m in validator.models.values())
+    return [Row("neurons", f"Deep Validation discrepancy of {batch} / a forward + the SVM scoring "
+                f"({models} one-class SVMs on {len(validator.layers)} layers; fitting on 512 images: {fitting:.2f} s)",
+                ratios["d"], 1.3)]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = arguments(__doc__, repeats=3)
     parser.add_argument("--batch", type=int, default=16)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     print(f"{machine(device)}; ResNet-18 (32x32), batch {args.batch}, {args.repeats} interleaved repeats\n")
-    print(table(rows(device, 2 if args.quick else args.repeats, batch=args.batch)))
+    repeats = 2 if args.quick else args.repeats
+    print(table(rows(device, repeats, batch=args.batch) + validation_rows(device, repeats)))
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def parts(device: torch.device, quick: bool) -> dict[str, Callable[[], list[Row]
         "autoattack": lambda: autoattack.quick_rows(device) if quick else autoattack.rows(device, 5),
         "attribution": lambda: attribution.rows(device, 3 if quick else 5),
         "pruning": lambda: pruning.rows(device, 3 if quick else 5),
-        "neurons": lambda: neurons.rows(device, 2 if quick else 3),
+        "neurons": lambda: neurons.rows(device, 2 if quick else 3) + neurons.validation_rows(device, 2 if quick else 3),
         "text": lambda: tokens.rows(device, 3 if quick else 5),
     }
 
