@@ -65,6 +65,8 @@ def test_bad_settings_are_refused_before_training(monkeypatch):
         DeepValidation(nu=0)
     with pytest.raises(ValueError, match="DeepValidation.*image transforms"):
         DeepValidation(task=cl.TextClassification(pad_id=0))
+    with pytest.raises(ValueError, match=r"pixels in \[0, 1\].*\(-1.0, 1.0\)"):
+        DeepValidation(task=cl.Classification(input_range=(-1.0, 1.0)))
     monkeypatch.setitem(sys.modules, "sklearn.svm", None)
     with pytest.raises(ImportError, match=r"compass-lightning\[validation\]"):
         DeepValidation()

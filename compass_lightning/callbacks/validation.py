@@ -95,6 +95,9 @@ class DeepValidation(CompassCallback):
                          task=task, probe_data=probe_data, fail_fast=fail_fast)
         one_class_svm()  # a missing optional dependency is said now, not at the first evaluation
         self.applicable("neurons", ["deep_validation"], "DeepValidation", explicit=True)
+        if tuple(self.task.input_range) != (0.0, 1.0):  # x + β, α·x, 1 − x and the thesis' grids are for [0, 1]
+            raise ValueError(f"DeepValidation: its corner-case transforms take pixels in [0, 1], but the task's input_range is "
+                             f"{tuple(self.task.input_range)}")
         names = list(TRANSFORMS) if transforms is None else transforms
         if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names:
             raise TypeError(f"transforms must be a non-empty list of names from {', '.join(TRANSFORMS)}, got {transforms!r}")
