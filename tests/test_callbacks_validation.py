@@ -12,7 +12,7 @@ from compass_lightning.neurons.validation import TRANSFORMS, detection_auc, fit_
 
 
 def _monitor(**kwargs):
-    return DeepValidation(**{"transforms": ["rotation", "complement"], "attacks": ["fgsm"], "task": digits_task(),
+    return DeepValidation(**{"transforms": ["rotation", "complement"], "attacks": ["fgsm"], "eps": 0.3, "task": digits_task(),
                              "probe_size": 64, "fit_size": 300, **kwargs})
 
 

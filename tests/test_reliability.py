@@ -68,8 +68,9 @@ CALLBACKS = {  # each with small settings, so that the whole promise list runs i
         **{"probe_size": 32, **kw}
     ),
     "PruningAnalysis": lambda **kw: PruningAnalysis(**SMALL_MODULES["pruning"], **{"probe_size": 32, **kw}),
-    "DeepValidation": lambda **kw: DeepValidation(transforms=["rotation", "complement"], attacks=["fgsm"], fit_size=200,
-                                                  **{"probe_size": 32, **kw}),
+    "DeepValidation": lambda **kw: DeepValidation(  # ε large enough that FGSM fools some seeds (else its AUC is undefined)
+        transforms=["rotation", "complement"], attacks=["fgsm"], eps=0.3, fit_size=200, **{"probe_size": 32, **kw}
+    ),
     "Compass": lambda **kw: Compass(**{**SMALL_MODULES, "probe_size": 32, **kw}),
 }
 #: Evaluations in a 2-epoch fit: every epoch, pruning at the end, the Compass both.
@@ -393,6 +394,11 @@ BAD = [
     (NeuronAnalysis, {"criteria": ["nc", "dsc"]}, ValueError, "criteria: unknown criterion 'dsc'; choose from"),
     (NeuronAnalysis, {"sigma": 0}, ValueError, "sigma must be a number"),
     (NeuronAnalysis, {"layers": "net.0"}, TypeError, "layers must be None or a non-empty list"),
+    (NeuronAnalysis, {"test_generation": {"particles": 0}}, ValueError, r"test_generation\['particles'\] must be an integer >= 1"),
+    (DeepValidation, {"transforms": ["blur"]}, ValueError, "transforms: unknown transform 'blur'; choose from"),
+    (DeepValidation, {"fit_size": 1}, ValueError, "fit_size must be an integer >= 2"),
+    (DeepValidation, {"target": 1.5}, ValueError, r"target must be a number in \(0.0, 1.0\]"),
+    (DeepValidation, {"attacks": ["pgx"]}, ValueError, "pgx"),
     (PruningAnalysis, {"rates": [1.0]}, ValueError, r"rates must be a number in \[0.0, 1.0\)"),
     (PruningAnalysis, {"methods": ["snip"]}, ValueError, "methods: unknown importance 'snip'; choose from"),
     (PruningAnalysis, {"tolerance": -0.01}, ValueError, "tolerance must be a number"),
