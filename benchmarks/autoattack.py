@@ -1,6 +1,6 @@
 """The AutoAttack cascade against torchattacks', and APGD and Square against their pass floors.
 
-    python benchmarks/autoattack.py                 # CPU, 5 interleaved repeats (3 for standard): about 20 minutes
+    python benchmarks/autoattack.py                 # CPU, 5 interleaved repeats (3 for standard): about 30 minutes
     python benchmarks/autoattack.py --quick         # lite only, 16 samples, 2 repeats: about 2 minutes
     python benchmarks/autoattack.py --repeats 3 --device cuda
 
