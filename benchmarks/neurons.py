@@ -101,7 +101,7 @@ def validation_rows(device: torch.device, repeats: int, *, batch: int = 64) -> l
     from common import trained_for_benchmark
 
     from compass_lightning.neurons import neuron_values
-    from compass_lightning.neurons.validation import _features, _hidden_layers, fit_validator
+    from compass_lightning.neurons.validation import _features, fit_validator, hidden_layers
 
     model, x = trained_for_benchmark(device, samples=batch + 512)
     x, train = x[:batch], x[batch:]
@@ -110,7 +110,7 @@ def validation_rows(device: torch.device, repeats: int, *, batch: int = 64) -> l
     started = time.perf_counter()
     validator = fit_validator(model, train, labels, batch_size=batch)
     fitting = time.perf_counter() - started
-    layers = _hidden_layers(model, None, x)
+    layers = hidden_layers(model, example=x)
     features, predicted = _features(model, x, layers, batch)
 
     def floor() -> None:

@@ -30,11 +30,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Optional
 
-import torch
-
 from compass_lightning.engine.checks import check_choice, check_int, check_real
 from compass_lightning.engine.evaluation import Evaluation
-from compass_lightning.engine.samples import take
+from compass_lightning.engine.samples import take, to
 from compass_lightning.neurons.generation import NORMS, generate_tests
 from compass_lightning.reporting.figures import labelled_image_grid
 from compass_lightning.reporting.tags import tag
@@ -80,9 +78,8 @@ def run_generation(evaluation: Evaluation, config: Mapping[str, Any], layers: Op
     """Generate tests around the first ``config["seeds"]`` probe samples and put the scalars (and,
     if wanted, the image) into ``evaluation``."""
     model, probe, task = evaluation.model, evaluation.probe, evaluation.task
-    inputs = take(probe.inputs, slice(0, config["seeds"]))
+    inputs = to(take(probe.inputs, slice(0, config["seeds"])), evaluation.device)
     targets = probe.targets[: config["seeds"]].to(evaluation.device)
-    inputs = inputs.to(evaluation.device) if isinstance(inputs, torch.Tensor) else inputs
     x = task.to_space(inputs, model)
     found = generate_tests(task.space_model(model, inputs), x, targets, particles=config["particles"],
                            generations=config["generations"], bound=config["bound"], norm=config["norm"],

@@ -16,8 +16,14 @@ from compass_lightning.attacks import ATTACKS, run_attack
 from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData, compass_module
 from compass_lightning.engine.checks import check_int, check_real
 from compass_lightning.engine.probe import ProbeSet
-from compass_lightning.neurons import select_layers
-from compass_lightning.neurons.validation import TRANSFORMS, one_class_svm, choose_strength, detection_auc, fit_validator
+from compass_lightning.neurons.validation import (
+    TRANSFORMS,
+    choose_strength,
+    detection_auc,
+    fit_validator,
+    hidden_layers,
+    one_class_svm,
+)
 from compass_lightning.reporting.figures import bar_chart
 from compass_lightning.reporting.reporter import CompassWarning
 from compass_lightning.reporting.tags import tag
@@ -128,8 +134,7 @@ class DeepValidation(CompassCallback):
 
     @override
     def check_model(self, pl_module: pl.LightningModule) -> None:
-        names = list(select_layers(pl_module, self.layers))
-        self._layer_names = names[:-1] if self.layers is None and len(names) > 1 else names
+        self._layer_names = list(hidden_layers(pl_module, self.layers))
 
     @override
     def expected_tags(self) -> list[str]:

@@ -88,7 +88,7 @@ class Validator:
 
     def discrepancy(self, model: nn.Module, x: Tensor, batch_size: int | None = None) -> Discrepancy:
         """Every input's discrepancy, per layer and summed, for the class the model predicts."""
-        chosen = _hidden_layers(model, self.requested, x)
+        chosen = hidden_layers(model, self.requested, x)
         features, predicted = _features(model, x, chosen, batch_size)
         per_layer = {}
         for name in self.layers:
@@ -110,10 +110,10 @@ def _features(model: nn.Module, x: Tensor, layers: dict, batch_size: int | None)
     return values, torch.cat([p.logits.argmax(1) for p in parts]).cpu()
 
 
-def _hidden_layers(model: nn.Module, layers: Sequence[str] | None, x: Tensor) -> dict:
-    """The layers validated: those named, or every default layer but the last (the logits), read
-    where every analysis reads them (one input traced)."""
-    chosen = select_layers(model, layers, example=x[:1])
+def hidden_layers(model: nn.Module, layers: Sequence[str] | None = None, example: Tensor | None = None) -> dict:
+    """The layers validated: those named, or every default layer but the last (the logits); with
+    ``example`` (inputs; the first is traced) placed where every analysis reads them, else only named."""
+    chosen = select_layers(model, layers, example=None if example is None else example[:1])
     return dict(list(chosen.items())[:-1]) if layers is None and len(chosen) > 1 else chosen
 
 
@@ -125,7 +125,7 @@ def fit_validator(
     others are left out, Algorithm 1); ``layers``: the hidden layers (default: every default layer
     but the last, the logits); ``nu``, ``gamma``: ``OneClassSVM``'s."""
     svm_class = one_class_svm()
-    model_layers = _hidden_layers(model, layers, x)  # the thesis validates the hidden layers
+    model_layers = hidden_layers(model, layers, x)  # the thesis validates the hidden layers
     features, predicted = _features(model, x, model_layers, batch_size)
     correct = predicted == y.cpu()
     validator = Validator(list(model_layers), {}, {}, {}, None if layers is None else list(layers))
