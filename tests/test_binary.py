@@ -82,7 +82,7 @@ def test_a_single_logit_is_a_binary_classifier_whose_loss_is_bce_and_whose_attac
 
 
 def test_every_module_analyses_a_single_logit_binary_classifier(tmp_path):
-    compass = cl.Compass(task=digits_task(), probe_size=32, **SMALL)
+    compass = cl.Compass(task=digits_task(), probe_size=32, budget=None, **SMALL)
     trainer = make_trainer(tmp_path, [compass], logger=False)
     trainer.fit(BinaryDigits(), datamodule=Relabelled(large))
     evaluations = assert_monitor_ran(compass, *EVERY_MODULE, "compass/interpretability/deeplift/insertion")

@@ -71,7 +71,8 @@ CALLBACKS = {  # each with small settings, so that the whole promise list runs i
     "DeepValidation": lambda **kw: DeepValidation(  # ε large enough that FGSM fools some seeds (else its AUC is undefined)
         transforms=["rotation", "complement"], attacks=["fgsm"], eps=0.3, fit_size=200, **{"probe_size": 32, **kw}
     ),
-    "Compass": lambda **kw: Compass(**{**SMALL_MODULES, "probe_size": 32, **kw}),
+    # no time budget: which evaluations run under one depends on the clock (tests/test_budget.py)
+    "Compass": lambda **kw: Compass(**{**SMALL_MODULES, "probe_size": 32, "budget": None, **kw}),
 }
 #: Evaluations in a 2-epoch fit: every epoch, pruning at the end, the Compass both.
 EVALUATIONS = {name: 2 for name in CALLBACKS} | {"PruningAnalysis": 1, "Compass": 3, "Compass-text": 3}
@@ -102,7 +103,7 @@ def _fit(tmp_path, callbacks, model=None, epochs=2, datamodule=None, **kwargs):
 
 
 @pytest.mark.parametrize(("precision", "modality"), [("32-true", "image"), ("bf16-mixed", "image"), ("bf16-true", "image"),
-                                                    ("64-true", "image"), ("32-true", "text")])
+                                                    ("64-true", "image"), ("32-true", "text"), ("32-true", "budget")])
 def test_training_with_the_compass_is_bit_identical_to_training_without(tmp_path, precision, modality):
     text = modality == "text"  # a TextCNN on token ids, its Compass in embedding space (tests/text_models.py)
 
@@ -117,6 +118,8 @@ def test_training_with_the_compass_is_bit_identical_to_training_without(tmp_path
     if text:
         with pytest.warns(CompassWarning, match="left out of the default"):  # Grad-CAM has no Conv2d here
             monitor = text_compass()
+    elif modality == "budget":  # at its default time budget: modules rotate, scale and end the fit
+        monitor = Compass(**SMALL_MODULES, probe_size=32, task=digits_task())
     else:
         monitor = _monitor("Compass")
     watched_weights, watched_optimiser = train([monitor])

@@ -124,9 +124,9 @@ BERT_TASK = cl.TextClassification(pad_id=PAD, mask_id=MASK, special_ids=[CLS], a
 
 
 def text_compass(task: cl.TextClassification = TASK, **kwargs) -> cl.Compass:
-    """A Compass with small probes: every module that applies to text."""
+    """A Compass with small probes: every module that applies to text, on its schedule (no time budget)."""
     return cl.Compass(
-        task=task, probe_size=32, interpretability={"every_n_epochs": 1, "probe_size": 8, "steps": 8},
+        task=task, probe_size=32, budget=None, interpretability={"every_n_epochs": 1, "probe_size": 8, "steps": 8},
         neurons={"profile_size": 64}, pruning={"rates": [0.4], "sweep": [], "joint_rates": [0.4], "calibration_size": 64},
         **kwargs,
     )

@@ -11,7 +11,7 @@ import contextlib
 import warnings
 import zlib
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Optional, TypeVar
+from typing import Any, Optional
 
 import lightning.pytorch as pl
 import torch
@@ -21,10 +21,13 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from compass_lightning.callbacks._budget import BudgetedRuns, budget_schedule
 from compass_lightning.callbacks._data import (ProbeData, check_probe_data, check_targets, draw, evaluation_loader,
                                                training_loader)
+from compass_lightning.callbacks._refusal import Selection, applicable
 from compass_lightning.callbacks._watchers import check_watchers, held_for_watchers, warn_about_schedule, warn_about_spawn
 from compass_lightning.engine.batching import auto_batch_size
+from compass_lightning.engine.budget import Plan
 from compass_lightning.engine.checks import at_least_one, check_bool, check_int, optional
 from compass_lightning.engine.evaluation import Evaluation
 from compass_lightning.engine.guard import analysis_mode
@@ -36,8 +39,6 @@ from compass_lightning.reporting.reporter import CompassWarning, Reporter
 from compass_lightning.reporting.tags import ERRORS
 from compass_lightning.tasks import Classification, Task
 
-ERRORS_TAG = ERRORS
-Selection = TypeVar("Selection", Mapping[str, Any], tuple, list)
 #: The batch size of an evaluation whose model fails the forward that chooses one (the evaluation then reports the failure).
 FALLBACK_BATCH_SIZE = 128
 
@@ -61,6 +62,7 @@ def compass_module(name: str) -> Callable[[type[CompassCallback]], type[CompassC
         if name in COMPASS_MODULES and COMPASS_MODULES[name] is not cls:
             raise ValueError(f"the Compass module {name!r} is already {COMPASS_MODULES[name].__name__}")
         COMPASS_MODULES[name] = cls
+        cls.module_name = name
         return cls
 
     return register
@@ -71,7 +73,7 @@ def _any_rank(strategy: Any, flag: bool, device: torch.device) -> bool:
     return bool(strategy.reduce(torch.tensor(float(flag), device=device), reduce_op="sum") > 0)
 
 
-class CompassCallback(Callback):
+class CompassCallback(BudgetedRuns, Callback):
     """Base class of the compass monitors: runs :meth:`evaluate` on a fixed probe set at validation epochs.
 
     It runs in ``on_validation_epoch_end`` every ``every_n_epochs`` epochs of ``fit`` (never in the
@@ -96,6 +98,10 @@ class CompassCallback(Callback):
         probe_data: draw the probe from this dataset or ``(inputs, targets)`` pair instead of the
             validation dataloader.
         fail_fast: raise an analysis' exception instead of warning and continuing.
+        budget: the largest fraction of the fit's wall time the monitor may take (e.g. ``0.1``): at
+            each of its epochs it runs on a probe scaled down to fit (down to 16 samples), or is
+            postponed (see :mod:`compass_lightning.engine.budget`); ``None``: no budget.
+        final: with a ``budget``, evaluate once more on the whole probe when training ends.
 
     Example:
         >>> class Accuracy(CompassCallback):
@@ -119,7 +125,11 @@ class CompassCallback(Callback):
         task: Optional[Task] = None,
         probe_data: Optional[ProbeData] = None,
         fail_fast: bool = False,
+        budget: Optional[float] = None,
+        final: bool = True,
     ) -> None:
+        #: The time budget's bookkeeping (``None`` without a budget).
+        self.schedule = budget_schedule(budget, final)
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, minimum=1)
         self.probe_size = optional(at_least_one)("probe_size", probe_size)
         self.batch_size = optional(at_least_one)("batch_size", batch_size)
@@ -154,27 +164,8 @@ class CompassCallback(Callback):
         """Raise a ``ValueError`` at fit start if the settings do not fit the model (e.g. its layers)."""
 
     def applicable(self, kind: str, selection: Selection, argument: str, *, explicit: bool) -> Selection:
-        """The entries of ``selection`` (names, or a mapping from names) whose ``kind`` (see
-        :data:`~compass_lightning.tasks.base.KINDS`) applies to the task.
-
-        One that does not is a ``ValueError`` naming ``argument`` and the task's reason when the user
-        chose it (``explicit``), and is left out with one warning giving the reason when it came from
-        the defaults, so that a monitor at its defaults runs on any task.
-        """
-        refused = {name: reason for name in selection if (reason := self.task.refusal(kind, name))}
-        if not refused:
-            return selection
-        name, reason = next(iter(refused.items()))
-        if explicit:
-            raise ValueError(f"{argument}: {name!r} does not apply to {self.task!r}: {reason}")
-        rank_zero_warn(
-            f"{type(self).__name__}: left out of the default {argument}, as they do not apply to {self.task!r}: "
-            + "; ".join(f"{n!r} ({r})" for n, r in refused.items()),
-            category=CompassWarning,
-        )
-        if isinstance(selection, Mapping):
-            return {n: value for n, value in selection.items() if n not in refused}
-        return type(selection)(n for n in selection if n not in refused)
+        """The entries of ``selection`` whose ``kind`` applies to the task (see :func:`applicable`)."""
+        return applicable(self.task, type(self).__name__, kind, selection, argument, explicit=explicit)
 
     def prepare(self, trainer: pl.Trainer) -> None:
         """Fit-start work that needs the trainer, such as sampling training data, so that bad sizes
@@ -309,6 +300,8 @@ class CompassCallback(Callback):
         warn_about_spawn(trainer, {t for cb in trainer.callbacks if isinstance(cb, CompassCallback) for t in cb.expected_tags()})
         self._probe = self._build_probe(trainer)
         self.prepare(trainer)
+        if self.schedule is not None:
+            self.schedule.start(trainer, self.budget_modules())
 
     def check_watchers(self, trainer: pl.Trainer) -> None:
         """Fail now if a checkpoint or early-stopping callback would look for this monitor's tags on
@@ -324,7 +317,10 @@ class CompassCallback(Callback):
             self.every_n_epochs is None or (trainer.current_epoch + 1) % self.every_n_epochs
         ):
             return
-        self._run(trainer, pl_module)
+        plan = None
+        if self.schedule is not None and trainer.state.fn == "fit":
+            plan = self.schedule.plan(trainer, {self.budget_name: self.every_n_epochs})
+        self._run_planned(trainer, pl_module, plan)
 
     @override
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -332,12 +328,15 @@ class CompassCallback(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"history": list(self.history), "error_count": self._errors}
+        budget = {"budget": self.schedule.state_dict()} if self.schedule is not None else {}
+        return {"history": list(self.history), "error_count": self._errors, **budget}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
         self._errors = int(state_dict.get("error_count", 0))
+        if self.schedule is not None:
+            self.schedule.load_state_dict(state_dict.get("budget", {}))
 
     # -- one evaluation ------------------------------------------------------------------------
 
@@ -350,17 +349,20 @@ class CompassCallback(Callback):
             stage=trainer.state.fn.value, metrics=scalars,
         ))
 
-    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, in_epoch_end: bool = True) -> None:
+    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, in_epoch_end: bool = True,
+             plan: Plan | None = None) -> None:
         """One evaluation, logged through ``pl_module.log`` (``in_epoch_end``) or the loggers (in
-        hooks where Lightning forbids ``self.log``, such as ``on_train_end``)."""
+        hooks where Lightning forbids ``self.log``, such as ``on_train_end``); on the first samples
+        of the probe that the budget's ``plan`` needs."""
         if self.reporter is None:
             self.reporter = Reporter(trainer)
         if self._probe is None:
             self._probe = self._build_probe(trainer)
         strategy = trainer.strategy
+        probe = self._probe.first(max(plan.sizes.values())) if plan is not None else self._probe
         evaluation = Evaluation(
             pl_module,
-            self._probe,
+            probe,
             self.task,
             batch_size=self._batch_size_for(pl_module),
             all_gather=strategy.all_gather,
@@ -372,13 +374,16 @@ class CompassCallback(Callback):
         with analysis_mode(pl_module, seed=self.seed), self.isolate("the analysis"):
             # The clean forward first (kept for the analyses that need it): a model that fails on the
             # probe or returns non-finite logits is then reported once, not once per analysis.
-            evaluation.outputs(self._probe.inputs)
-            self.evaluate(trainer, evaluation)
+            evaluation.outputs(probe.inputs)
+            with self.schedule.timing(self.budget_name, pl_module.device) if self.schedule else contextlib.nullcontext():
+                self.evaluate(trainer, evaluation)
+        if plan is not None:
+            evaluation.scalars.update(self.schedule.scalars(plan))
         scalars = to_floats(evaluation.scalars)
         # A tag that failed is logged as NaN rather than left out: ModelCheckpoint treats NaN as the
         # worst score and skips the epoch, while a missing monitored key would stop the run.
         scalars.update({tag: float("nan") for tag in self.expected_tags() if tag not in scalars})
-        scalars[ERRORS_TAG] = float(sum(cb.error_count for cb in trainer.callbacks if isinstance(cb, CompassCallback)))
+        scalars[ERRORS] = float(sum(cb.error_count for cb in trainer.callbacks if isinstance(cb, CompassCallback)))
         self.record(trainer, evaluation.epoch, scalars)
         logged, held = held_for_watchers(scalars, self.history[:-1], trainer.callbacks)
         for tag, value in held.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
@@ -9,6 +10,7 @@ import lightning.pytorch as pl
 
 from typing_extensions import override
 
+from compass_lightning.callbacks._budget import FINAL_SECONDS
 from compass_lightning.callbacks._end_of_fit import EndOfFit
 from compass_lightning.callbacks.base import COMPASS_MODULES, CompassCallback, Evaluation, ProbeData
 from compass_lightning.engine.checks import at_least_one, check_bool, optional
@@ -17,7 +19,10 @@ from compass_lightning.reporting.radar import AXES, axis_values, radar_chart, ra
 from compass_lightning.reporting.tags import PASSES
 from compass_lightning.tasks import Task
 
-SHARED = ("task", "seed", "batch_size", "probe_data", "fail_fast")
+SHARED = ("task", "seed", "batch_size", "probe_data", "fail_fast", "budget", "final")
+#: ``Compass(budget=...)``'s default: the monitors take at most this fraction of the fit's wall time
+#: (the README's "Cost" section has the measurements behind it).
+DEFAULT_BUDGET = 0.1
 
 
 #: The modules in the order they run: robustness before neurons, whose layer deviation reuses its
@@ -79,9 +84,11 @@ class Compass(EndOfFit, CompassCallback):
         task: Optional[Task] = None,
         probe_data: Optional[ProbeData] = None,
         fail_fast: bool = False,
+        budget: Optional[float] = DEFAULT_BUDGET,
+        final: bool = True,
     ) -> None:
         super().__init__(every_n_epochs=1, probe_size=probe_size, batch_size=batch_size, seed=seed, task=task,
-                         probe_data=probe_data, fail_fast=fail_fast)
+                         probe_data=probe_data, fail_fast=fail_fast, budget=budget, final=final)
         self.radar = check_bool("radar", radar)
         shared = {"task": self.task, "seed": self.seed, "batch_size": self.batch_size, "fail_fast": self.fail_fast}
         configs = {"mutation": mutation, "robustness": robustness, "interpretability": interpretability,
@@ -108,6 +115,7 @@ class Compass(EndOfFit, CompassCallback):
         if not self.modules:
             raise ValueError("Compass needs at least one module; every one is switched off")
         self._running: list[str] = []
+        self._sizes: dict[str, int] = {}
 
     @override
     def hosted(self) -> list[CompassCallback]:
@@ -141,6 +149,11 @@ class Compass(EndOfFit, CompassCallback):
     def _probe_size_for(self, name: str) -> int:
         size = self.module_probe_sizes[name]
         return size if size is not None else type(self.modules[name]).default_probe_size
+
+    @override
+    def budget_modules(self) -> dict[str, tuple[int, set[str]]]:
+        return {name: (min(self._probe_size_for(name), len(self.probe)), set(module.expected_tags()))
+                for name, module in self.modules.items()}
 
     # -- Lightning hooks -----------------------------------------------------------------------
 
@@ -177,23 +190,30 @@ class Compass(EndOfFit, CompassCallback):
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)  # EndOfFit: it ran in this fit
-        names = self._scheduled(trainer, end_of_fit=True)
+        final = self.schedule is not None and self.schedule.final
+        names = list(self.modules) if final else self._scheduled(trainer, end_of_fit=True)
         if any(r["stage"] == "fit" and r["global_step"] == trainer.global_step and
-               any(t.startswith("compass/pruning/") for t in r["metrics"]) for r in self.history):
+               any(t.startswith("compass/pruning/") or t == FINAL_SECONDS for t in r["metrics"]) for r in self.history):
             return  # this model's end-of-fit analysis is in the history already (restored from a checkpoint)
-        # self.log is not allowed in on_train_end
-        self._run_modules(trainer, pl_module, names, in_epoch_end=False)
+        self._run_modules(trainer, pl_module, names, final=True)
 
     def _run_modules(self, trainer: pl.Trainer, pl_module: pl.LightningModule, names: list[str], *,
-                     in_epoch_end: bool = True) -> None:
-        """One evaluation of the modules ``names`` (none: no evaluation)."""
+                     final: bool = False) -> None:
+        """One evaluation of the modules ``names`` (none: no evaluation), as the budget (if any)
+        plans it; ``final``: the end-of-fit evaluation, logged outside ``self.log``'s hooks."""
+        plan = None
+        if names and self.schedule is not None and trainer.state.fn == "fit":
+            plan = (self.schedule.final_plan(trainer, names) if final else
+                    self.schedule.plan(trainer, {n: self.modules[n].every_n_epochs for n in names}))
+            names = list(plan.sizes)
         if not names:
             return
         self._running = names
+        self._sizes = dict(plan.sizes) if plan is not None else {}
         try:
-            self._run(trainer, pl_module, in_epoch_end=in_epoch_end)
+            self._run_planned(trainer, pl_module, plan, final=final)
         finally:
-            self._running = []  # outside a scheduled hook, evaluate() and expected_tags() cover every module
+            self._running, self._sizes = [], {}  # outside a scheduled hook, evaluate() covers every module
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -214,8 +234,10 @@ class Compass(EndOfFit, CompassCallback):
         running = self._running or list(self.modules)
         with PassCounter(evaluation.model) as passes:  # the clean forward (made before) is counted as one pass
             for name in running:
-                with self.isolate(f"the {name} module"):
-                    self.modules[name].evaluate(trainer, evaluation.subset(self._probe_size_for(name)))
+                timing = self.schedule.timing(name, evaluation.device) if self.schedule else contextlib.nullcontext()
+                with self.isolate(f"the {name} module"), timing:
+                    size = self._sizes.get(name) or self._probe_size_for(name)
+                    self.modules[name].evaluate(trainer, evaluation.subset(size))
         evaluation.scalars[PASSES[0]] = float(passes.forward + len(evaluation.probe.shard(evaluation.probe.inputs)))
         evaluation.scalars[PASSES[1]] = float(passes.backward)
         for name in running:  # the modules' own histories drive their epoch-over-epoch figures

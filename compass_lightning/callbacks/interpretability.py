@@ -53,7 +53,7 @@ class AttributionScores(CompassCallback):
         image_count: probe images in the heatmap grid (0: none).
         random_baseline: also score uniformly random attributions (logged as ``random``), the
             chance level a method must beat.
-        every_n_epochs, probe_size, batch_size, seed, task, probe_data, fail_fast: see
+        every_n_epochs, probe_size, batch_size, seed, task, probe_data, fail_fast, budget, final: see
             :class:`~compass_lightning.callbacks.base.CompassCallback`; by default every 5 epochs, on
             up to 32 samples. ``batch_size`` is also the number of images in one forward
             pass of insertion/deletion, integrated gradients and SmoothGrad (unless a method's
@@ -83,6 +83,8 @@ class AttributionScores(CompassCallback):
         task: Optional[Task] = None,
         probe_data: Optional[ProbeData] = None,
         fail_fast: bool = False,
+        budget: Optional[float] = None,
+        final: bool = True,
     ) -> None:
         super().__init__(
             every_n_epochs=every_n_epochs,
@@ -91,7 +93,7 @@ class AttributionScores(CompassCallback):
             seed=seed,
             task=task,
             probe_data=probe_data,
-            fail_fast=fail_fast,
+            fail_fast=fail_fast, budget=budget, final=final,
         )
         self.methods = resolve_selection(METHODS, "methods", methods)
         self.methods = self.applicable("attribution", self.methods, "methods", explicit=methods != DEFAULT_METHODS)

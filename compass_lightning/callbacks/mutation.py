@@ -50,7 +50,7 @@ class MutationMetrics(CompassCallback):
         image_count: probe images shown per mutant (0: no example grid).
         shuffle_tolerance: the largest probability change ``data_shuffle`` may cause before the
             warning.
-        every_n_epochs, probe_size, batch_size, seed, task, probe_data, fail_fast: see
+        every_n_epochs, probe_size, batch_size, seed, task, probe_data, fail_fast, budget, final: see
             :class:`~compass_lightning.callbacks.base.CompassCallback`; the probe holds up to 512
             samples by default.
 
@@ -77,6 +77,8 @@ class MutationMetrics(CompassCallback):
         task: Optional[Task] = None,
         probe_data: Optional[ProbeData] = None,
         fail_fast: bool = False,
+        budget: Optional[float] = None,
+        final: bool = True,
     ) -> None:
         super().__init__(
             every_n_epochs=every_n_epochs,
@@ -85,7 +87,7 @@ class MutationMetrics(CompassCallback):
             seed=seed,
             task=task,
             probe_data=probe_data,
-            fail_fast=fail_fast,
+            fail_fast=fail_fast, budget=budget, final=final,
         )
         registry = self.task.mutations
         self.mutations = resolve_selection(registry, "mutations", self.task.default_mutations if mutations is None else mutations)

@@ -108,7 +108,7 @@ class NeuronAnalysis(CompassCallback):
         image_count: probe images in the Grad-CAM grid (0: none).
         test_generation: ``None`` (off) or the settings of DeepSensor's swarm (``{}``: its defaults;
             :data:`~compass_lightning.callbacks._generation.DEFAULTS`: seeds, particles, generations, bound, norm, every_n_epochs).
-        every_n_epochs, probe_size, batch_size, seed, task, probe_data, fail_fast: see
+        every_n_epochs, probe_size, batch_size, seed, task, probe_data, fail_fast, budget, final: see
             :class:`~compass_lightning.callbacks.base.CompassCallback`; the probe holds up to 256 samples
             by default.
 
@@ -147,9 +147,11 @@ class NeuronAnalysis(CompassCallback):
         task: Optional[Task] = None,
         probe_data: Optional[ProbeData] = None,
         fail_fast: bool = False,
+        budget: Optional[float] = None,
+        final: bool = True,
     ) -> None:
         super().__init__(every_n_epochs=every_n_epochs, probe_size=probe_size, batch_size=batch_size, seed=seed,
-                         task=task, probe_data=probe_data, fail_fast=fail_fast)
+                         task=task, probe_data=probe_data, fail_fast=fail_fast, budget=budget, final=final)
         if layers is not None and (isinstance(layers, str) or not isinstance(layers, (list, tuple)) or not layers
                                    or not all(isinstance(n, str) and n for n in layers)):
             raise TypeError(f"layers must be None or a non-empty list of module names, got {layers!r}")

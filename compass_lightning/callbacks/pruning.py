@@ -103,7 +103,7 @@ class PruningAnalysis(EndOfFit, CompassCallback):
         save_pruned: write the pruned ``state_dict`` of every method at each of ``rates`` next to the
             checkpoints (``pruned_<method>_rate_0.40.pt``).
         every_n_epochs: also run at every ``n``-th validation epoch (``None``: only at the end of fit).
-        probe_size, batch_size, seed, task, probe_data, fail_fast: see
+        probe_size, batch_size, seed, task, probe_data, fail_fast, budget, final: see
             :class:`~compass_lightning.callbacks.base.CompassCallback`; the probe holds up to 256
             validation samples by default.
 
@@ -142,8 +142,10 @@ class PruningAnalysis(EndOfFit, CompassCallback):
         task: Optional[Task] = None,
         probe_data: Optional[ProbeData] = None,
         fail_fast: bool = False,
+        budget: Optional[float] = None,
+        final: bool = True,
     ) -> None:
-        common = {"batch_size": batch_size, "seed": seed, "task": task, "fail_fast": fail_fast}
+        common = {"batch_size": batch_size, "seed": seed, "task": task, "fail_fast": fail_fast, "budget": budget, "final": final}
         super().__init__(every_n_epochs=every_n_epochs or 1, probe_size=probe_size, probe_data=probe_data, **common)
         if every_n_epochs is not None:
             check_int("every_n_epochs", every_n_epochs, minimum=1)

@@ -101,7 +101,7 @@ class AttackSuccessRate(CompassCallback):
             ``compass/robustness/checks/<check>`` (1 fired, 0 silent), with one warning per check that
             fires; ``black_box`` runs when a black-box attack (``square``) and a white-box one, or
             the ``autoattack`` cascade, are among ``attacks``.
-        every_n_epochs, probe_size, batch_size, seed, task, probe_data, fail_fast: see
+        every_n_epochs, probe_size, batch_size, seed, task, probe_data, fail_fast, budget, final: see
             :class:`~compass_lightning.callbacks.base.CompassCallback`; the probe holds up to 256
             samples by default.
 
@@ -133,6 +133,8 @@ class AttackSuccessRate(CompassCallback):
         task: Optional[Task] = None,
         probe_data: Optional[ProbeData] = None,
         fail_fast: bool = False,
+        budget: Optional[float] = None,
+        final: bool = True,
     ) -> None:
         super().__init__(
             every_n_epochs=every_n_epochs,
@@ -141,7 +143,7 @@ class AttackSuccessRate(CompassCallback):
             seed=seed,
             task=task,
             probe_data=probe_data,
-            fail_fast=fail_fast,
+            fail_fast=fail_fast, budget=budget, final=final,
         )
         self.attacks = resolve_selection(ATTACKS, "attacks", attacks)
         budgets = self.task.budgets  # the task's own where not given: 8/255 and 0.5 for images in [0, 1]

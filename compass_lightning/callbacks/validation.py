@@ -63,7 +63,7 @@ class DeepValidation(CompassCallback):
             ``(inputs, targets)`` pair to fit on instead of the training data.
         nu, gamma: ``OneClassSVM``'s (shared by every class of a layer, as in the thesis).
         target: the misclassification rate the grid search aims at (the thesis' 0.6).
-        every_n_epochs, probe_size, batch_size, seed, task, probe_data, fail_fast: see
+        every_n_epochs, probe_size, batch_size, seed, task, probe_data, fail_fast, budget, final: see
             :class:`~compass_lightning.callbacks.base.CompassCallback`; the probe holds up to 256 samples.
 
     Needs scikit-learn (``pip install compass-lightning[validation]``): without it the constructor says so.
@@ -96,9 +96,11 @@ class DeepValidation(CompassCallback):
         task: Optional[Task] = None,
         probe_data: Optional[ProbeData] = None,
         fail_fast: bool = False,
+        budget: Optional[float] = None,
+        final: bool = True,
     ) -> None:
         super().__init__(every_n_epochs=every_n_epochs, probe_size=probe_size, batch_size=batch_size, seed=seed,
-                         task=task, probe_data=probe_data, fail_fast=fail_fast)
+                         task=task, probe_data=probe_data, fail_fast=fail_fast, budget=budget, final=final)
         one_class_svm()  # a missing optional dependency is said now, not at the first evaluation
         self.applicable("neurons", ["deep_validation"], "DeepValidation", explicit=True)
         if tuple(self.task.input_range) != (0.0, 1.0):  # x + β, α·x, 1 − x and the thesis' grids are for [0, 1]
