@@ -207,3 +207,22 @@ def test_without_a_budget_every_module_keeps_its_schedule(tmp_path):
     trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule())
     assert len(_runs(compass.history, "compass/robustness/")) == 2
     assert not any(t.startswith("compass/budget/") for r in compass.history for t in r["metrics"])
+
+
+def test_figures_are_drawn_at_the_first_and_every_nth_evaluation_and_at_validate(tmp_path):
+    from conftest import read_events
+
+    from compass_lightning import MutationMetrics
+
+    monitor = MutationMetrics(task=digits_task(), mutations=["noise"], probe_size=32, images_every_n=2)
+    trainer = make_trainer(tmp_path, [monitor], epochs=3)
+    model = DigitsClassifier()
+    trainer.fit(model, datamodule=DigitsDataModule())
+    events = read_events(trainer.logger.log_dir)
+    steps = [e.step for e in events.Images("compass/mutation/examples")]
+    assert len(steps) == 2 and steps == sorted(steps)  # evaluations 1 and 3 of 3
+    assert len(events.Scalars("compass/mutation/noise/accuracy")) == 3  # the scalars every time
+    trainer.validate(model, datamodule=DigitsDataModule(), verbose=False)  # a single evaluation: its figures too
+    assert len(read_events(trainer.logger.log_dir).Images("compass/mutation/examples")) == 3
+    with pytest.raises(ValueError, match="images_every_n"):
+        MutationMetrics(images_every_n=0)

@@ -13,7 +13,7 @@ SETTINGS = {"seeds": 6, "particles": 4, "generations": 3, "every_n_epochs": 2}
 
 def _monitor(**settings):
     return NeuronAnalysis(task=digits_task(), probe_size=32, profile_size=64, excitability=False, deviation=False,
-                          test_generation={**SETTINGS, **settings})
+                          test_generation={**SETTINGS, **settings}, images_every_n=1)
 
 
 def test_the_swarm_runs_on_its_own_schedule_and_logs_what_the_function_finds(tmp_path):

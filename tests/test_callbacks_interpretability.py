@@ -21,7 +21,8 @@ def _fit(tmp_path, monitor, *, epochs=2, callbacks=(), **kwargs):
 
 def test_fit_logs_every_method_the_chance_baseline_and_the_pictures(tmp_path):
     monitor = AttributionScores(
-        methods=["saliency", "integrated_gradients", "gradcam", "agi"], every_n_epochs=1, task=digits_task(), probe_size=24
+        methods=["saliency", "integrated_gradients", "gradcam", "agi"], every_n_epochs=1, task=digits_task(), probe_size=24,
+        images_every_n=1,
     )
     trainer = _fit(tmp_path, monitor, epochs=3)
     events = read_events(trainer.logger.log_dir)

@@ -31,7 +31,7 @@ def _fit(tmp_path, callback, *, epochs=2, logger="tensorboard", model=None, call
 
 
 def test_fit_logs_every_scalar_and_image_to_tensorboard(tmp_path):
-    trainer = _fit(tmp_path, MutationMetrics(task=digits_task()))
+    trainer = _fit(tmp_path, MutationMetrics(task=digits_task(), images_every_n=1))
     events = read_events(trainer.logger.log_dir)
     tags = events.Tags()
     assert set(SCALARS) <= set(tags["scalars"])
@@ -111,7 +111,7 @@ def test_validate_and_test_run_under_inference_mode_and_log(tmp_path):
 
 def test_csv_logger_gets_scalars_and_png_images(tmp_path):
     logger = pl.loggers.CSVLogger(tmp_path, name="csv")
-    _fit(tmp_path, MutationMetrics(task=digits_task(), mutations=["noise"]), logger=logger)
+    _fit(tmp_path, MutationMetrics(task=digits_task(), mutations=["noise"], images_every_n=1), logger=logger)
     with open(f"{logger.log_dir}/metrics.csv") as stream:
         rows = [r for r in csv.DictReader(stream) if r.get("compass/mutation/noise/accuracy")]
     assert len(rows) == 2 and all(0 <= float(r["compass/basic/accuracy"]) <= 1 for r in rows)

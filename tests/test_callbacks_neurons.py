@@ -21,7 +21,7 @@ def _fit(tmp_path, monitor, *, epochs=2, callbacks=None, **kwargs):
 
 
 def test_fit_logs_every_tag_every_epoch_and_the_pictures(tmp_path):
-    monitor = NeuronAnalysis(task=digits_task(), probe_size=64, profile_size=200)
+    monitor = NeuronAnalysis(task=digits_task(), probe_size=64, profile_size=200, images_every_n=1)
     trainer = _fit(tmp_path, monitor, epochs=3)
     assert monitor.error_count == 0
     tags = monitor.expected_tags()

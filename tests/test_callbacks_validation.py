@@ -18,7 +18,7 @@ def _monitor(**kwargs):
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    monitor = _monitor()
+    monitor = _monitor(images_every_n=1)
     trainer = make_trainer(tmp_path_factory.mktemp("validation"), [monitor], epochs=2)
     trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule())
     return monitor, trainer

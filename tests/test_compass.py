@@ -43,7 +43,8 @@ def compass_run(tmp_path_factory):
     """A real 4-epoch fit of the digits model with the Compass (every module), shared by the tests."""
     root = tmp_path_factory.mktemp("compass")
     pl.seed_everything(0)
-    compass = Compass(task=digits_task(), probe_size=96, budget=None, **SMALL)  # every module on its schedule
+    # every module on its schedule, with its figures every time
+    compass = Compass(task=digits_task(), probe_size=96, budget=None, images_every_n=1, **SMALL)
     checkpoints = ModelCheckpoint(dirpath=root / "ckpt", save_top_k=-1, filename="{epoch}")
     trainer = make_trainer(root, [compass, checkpoints], epochs=4)
     trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule())

@@ -57,7 +57,7 @@ class _EndOfFitLogger(pl.Callback):
         self.reporter = Reporter(trainer)
 
     def on_train_end(self, trainer, pl_module):
-        self.reporter.log_scalars(trainer, pl_module, {"compass/test/at_end": 0.25}, in_epoch_end=False)
+        self.reporter.log_scalars(trainer, {"compass/test/at_end": 0.25})
 
 
 def test_scalars_outside_epoch_end_hooks_go_to_every_logger(tmp_path):

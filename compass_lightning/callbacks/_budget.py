@@ -175,7 +175,7 @@ class BudgetedRuns:
         seconds = self.schedule.charge()
         if final:
             scalars = self.schedule.final_scalars(seconds)
-            self.reporter.log_scalars(trainer, pl_module, scalars, in_epoch_end=False)
+            self.reporter.log_scalars(trainer, scalars)
             self.history[-1]["metrics"].update(scalars)
             with self.isolate("writing the history file"):
                 self.reporter.write_history(self.state_key, self.history)

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 import lightning.pytorch as pl
@@ -101,3 +102,48 @@ def check_targets(task: Task, samples: ProbeSet, module: pl.LightningModule, see
         return
     if reason := task.check_targets(samples.targets, outputs):
         raise ValueError(f"task: {reason}")
+
+
+class Sampling:
+    """Mixin of :class:`~compass_lightning.callbacks.base.CompassCallback`: its probe set, the
+    training samples some analyses calibrate on, and the fit-start check of a method on one sample."""
+
+    probe_data: ProbeData | None
+    _probe: ProbeSet | None
+
+    def _build_probe(self, trainer: pl.Trainer) -> ProbeSet:
+        loader = evaluation_loader(trainer) if self.probe_data is None else None
+        if self.probe_data is None and loader is None:
+            raise ValueError(
+                f"{type(self).__name__} draws its probe set from the validation data, but this run has no "
+                "validation dataloader: define val_dataloader() (and validation_step) or pass probe_data=..."
+            )
+        probe = draw(self.probe_data, loader, self.task, probe_size=self.probe_size, seed=self.seed,
+                     default_size=self.default_probe_size, rank=trainer.global_rank, world_size=trainer.world_size)
+        check_targets(self.task, probe, trainer.lightning_module, self.seed)
+        return probe
+
+    def check_on_a_sample(self, trainer: pl.Trainer, checks: Mapping[str, Callable[[Any, Tensor], Optional[str]]],
+                          argument: str) -> None:
+        """Fail now (a ``ValueError`` naming ``argument``), not at every evaluation, where a method's
+        ``check(space_model, x)`` on one probe (else training) sample says why it does not apply."""
+        if not checks:
+            return
+        module, source = trainer.lightning_module, self._probe or self.training_sample(trainer, 1, None, argument="probe_data")
+        x = to(take(source.inputs, slice(0, 1)), module.device)
+        with analysis_mode(module, seed=self.seed):
+            for name, check in checks.items():
+                if reason := check(self.task.space_model(module, x), self.task.to_space(x, module)):
+                    raise ValueError(f"{argument}: {name} does not apply to {type(module).__name__}: {reason}")
+
+    def training_sample(self, trainer: pl.Trainer, size: int, data: ProbeData | None, *, argument: str) -> ProbeSet:
+        """``size`` seeded samples of ``data`` or else of the training data, the same on every
+        process (not sharded), for analyses that calibrate or profile on training data."""
+        loader = training_loader(trainer) if data is None else None
+        if data is None and loader is None:
+            raise ValueError(
+                f"{type(self).__name__} needs training data, but this run has none: pass {argument}=... "
+                "(a Dataset or an (inputs, targets) pair)"
+            )
+        # seed + 1: a different draw from the probe's when both come from the same dataset
+        return draw(data, loader, self.task, probe_size=size, seed=self.seed + 1, default_size=size)

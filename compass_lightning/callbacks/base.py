@@ -22,8 +22,8 @@ from torch import Tensor
 from typing_extensions import override
 
 from compass_lightning.callbacks._budget import BudgetedRuns, budget_schedule
-from compass_lightning.callbacks._data import (ProbeData, check_probe_data, check_targets, draw, evaluation_loader,
-                                               training_loader)
+from compass_lightning.callbacks._data import ProbeData, Sampling, check_probe_data
+from compass_lightning.callbacks._progress import EvaluationProgress
 from compass_lightning.callbacks._refusal import Selection, applicable
 from compass_lightning.callbacks._watchers import check_watchers, held_for_watchers, warn_about_schedule, warn_about_spawn
 from compass_lightning.engine.batching import auto_batch_size
@@ -42,6 +42,8 @@ from compass_lightning.tasks import Classification, Task
 #: The batch size of an evaluation whose model fails the forward that chooses one (the evaluation then reports the failure).
 FALLBACK_BATCH_SIZE = 128
 
+#: ``images_every_n``'s default (the README's "Cost" section has the measurements behind it).
+IMAGES_EVERY_N = 5
 #: The methods a task adapter must have (named in the error for an object that lacks some).
 _TASK_METHODS = tuple(m for m in vars(Task) if not m.startswith("_") and callable(getattr(Task, m)))
 
@@ -73,7 +75,7 @@ def _any_rank(strategy: Any, flag: bool, device: torch.device) -> bool:
     return bool(strategy.reduce(torch.tensor(float(flag), device=device), reduce_op="sum") > 0)
 
 
-class CompassCallback(BudgetedRuns, Callback):
+class CompassCallback(BudgetedRuns, Sampling, Callback):
     """Base class of the compass monitors: runs :meth:`evaluate` on a fixed probe set at validation epochs.
 
     It runs in ``on_validation_epoch_end`` every ``every_n_epochs`` epochs of ``fit`` (never in the
@@ -102,6 +104,9 @@ class CompassCallback(BudgetedRuns, Callback):
             each of its epochs it runs on a probe scaled down to fit (down to 16 samples), or is
             postponed (see :mod:`compass_lightning.engine.budget`); ``None``: no budget.
         final: with a ``budget``, evaluate once more on the whole probe when training ends.
+        images_every_n: draw figures at the first and every ``n``-th evaluation of a fit (and at
+            every end-of-fit, validate and test evaluation): a figure costs about as much as
+            analysing dozens of samples.
 
     Example:
         >>> class Accuracy(CompassCallback):
@@ -127,6 +132,7 @@ class CompassCallback(BudgetedRuns, Callback):
         fail_fast: bool = False,
         budget: Optional[float] = None,
         final: bool = True,
+        images_every_n: int = IMAGES_EVERY_N,
     ) -> None:
         #: The time budget's bookkeeping (``None`` without a budget).
         self.schedule = budget_schedule(budget, final)
@@ -143,6 +149,7 @@ class CompassCallback(BudgetedRuns, Callback):
         self.task = task if task is not None else Classification()
         self.probe_data = self._check_probe_data(probe_data)
         self.fail_fast = check_bool("fail_fast", fail_fast)
+        self.images_every_n = check_int("images_every_n", images_every_n, minimum=1)
         self.history: list[dict[str, Any]] = []
         self._errors = 0
         self._probe: ProbeSet | None = None
@@ -150,6 +157,8 @@ class CompassCallback(BudgetedRuns, Callback):
         #: Where results go; made in ``setup`` (a host such as the Compass hands its own to its modules).
         self.reporter: Reporter | None = None
         self._warned: set[tuple[str, str]] = set()
+        #: The progress bar's line of the evaluation running (hosts show each module on it).
+        self.progress: EvaluationProgress | None = None
 
     def _check_probe_data(self, probe_data: object) -> ProbeData | None:
         return check_probe_data(probe_data, self.probe_size)
@@ -174,6 +183,10 @@ class CompassCallback(BudgetedRuns, Callback):
     def expected_tags(self) -> list[str]:
         """The scalar tags a successful evaluation logs (a failed one logs them as NaN)."""
         return []
+
+    def progress_steps(self) -> list[str]:
+        """The steps of an evaluation the progress bar counts (this monitor; a host's modules)."""
+        return [self.budget_name]
 
     def hosted(self) -> list[CompassCallback]:
         """The monitors this one runs inside its own evaluations (the Compass' modules); their
@@ -226,43 +239,6 @@ class CompassCallback(BudgetedRuns, Callback):
 
     # -- probe ---------------------------------------------------------------------------------
 
-    def _build_probe(self, trainer: pl.Trainer) -> ProbeSet:
-        loader = evaluation_loader(trainer) if self.probe_data is None else None
-        if self.probe_data is None and loader is None:
-            raise ValueError(
-                f"{type(self).__name__} draws its probe set from the validation data, but this run has no "
-                "validation dataloader: define val_dataloader() (and validation_step) or pass probe_data=..."
-            )
-        probe = draw(self.probe_data, loader, self.task, probe_size=self.probe_size, seed=self.seed,
-                     default_size=self.default_probe_size, rank=trainer.global_rank, world_size=trainer.world_size)
-        check_targets(self.task, probe, trainer.lightning_module, self.seed)
-        return probe
-
-    def check_on_a_sample(self, trainer: pl.Trainer, checks: Mapping[str, Callable[[Any, Tensor], Optional[str]]],
-                          argument: str) -> None:
-        """Fail now (a ``ValueError`` naming ``argument``), not at every evaluation, where a method's
-        ``check(space_model, x)`` on one probe (else training) sample says why it does not apply."""
-        if not checks:
-            return
-        module, source = trainer.lightning_module, self._probe or self.training_sample(trainer, 1, None, argument="probe_data")
-        x = to(take(source.inputs, slice(0, 1)), module.device)
-        with analysis_mode(module, seed=self.seed):
-            for name, check in checks.items():
-                if reason := check(self.task.space_model(module, x), self.task.to_space(x, module)):
-                    raise ValueError(f"{argument}: {name} does not apply to {type(module).__name__}: {reason}")
-
-    def training_sample(self, trainer: pl.Trainer, size: int, data: ProbeData | None, *, argument: str) -> ProbeSet:
-        """``size`` seeded samples of ``data`` or else of the training data, the same on every
-        process (not sharded), for analyses that calibrate or profile on training data."""
-        loader = training_loader(trainer) if data is None else None
-        if data is None and loader is None:
-            raise ValueError(
-                f"{type(self).__name__} needs training data, but this run has none: pass {argument}=... "
-                "(a Dataset or an (inputs, targets) pair)"
-            )
-        # seed + 1: a different draw from the probe's when both come from the same dataset
-        return draw(data, loader, self.task, probe_size=size, seed=self.seed + 1, default_size=size)
-
     # -- Lightning hooks -----------------------------------------------------------------------
 
     @override
@@ -271,6 +247,10 @@ class CompassCallback(BudgetedRuns, Callback):
         self.reporter.register_layout(trainer)
         self._probe = None
         self._auto_batch_size = None
+
+    def _images_due(self, trainer: pl.Trainer, in_epoch_end: bool) -> bool:
+        fits = sum(record["stage"] == "fit" for record in self.history)
+        return trainer.state.fn != "fit" or not in_epoch_end or fits % self.images_every_n == 0
 
     def _batch_size_for(self, pl_module: pl.LightningModule) -> int:
         """``batch_size``, or the size chosen for this model and device once per run."""
@@ -351,9 +331,8 @@ class CompassCallback(BudgetedRuns, Callback):
 
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, in_epoch_end: bool = True,
              plan: Plan | None = None) -> None:
-        """One evaluation, logged through ``pl_module.log`` (``in_epoch_end``) or the loggers (in
-        hooks where Lightning forbids ``self.log``, such as ``on_train_end``); on the first samples
-        of the probe that the budget's ``plan`` needs."""
+        """One evaluation, at the end of a validation epoch (``in_epoch_end``) or of the fit, on the
+        first samples of the probe that the budget's ``plan`` needs."""
         if self.reporter is None:
             self.reporter = Reporter(trainer)
         if self._probe is None:
@@ -367,7 +346,7 @@ class CompassCallback(BudgetedRuns, Callback):
             batch_size=self._batch_size_for(pl_module),
             all_gather=strategy.all_gather,
             any_rank=lambda flag: _any_rank(strategy, flag, pl_module.device),
-            want_images=self.reporter.wants_images(trainer),
+            want_images=self.reporter.wants_images(trainer) and self._images_due(trainer, in_epoch_end),
             # after the last epoch Lightning has counted it as done: name the epoch just trained
             epoch=trainer.current_epoch if in_epoch_end else max(trainer.current_epoch - 1, 0),
         )
@@ -375,7 +354,10 @@ class CompassCallback(BudgetedRuns, Callback):
             # The clean forward first (kept for the analyses that need it): a model that fails on the
             # probe or returns non-finite logits is then reported once, not once per analysis.
             evaluation.outputs(probe.inputs)
-            with self.schedule.timing(self.budget_name, pl_module.device) if self.schedule else contextlib.nullcontext():
+            timing = self.schedule.timing(self.budget_name, pl_module.device) if self.schedule else contextlib.nullcontext()
+            with timing, EvaluationProgress(trainer, type(self).__name__, len(self.progress_steps())) as self.progress:
+                if not self.hosted():  # a host shows each of its modules as it starts
+                    self.progress.show(self.budget_name)
                 self.evaluate(trainer, evaluation)
         if plan is not None:
             evaluation.scalars.update(self.schedule.scalars(plan))
@@ -392,7 +374,7 @@ class CompassCallback(BudgetedRuns, Callback):
                 rank_zero_warn(f"compass_lightning: {tag} is undefined (NaN) at epoch {evaluation.epoch}; EarlyStopping sees "
                                f"{value:g}, its last defined value (else the worst for its mode), so that the run goes on; "
                                "the history file records NaN", category=CompassWarning)
-        self.reporter.log_scalars(trainer, pl_module, logged, in_epoch_end=in_epoch_end)
+        self.reporter.log_scalars(trainer, logged, pl_module if in_epoch_end and trainer.state.fn != "fit" else None)
         with self.isolate("writing images"):
             self.reporter.log_images(trainer, evaluation.images)
             self.reporter.write_texts(trainer, evaluation.texts, evaluation.epoch)

@@ -12,14 +12,14 @@ from typing_extensions import override
 
 from compass_lightning.callbacks._budget import FINAL_SECONDS
 from compass_lightning.callbacks._end_of_fit import EndOfFit
-from compass_lightning.callbacks.base import COMPASS_MODULES, CompassCallback, Evaluation, ProbeData
+from compass_lightning.callbacks.base import COMPASS_MODULES, IMAGES_EVERY_N, CompassCallback, Evaluation, ProbeData
 from compass_lightning.engine.checks import at_least_one, check_bool, optional
 from compass_lightning.engine.passes import PassCounter
 from compass_lightning.reporting.radar import AXES, axis_values, radar_chart, radar_scores
 from compass_lightning.reporting.tags import PASSES
 from compass_lightning.tasks import Task
 
-SHARED = ("task", "seed", "batch_size", "probe_data", "fail_fast", "budget", "final")
+SHARED = ("task", "seed", "batch_size", "probe_data", "fail_fast", "budget", "final", "images_every_n")
 #: ``Compass(budget=...)``'s default: the monitors take at most this fraction of the fit's wall time
 #: (the README's "Cost" section has the measurements behind it).
 DEFAULT_BUDGET = 0.1
@@ -86,9 +86,11 @@ class Compass(EndOfFit, CompassCallback):
         fail_fast: bool = False,
         budget: Optional[float] = DEFAULT_BUDGET,
         final: bool = True,
+        images_every_n: int = IMAGES_EVERY_N,
     ) -> None:
         super().__init__(every_n_epochs=1, probe_size=probe_size, batch_size=batch_size, seed=seed, task=task,
-                         probe_data=probe_data, fail_fast=fail_fast, budget=budget, final=final)
+                         probe_data=probe_data, fail_fast=fail_fast, budget=budget, final=final,
+                         images_every_n=images_every_n)
         self.radar = check_bool("radar", radar)
         shared = {"task": self.task, "seed": self.seed, "batch_size": self.batch_size, "fail_fast": self.fail_fast}
         configs = {"mutation": mutation, "robustness": robustness, "interpretability": interpretability,
@@ -149,6 +151,10 @@ class Compass(EndOfFit, CompassCallback):
     def _probe_size_for(self, name: str) -> int:
         size = self.module_probe_sizes[name]
         return size if size is not None else type(self.modules[name]).default_probe_size
+
+    @override
+    def progress_steps(self) -> list[str]:
+        return self._running or list(self.modules)
 
     @override
     def budget_modules(self) -> dict[str, tuple[int, set[str]]]:
@@ -235,6 +241,8 @@ class Compass(EndOfFit, CompassCallback):
         with PassCounter(evaluation.model) as passes:  # the clean forward (made before) is counted as one pass
             for name in running:
                 timing = self.schedule.timing(name, evaluation.device) if self.schedule else contextlib.nullcontext()
+                if self.progress is not None:
+                    self.progress.show(name)
                 with self.isolate(f"the {name} module"), timing:
                     size = self._sizes.get(name) or self._probe_size_for(name)
                     self.modules[name].evaluate(trainer, evaluation.subset(size))

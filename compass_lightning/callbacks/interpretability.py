@@ -13,7 +13,7 @@ from typing_extensions import override
 from compass_lightning.attribution import METHODS, model_checks
 from compass_lightning.attribution.faithfulness import SUBSTRATES
 from compass_lightning.attribution.scoring import RANDOM, score_probe
-from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData, compass_module
+from compass_lightning.callbacks.base import IMAGES_EVERY_N, CompassCallback, Evaluation, ProbeData, compass_module
 from compass_lightning.engine.checks import check_bool, check_choice, check_int
 from compass_lightning.reporting.figures import line_chart
 from compass_lightning.engine.layers import check_layer_parameters
@@ -53,7 +53,7 @@ class AttributionScores(CompassCallback):
         image_count: probe images in the heatmap grid (0: none).
         random_baseline: also score uniformly random attributions (logged as ``random``), the
             chance level a method must beat.
-        every_n_epochs, probe_size, batch_size, seed, task, probe_data, fail_fast, budget, final: see
+        every_n_epochs, probe_size, batch_size, seed, task, probe_data, fail_fast, budget, final, images_every_n: see
             :class:`~compass_lightning.callbacks.base.CompassCallback`; by default every 5 epochs, on
             up to 32 samples. ``batch_size`` is also the number of images in one forward
             pass of insertion/deletion, integrated gradients and SmoothGrad (unless a method's
@@ -85,6 +85,7 @@ class AttributionScores(CompassCallback):
         fail_fast: bool = False,
         budget: Optional[float] = None,
         final: bool = True,
+        images_every_n: int = IMAGES_EVERY_N,
     ) -> None:
         super().__init__(
             every_n_epochs=every_n_epochs,
@@ -93,7 +94,7 @@ class AttributionScores(CompassCallback):
             seed=seed,
             task=task,
             probe_data=probe_data,
-            fail_fast=fail_fast, budget=budget, final=final,
+            fail_fast=fail_fast, budget=budget, final=final, images_every_n=images_every_n,
         )
         self.methods = resolve_selection(METHODS, "methods", methods)
         self.methods = self.applicable("attribution", self.methods, "methods", explicit=methods != DEFAULT_METHODS)

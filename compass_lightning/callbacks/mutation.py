@@ -11,7 +11,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData, compass_module
+from compass_lightning.callbacks.base import IMAGES_EVERY_N, CompassCallback, Evaluation, ProbeData, compass_module
 from compass_lightning.engine.checks import check_int, check_real
 from compass_lightning.reporting.figures import labelled_image_grid
 from compass_lightning.engine.samples import apply, take
@@ -50,7 +50,7 @@ class MutationMetrics(CompassCallback):
         image_count: probe images shown per mutant (0: no example grid).
         shuffle_tolerance: the largest probability change ``data_shuffle`` may cause before the
             warning.
-        every_n_epochs, probe_size, batch_size, seed, task, probe_data, fail_fast, budget, final: see
+        every_n_epochs, probe_size, batch_size, seed, task, probe_data, fail_fast, budget, final, images_every_n: see
             :class:`~compass_lightning.callbacks.base.CompassCallback`; the probe holds up to 512
             samples by default.
 
@@ -79,6 +79,7 @@ class MutationMetrics(CompassCallback):
         fail_fast: bool = False,
         budget: Optional[float] = None,
         final: bool = True,
+        images_every_n: int = IMAGES_EVERY_N,
     ) -> None:
         super().__init__(
             every_n_epochs=every_n_epochs,
@@ -87,7 +88,7 @@ class MutationMetrics(CompassCallback):
             seed=seed,
             task=task,
             probe_data=probe_data,
-            fail_fast=fail_fast, budget=budget, final=final,
+            fail_fast=fail_fast, budget=budget, final=final, images_every_n=images_every_n,
         )
         registry = self.task.mutations
         self.mutations = resolve_selection(registry, "mutations", self.task.default_mutations if mutations is None else mutations)

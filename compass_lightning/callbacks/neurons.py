@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from compass_lightning.attacks import ATTACKS
-from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData, compass_module
+from compass_lightning.callbacks.base import IMAGES_EVERY_N, CompassCallback, Evaluation, ProbeData, compass_module
 from compass_lightning.callbacks._generation import check_generation, due, run_generation
 from compass_lightning.engine.checks import check_bool, check_int, check_real, check_reals, positive, probability
 from compass_lightning.engine.guard import analysis_mode
@@ -108,9 +108,8 @@ class NeuronAnalysis(CompassCallback):
         image_count: probe images in the Grad-CAM grid (0: none).
         test_generation: ``None`` (off) or the settings of DeepSensor's swarm (``{}``: its defaults;
             :data:`~compass_lightning.callbacks._generation.DEFAULTS`: seeds, particles, generations, bound, norm, every_n_epochs).
-        every_n_epochs, probe_size, batch_size, seed, task, probe_data, fail_fast, budget, final: see
-            :class:`~compass_lightning.callbacks.base.CompassCallback`; the probe holds up to 256 samples
-            by default.
+        every_n_epochs, probe_size, batch_size, seed, task, probe_data, fail_fast, budget, final, images_every_n: see
+            :class:`~compass_lightning.callbacks.base.CompassCallback` (a probe of up to 256 samples by default).
 
     Example:
         >>> monitor = NeuronAnalysis(criteria=["nc", "kmnc"], sections=20, every_n_epochs=2)
@@ -149,9 +148,10 @@ class NeuronAnalysis(CompassCallback):
         fail_fast: bool = False,
         budget: Optional[float] = None,
         final: bool = True,
+        images_every_n: int = IMAGES_EVERY_N,
     ) -> None:
-        super().__init__(every_n_epochs=every_n_epochs, probe_size=probe_size, batch_size=batch_size, seed=seed,
-                         task=task, probe_data=probe_data, fail_fast=fail_fast, budget=budget, final=final)
+        super().__init__(every_n_epochs=every_n_epochs, probe_size=probe_size, batch_size=batch_size, seed=seed, task=task,
+                         probe_data=probe_data, fail_fast=fail_fast, budget=budget, final=final, images_every_n=images_every_n)
         if layers is not None and (isinstance(layers, str) or not isinstance(layers, (list, tuple)) or not layers
                                    or not all(isinstance(n, str) and n for n in layers)):
             raise TypeError(f"layers must be None or a non-empty list of module names, got {layers!r}")

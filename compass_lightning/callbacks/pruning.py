@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from compass_lightning.callbacks._end_of_fit import EndOfFit
-from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData, compass_module
+from compass_lightning.callbacks.base import IMAGES_EVERY_N, CompassCallback, Evaluation, ProbeData, compass_module
 from compass_lightning.attacks import ATTACKS, mean_attack_success_rate
 from compass_lightning.attacks.scoring import attack_metrics, attack_probe
 from compass_lightning.attribution import METHODS, model_checks
@@ -103,7 +103,7 @@ class PruningAnalysis(EndOfFit, CompassCallback):
         save_pruned: write the pruned ``state_dict`` of every method at each of ``rates`` next to the
             checkpoints (``pruned_<method>_rate_0.40.pt``).
         every_n_epochs: also run at every ``n``-th validation epoch (``None``: only at the end of fit).
-        probe_size, batch_size, seed, task, probe_data, fail_fast, budget, final: see
+        probe_size, batch_size, seed, task, probe_data, fail_fast, budget, final, images_every_n: see
             :class:`~compass_lightning.callbacks.base.CompassCallback`; the probe holds up to 256
             validation samples by default.
 
@@ -144,8 +144,10 @@ class PruningAnalysis(EndOfFit, CompassCallback):
         fail_fast: bool = False,
         budget: Optional[float] = None,
         final: bool = True,
+        images_every_n: int = IMAGES_EVERY_N,
     ) -> None:
-        common = {"batch_size": batch_size, "seed": seed, "task": task, "fail_fast": fail_fast, "budget": budget, "final": final}
+        common = {"batch_size": batch_size, "seed": seed, "task": task, "fail_fast": fail_fast, "budget": budget, "final": final,
+                  "images_every_n": images_every_n}
         super().__init__(every_n_epochs=every_n_epochs or 1, probe_size=probe_size, probe_data=probe_data, **common)
         if every_n_epochs is not None:
             check_int("every_n_epochs", every_n_epochs, minimum=1)

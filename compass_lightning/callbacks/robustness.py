@@ -15,7 +15,7 @@ from typing_extensions import override
 from compass_lightning.attacks import ATTACKS, mean_attack_success_rate
 from compass_lightning.attacks.masking import BLACK_BOX, CASCADES, CHECKS, WARNINGS, masking_checks
 from compass_lightning.attacks.scoring import Kept, attack_metrics, attack_probe
-from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData, compass_module
+from compass_lightning.callbacks.base import IMAGES_EVERY_N, CompassCallback, Evaluation, ProbeData, compass_module
 from compass_lightning.engine.checks import check_bool, check_int, check_reals
 from compass_lightning.reporting.figures import line_chart
 from compass_lightning.engine.guard import analysis_mode
@@ -101,7 +101,7 @@ class AttackSuccessRate(CompassCallback):
             ``compass/robustness/checks/<check>`` (1 fired, 0 silent), with one warning per check that
             fires; ``black_box`` runs when a black-box attack (``square``) and a white-box one, or
             the ``autoattack`` cascade, are among ``attacks``.
-        every_n_epochs, probe_size, batch_size, seed, task, probe_data, fail_fast, budget, final: see
+        every_n_epochs, probe_size, batch_size, seed, task, probe_data, fail_fast, budget, final, images_every_n: see
             :class:`~compass_lightning.callbacks.base.CompassCallback`; the probe holds up to 256
             samples by default.
 
@@ -135,6 +135,7 @@ class AttackSuccessRate(CompassCallback):
         fail_fast: bool = False,
         budget: Optional[float] = None,
         final: bool = True,
+        images_every_n: int = IMAGES_EVERY_N,
     ) -> None:
         super().__init__(
             every_n_epochs=every_n_epochs,
@@ -143,7 +144,7 @@ class AttackSuccessRate(CompassCallback):
             seed=seed,
             task=task,
             probe_data=probe_data,
-            fail_fast=fail_fast, budget=budget, final=final,
+            fail_fast=fail_fast, budget=budget, final=final, images_every_n=images_every_n,
         )
         self.attacks = resolve_selection(ATTACKS, "attacks", attacks)
         budgets = self.task.budgets  # the task's own where not given: 8/255 and 0.5 for images in [0, 1]

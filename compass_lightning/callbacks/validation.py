@@ -13,7 +13,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from compass_lightning.attacks import ATTACKS, run_attack
-from compass_lightning.callbacks.base import CompassCallback, Evaluation, ProbeData, compass_module
+from compass_lightning.callbacks.base import IMAGES_EVERY_N, CompassCallback, Evaluation, ProbeData, compass_module
 from compass_lightning.engine.checks import check_int, check_real
 from compass_lightning.engine.probe import ProbeSet
 from compass_lightning.neurons.validation import (
@@ -63,7 +63,7 @@ class DeepValidation(CompassCallback):
             ``(inputs, targets)`` pair to fit on instead of the training data.
         nu, gamma: ``OneClassSVM``'s (shared by every class of a layer, as in the thesis).
         target: the misclassification rate the grid search aims at (the thesis' 0.6).
-        every_n_epochs, probe_size, batch_size, seed, task, probe_data, fail_fast, budget, final: see
+        every_n_epochs, probe_size, batch_size, seed, task, probe_data, fail_fast, budget, final, images_every_n: see
             :class:`~compass_lightning.callbacks.base.CompassCallback`; the probe holds up to 256 samples.
 
     Needs scikit-learn (``pip install compass-lightning[validation]``): without it the constructor says so.
@@ -98,9 +98,10 @@ class DeepValidation(CompassCallback):
         fail_fast: bool = False,
         budget: Optional[float] = None,
         final: bool = True,
+        images_every_n: int = IMAGES_EVERY_N,
     ) -> None:
         super().__init__(every_n_epochs=every_n_epochs, probe_size=probe_size, batch_size=batch_size, seed=seed,
-                         task=task, probe_data=probe_data, fail_fast=fail_fast, budget=budget, final=final)
+                         task=task, probe_data=probe_data, fail_fast=fail_fast, budget=budget, final=final, images_every_n=images_every_n)
         one_class_svm()  # a missing optional dependency is said now, not at the first evaluation
         self.applicable("neurons", ["deep_validation"], "DeepValidation", explicit=True)
         if tuple(self.task.input_range) != (0.0, 1.0):  # x + β, α·x, 1 − x and the thesis' grids are for [0, 1]
