@@ -104,9 +104,9 @@ class CompassCallback(BudgetedRuns, Sampling, Callback):
             each of its epochs it runs on a probe scaled down to fit (down to 16 samples), or is
             postponed (see :mod:`compass_lightning.engine.budget`); ``None``: no budget.
         final: with a ``budget``, evaluate once more on the whole probe when training ends.
-        images_every_n: draw figures at the first and every ``n``-th evaluation of a fit (and at
-            every end-of-fit, validate and test evaluation): a figure costs about as much as
-            analysing dozens of samples.
+        images_every_n: draw figures at the first and every ``n``-th evaluation of a fit (under a
+            ``budget``: at the ``n``-th, ``2n``-th, ...), and at every end-of-fit, validate and test
+            evaluation: a figure costs about as much as analysing dozens of samples.
 
     Example:
         >>> class Accuracy(CompassCallback):
@@ -250,7 +250,9 @@ class CompassCallback(BudgetedRuns, Sampling, Callback):
 
     def _images_due(self, trainer: pl.Trainer, in_epoch_end: bool) -> bool:
         fits = sum(record["stage"] == "fit" for record in self.history)
-        return trainer.state.fn != "fit" or not in_epoch_end or fits % self.images_every_n == 0
+        # under a budget the end-of-fit evaluation draws them anyway: not at the first evaluation too
+        first = self.images_every_n - 1 if self.schedule is not None else 0
+        return trainer.state.fn != "fit" or not in_epoch_end or fits % self.images_every_n == first
 
     def _batch_size_for(self, pl_module: pl.LightningModule) -> int:
         """``batch_size``, or the size chosen for this model and device once per run."""

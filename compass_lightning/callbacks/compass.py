@@ -59,6 +59,11 @@ class Compass(EndOfFit, CompassCallback):
         probe_size, batch_size, seed, task, probe_data, fail_fast: see
             :class:`~compass_lightning.callbacks.base.CompassCallback`; the probe holds up to 256
             validation samples by default.
+        budget, final, images_every_n: see :class:`~compass_lightning.callbacks.base.CompassCallback`;
+            the Compass keeps to a budget of 0.1 by default (:data:`DEFAULT_BUDGET`): its modules
+            take turns on probes scaled to fit, each reports during training, and with ``final``
+            all of them (pruning too) run when training ends. ``budget=None``: every module on its
+            own schedule.
 
     Example:
         >>> compass = Compass(robustness={"attacks": ["fgsm", "pgd"], "every_n_epochs": 2}, interpretability=False)
