@@ -54,8 +54,8 @@ def check_budget(budget: Optional[float]) -> Optional[float]:
 
 def budget_schedule(budget: Optional[float], final: bool) -> BudgetSchedule | None:
     """The schedule of a monitor's ``budget`` (``None`` without one), both arguments checked."""
-    share = check_budget(budget)
-    return BudgetSchedule(share, final) if share is not None else check_bool("final", final) and None
+    final, share = check_bool("final", final), check_budget(budget)
+    return None if share is None else BudgetSchedule(share, final)
 
 
 def _synchronise(device: torch.device) -> None:
@@ -99,18 +99,19 @@ class BudgetSchedule:
             last = {n for n, every in eligible.items()
                     if trainer.should_stop or (last_epoch is not None and last_epoch > 0 and epoch + (every or 1) > last_epoch)}
             plan = self.budget.plan(list(eligible), last=last)
-        if trainer.world_size > 1:
-            plan = trainer.strategy.broadcast(plan, src=0)
+        plan = self._agreed(trainer, plan)
         self.skipped += len(plan.postponed)
-        self.seconds = {}
         return plan
 
     def final_plan(self, trainer: pl.Trainer, names: list[str]) -> Plan:
-        plan = self.budget.final_plan(names) if trainer.is_global_zero and self.budget is not None else Plan()
-        if trainer.world_size > 1:
-            plan = trainer.strategy.broadcast(plan, src=0)
+        """The plan of the end-of-fit evaluation of ``names``, the same on every process."""
+        return self._agreed(trainer, self.budget.final_plan(names) if trainer.is_global_zero and self.budget is not None
+                            else Plan())
+
+    def _agreed(self, trainer: pl.Trainer, plan: Plan) -> Plan:
+        """Global zero's ``plan`` on every process; the new evaluation's module times start empty."""
         self.seconds = {}
-        return plan
+        return trainer.strategy.broadcast(plan, src=0) if trainer.world_size > 1 else plan
 
     @contextlib.contextmanager
     def timing(self, name: str, device: torch.device) -> Iterator[None]:
@@ -155,6 +156,10 @@ class BudgetedRuns:
     def budget_name(self) -> str:
         """This monitor's name as a module (``compass/budget/probe_size/<name>``)."""
         return getattr(type(self), "module_name", type(self).__name__)
+
+    def timed(self, name: str, device: torch.device) -> contextlib.AbstractContextManager:
+        """Time a block as module ``name``'s part of the evaluation (nothing without a budget)."""
+        return self.schedule.timing(name, device) if self.schedule is not None else contextlib.nullcontext()
 
     def budget_modules(self) -> dict[str, tuple[int, set[str]]]:
         """What the budget plans: each module's full probe size and tags (here: the monitor itself)."""

@@ -356,8 +356,7 @@ class CompassCallback(BudgetedRuns, Sampling, Callback):
             # The clean forward first (kept for the analyses that need it): a model that fails on the
             # probe or returns non-finite logits is then reported once, not once per analysis.
             evaluation.outputs(probe.inputs)
-            timing = self.schedule.timing(self.budget_name, pl_module.device) if self.schedule else contextlib.nullcontext()
-            with timing, EvaluationProgress(trainer, type(self).__name__, len(self.progress_steps())) as self.progress:
+            with self.timed(self.budget_name, pl_module.device), EvaluationProgress(trainer, type(self).__name__, len(self.progress_steps())) as self.progress:
                 if not self.hosted():  # a host shows each of its modules as it starts
                     self.progress.show(self.budget_name)
                 self.evaluate(trainer, evaluation)

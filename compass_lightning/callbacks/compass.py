@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
@@ -211,7 +210,7 @@ class Compass(EndOfFit, CompassCallback):
     def _run_modules(self, trainer: pl.Trainer, pl_module: pl.LightningModule, names: list[str], *,
                      final: bool = False) -> None:
         """One evaluation of the modules ``names`` (none: no evaluation), as the budget (if any)
-        plans it; ``final``: the end-of-fit evaluation, logged outside ``self.log``'s hooks."""
+        plans it; ``final``: the end-of-fit evaluation."""
         plan = None
         if names and self.schedule is not None and trainer.state.fn == "fit":
             plan = (self.schedule.final_plan(trainer, names) if final else
@@ -245,10 +244,9 @@ class Compass(EndOfFit, CompassCallback):
         running = self._running or list(self.modules)
         with PassCounter(evaluation.model) as passes:  # the clean forward (made before) is counted as one pass
             for name in running:
-                timing = self.schedule.timing(name, evaluation.device) if self.schedule else contextlib.nullcontext()
                 if self.progress is not None:
                     self.progress.show(name)
-                with self.isolate(f"the {name} module"), timing:
+                with self.isolate(f"the {name} module"), self.timed(name, evaluation.device):
                     size = self._sizes.get(name) or self._probe_size_for(name)
                     self.modules[name].evaluate(trainer, evaluation.subset(size))
         evaluation.scalars[PASSES[0]] = float(passes.forward + len(evaluation.probe.shard(evaluation.probe.inputs)))
