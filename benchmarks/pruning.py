@@ -11,7 +11,8 @@ layers), a probe of 256 images and 256 calibration images:
   against its **floor**: one probe forward for the unpruned model and per method and rate, plus one forward+backward of the
   calibration set for each gradient importance (Taylor, OBD);
 * **importances**: Taylor and OBD each against one forward+backward of the calibration set (OBD
-  needs per-sample gradients, which cost more than one batched backward);
+  needs per-sample gradients, which cost more than one batched backward), and OBD's closed form
+  (:mod:`compass_lightning.pruning.fisher`) against the ``torch.func.vmap`` per-sample gradients it replaced;
 * **masking**: the same magnitude sweep done as Lightning's ``ModelPruning`` does it — a deep copy
   per rate, ``torch.nn.utils.prune.global_unstructured`` with ``L1Unstructured`` (a forward
   pre-hook applies the mask), one probe forward — against ours (one working copy re-masked per
@@ -38,6 +39,8 @@ from common import Row, arguments, interleaved, machine, model_for_benchmark, ta
 from compass_lightning import Classification, Evaluation, ProbeSet, PruningAnalysis  # noqa: E402
 from compass_lightning.engine.guard import analysis_mode  # noqa: E402
 from compass_lightning.pruning import PruningSweep, importance, prunable  # noqa: E402
+from compass_lightning.pruning.importance import _vmap_squares  # noqa: E402
+from compass_lightning.pruning.parameters import prunable_weights  # noqa: E402
 
 METHODS = ("magnitude", "taylor", "obd")
 
@@ -81,6 +84,14 @@ def rows(device: torch.device, repeats: int, *, probe_size: int = 256, batch_siz
     def importances(method: str):
         return lambda: importance(model, method, calibration_batches)
 
+    def obd_by_vmap() -> None:  # the reference the closed form replaced: every per-sample gradient
+        reference = copy.deepcopy(model).requires_grad_(False)
+        weights = prunable_weights(reference)
+        for w in weights.values():
+            w.requires_grad_(True)
+        for inputs, targets in calibration_batches:
+            _vmap_squares(reference, weights, inputs, targets, F.cross_entropy)
+
     grid = monitor._grid()
 
     def masking() -> list[float]:
@@ -108,7 +119,8 @@ def rows(device: torch.device, repeats: int, *, probe_size: int = 256, batch_siz
         f"sweep ({len(METHODS)} methods x {rates} rates) / its floor": (sweep, floor, 1.2),
         "magnitude sweep: ours / ModelPruning-style masking": (ours, masking, None),
         "taylor importance / one forward+backward of the calibration set": (importances("taylor"), forward_backward, 1.10),
-        "obd importance (empirical Fisher) / one forward+backward of the calibration set": (importances("obd"), forward_backward, 1.10),
+        "obd importance (empirical Fisher) / one forward+backward of the calibration set": (importances("obd"), forward_backward, 1.20),
+        "obd importance: closed form / every per-sample gradient by torch.func.vmap": (importances("obd"), obd_by_vmap, None),
     }
     ratios = interleaved({name: (a, b) for name, (a, b, _) in pairs.items()}, repeats, device)
     return [Row("pruning", name, ratios[name], target) for name, (_, _, target) in pairs.items()]

@@ -233,3 +233,44 @@ def test_pruned_copies_read_batches_given_as_an_iterator_once_for_every_method(t
         from_list = PrunedCopies(model, method, batches, **params).at(0.5)
         from_iterator = PrunedCopies(model, method, iter(batches), **params).at(0.5)
         assert all(torch.equal(a, b) for a, b in zip(from_list.state_dict().values(), from_iterator.state_dict().values())), method
+
+
+def test_the_closed_form_fisher_equals_every_per_sample_gradient():
+    # strides, dilation, groups, Conv1d, a Linear on (N, positions, features) and in-place ReLUs after
+    # the layers: the one-backward closed form must give what vmap over every sample gives
+    from compass_lightning.pruning.fisher import squared_sample_gradients
+    from compass_lightning.pruning.importance import _vmap_squares
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(2, 4, 3, stride=2, padding=1)
+            self.b = nn.Conv2d(4, 4, 3, dilation=2, padding=2, groups=2, bias=False)
+            self.c = nn.Conv1d(4, 3, 2)
+            self.d = nn.Linear(3, 5)
+            self.e = nn.Linear(5, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu_(self.b(torch.relu_(self.a(x))))  # (N, 4, 4, 4)
+            h = torch.relu_(self.c(h.flatten(2)))  # (N, 3, 15)
+            return self.e(torch.relu_(self.d(h.transpose(1, 2)))).mean(1)
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    x, y = torch.rand(6, 2, 8, 8), torch.randint(0, 3, (6,))
+    names = {f"{n}.weight": getattr(net, n) for n in "abcde"}
+    fast = squared_sample_gradients(net, names, x, y, F.cross_entropy)
+    reference = _vmap_squares(net, {n: m.weight for n, m in names.items()}, x, y, F.cross_entropy)
+    for name in names:
+        assert torch.allclose(fast[name], reference[name], rtol=1e-4, atol=1e-9), name
+
+
+def test_obd_falls_back_to_vmap_where_the_closed_form_does_not_hold():
+    # a layer run twice per forward: the closed form refuses it and OBD still equals the per-sample reference
+    torch.manual_seed(0)
+    shared = nn.Linear(4, 4)
+    net = nn.Sequential(shared, nn.Tanh(), shared, nn.Linear(4, 2)).eval()
+    x, y = torch.randn(5, 4), torch.randint(0, 2, (5,))
+    obd = importance(net, "obd", [(x, y)])
+    per_sample = [torch.autograd.grad(F.cross_entropy(net(x[i:i + 1]), y[i:i + 1]), shared.weight)[0] for i in range(5)]
+    assert torch.allclose(obd["0.weight"], 0.5 * torch.stack(per_sample).pow(2).mean(0) * shared.weight.detach().pow(2), atol=1e-7)

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from compass_lightning.engine.registry import Check, Operation, Registry
+from compass_lightning.pruning.fisher import Unsupported, squared_sample_gradients, supported
+from compass_lightning.pruning.parameters import prunable
 from compass_lightning.pruning.parameters import prunable_weights as _weights
 
 Batches = Iterable[tuple[Tensor, Tensor]]
@@ -49,23 +51,27 @@ def _importance(name: str, *, changes_weights: bool = False, **checks: Check) ->
 
 def _gradients(model: nn.Module, batches: Batches, loss_fn: LossFn, *, squared_per_sample: bool) -> dict[str, Tensor]:
     """The mean over ``batches`` of ``(w · g_b)²``, ``g_b`` a batch's mean loss gradient of the
-    prunable weights (or the mean squared per-sample gradient, computed batched with ``torch.func``)."""
+    prunable weights (or the mean squared per-sample gradient: in closed form from one forward and
+    backward where :mod:`~compass_lightning.pruning.fisher` has it, else batched with ``torch.func``)."""
     weights = _weights(model)
     totals = {name: torch.zeros_like(w) for name, w in weights.items()}
+    entries = prunable(model)
+    closed_form = {name: entries[name].module for name in weights}
+    if not all(entries[name].attribute == "weight" and supported(m) for name, m in closed_form.items()):
+        closed_form = {}
     count = 0
     for x, y in batches:
         if squared_per_sample:
-            parameters = dict(model.named_parameters())
-
-            def sample_loss(params: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
-                out = torch.func.functional_call(model, params, (xi.unsqueeze(0),))
-                return loss_fn(out, yi.unsqueeze(0))
-
-            grads = torch.func.vmap(torch.func.grad(sample_loss), in_dims=(None, 0, 0))(
-                {n: parameters[n] for n in weights}, x, y
-            )
+            squares = None
+            if closed_form:
+                try:
+                    squares = squared_sample_gradients(model, closed_form, x, y, loss_fn)
+                except Unsupported:
+                    closed_form = {}  # the same model will not take it on the next batch either
+            if squares is None:
+                squares = _vmap_squares(model, weights, x, y, loss_fn)
             for name in weights:
-                totals[name] += grads[name].pow(2).sum(dim=0)
+                totals[name] += squares[name]
             count += len(x)
         else:  # Molchanov et al.: the criterion of each batch, then their mean
             grads = torch.autograd.grad(loss_fn(model(x), y), list(weights.values()))
@@ -75,6 +81,18 @@ def _gradients(model: nn.Module, batches: Batches, loss_fn: LossFn, *, squared_p
     if count == 0:
         raise ValueError("importance needs at least one calibration batch")
     return {name: total / count for name, total in totals.items()}
+
+
+def _vmap_squares(model: nn.Module, weights: dict[str, Tensor], x: Tensor, y: Tensor, loss_fn: LossFn) -> dict[str, Tensor]:
+    """``Σ_i (∂L_i/∂w)²`` from every per-sample gradient, batched with ``torch.func`` (any model)."""
+    parameters = dict(model.named_parameters())
+
+    def sample_loss(params: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
+        out = torch.func.functional_call(model, params, (xi.unsqueeze(0),))
+        return loss_fn(out, yi.unsqueeze(0))
+
+    grads = torch.func.vmap(torch.func.grad(sample_loss), in_dims=(None, 0, 0))({n: parameters[n] for n in weights}, x, y)
+    return {name: grads[name].pow(2).sum(dim=0) for name in weights}
 
 
 @_importance("magnitude")
