@@ -63,3 +63,38 @@ def test_a_callback_without_batch_size_chooses_one_and_logs_what_a_fixed_size_lo
     assert results[0].keys() == results[1].keys()
     for tag, value in results[0].items():
         assert value == pytest.approx(results[1][tag], abs=1e-5), tag
+
+
+def test_the_gradient_chunk_is_measured_once_per_architecture_and_input_shape(monkeypatch):
+    from compass_lightning.engine import batching
+
+    monkeypatch.setattr(batching, "_CALIBRATED", {})
+    net = conv_net(4)
+    forwards = []
+    net.register_forward_pre_hook(lambda module, inputs: forwards.append(len(inputs[0])))
+    x, target = torch.rand(8, 3, 8, 8), torch.zeros(8, dtype=torch.long)
+    chosen = batching.gradient_rows(net, x, target, 64)
+    assert chosen in batching.candidate_sizes(64, x.device)
+    assert sorted(set(forwards)) == sorted(batching.candidate_sizes(64, x.device))  # every candidate measured
+    forwards.clear()
+    assert batching.gradient_rows(conv_net(4), x, target, 64) == chosen and not forwards  # another copy: cached
+    batching.gradient_rows(net, torch.rand(8, 3, 16, 16), target, 64)
+    assert forwards  # another input shape: measured again
+
+
+@pytest.mark.parametrize("auto_batch", [True, False])
+def test_integrated_gradients_take_the_measured_chunk_only_when_the_rule_chose_the_batch(monkeypatch, auto_batch):
+    from compass_lightning.attribution import scoring
+    from compass_lightning.engine.evaluation import Evaluation
+    from compass_lightning.engine.probe import ProbeSet
+    from compass_lightning.tasks import Classification
+
+    monkeypatch.setattr(scoring, "gradient_rows", lambda model, x, target, size, agree=None: 64)
+    net = conv_net(4)
+    largest = [0]
+    net.register_forward_pre_hook(lambda module, inputs: largest.__setitem__(0, max(largest[0], len(inputs[0]))))
+    probe = ProbeSet(torch.rand(8, 3, 8, 8), torch.zeros(8, dtype=torch.long))
+    evaluation = Evaluation(net, probe, Classification(), batch_size=16, auto_batch=auto_batch)
+    params = {"steps": 32, "method": "gausslegendre", "internal_batch_size": None, "baseline": 0.0}
+    scoring.score_probe(evaluation, "integrated_gradients", params, torch.Generator().manual_seed(0), steps=4)
+    assert largest[0] == (64 if auto_batch else 16)  # 8 samples x 32 steps, in forwards of that many rows

@@ -31,8 +31,9 @@ from torch import Tensor, nn
 
 from compass_lightning.attribution._core import METHODS
 from compass_lightning.attribution.faithfulness import insertion_deletion
+from compass_lightning.engine.batching import gradient_rows
 from compass_lightning.engine.evaluation import Evaluation
-from compass_lightning.engine.samples import Samples
+from compass_lightning.engine.samples import Samples, take, to
 from compass_lightning.tasks.base import Task
 
 RANDOM = "random"  # the chance baseline: uniformly random attributions
@@ -87,12 +88,14 @@ def score_probe(
     task, probe = evaluation.task, evaluation.probe
     predicted = task.predictions(evaluation.outputs(probe.inputs)).cpu()
     kept: list[Tensor] = []
+    explained = probe.targets if name != RANDOM and METHODS[name].explains == "label" else predicted
+    rows = _rows(evaluation, name, params, explained)
 
     def run(inputs: Samples, target: Tensor) -> dict[str, Tensor]:
         model = task.space_model(evaluation.model, inputs)
         x = task.to_space(inputs, evaluation.model)
         given = params if "baseline" not in params else {**params, "baseline": task.baseline(x, params["baseline"])}
-        attributions = attribute(name, given, model, x, target, generator, evaluation.batch_size)
+        attributions = attribute(name, given, model, x, target, generator, rows)
         if keep and not kept:
             kept.append(attributions[:keep].detach().cpu())
         insertion, deletion, curve = insertion_deletion(
@@ -103,6 +106,20 @@ def score_probe(
         return {"insertion": insertion, "deletion": deletion, "insertion_curve": curve["insertion"],
                 "deletion_curve": curve["deletion"]}
 
-    explained = probe.targets if name != RANDOM and METHODS[name].explains == "label" else predicted
-    rows = evaluation.per_sample(run, probe.inputs, explained)
-    return {key: value.cpu() for key, value in rows.items()}, (kept[0] if kept else None)
+    result = evaluation.per_sample(run, probe.inputs, explained)
+    return {key: value.cpu() for key, value in result.items()}, (kept[0] if kept else None)
+
+
+def _rows(evaluation: Evaluation, name: str, params: Mapping[str, Any], explained: Tensor) -> int:
+    """The rows per forward of a method that batches many per sample (Captum's internal batch), left
+    to us: the evaluation's batch size, or where the rule chose it, the fastest measured around it —
+    on the first samples of the whole probe, the same on every process, which agree on the sum of
+    their times (a collective: every process calls this at the same point)."""
+    size = evaluation.batch_size
+    if name == RANDOM or not evaluation.auto_batch or params.get("internal_batch_size", 0) is not None:
+        return size
+    task, inputs = evaluation.task, to(take(evaluation.probe.inputs, slice(0, size)), evaluation.device)
+    model, x = task.space_model(evaluation.model, inputs), task.to_space(inputs, evaluation.model)
+    gather = evaluation.all_gather
+    agree = None if gather is None else (lambda times: gather(times.to(evaluation.device)).reshape(-1, len(times)).sum(0).cpu())
+    return gradient_rows(model, x, explained[:size].to(evaluation.device), size, agree=agree)

@@ -346,6 +346,7 @@ class CompassCallback(BudgetedRuns, Sampling, Callback):
             probe,
             self.task,
             batch_size=self._batch_size_for(pl_module),
+            auto_batch=self.batch_size is None,
             all_gather=strategy.all_gather,
             any_rank=lambda flag: _any_rank(strategy, flag, pl_module.device),
             want_images=self.reporter.wants_images(trainer) and self._images_due(trainer, in_epoch_end),

@@ -102,6 +102,9 @@ class Evaluation:
         probe: the probe set; its inputs are in data space.
         task: the task adapter (see :class:`~compass_lightning.tasks.base.Task`).
         batch_size: how many probe samples go through the model at once.
+        auto_batch: whether ``batch_size`` is the rule's choice (the user set none), so analyses
+            that push many rows per sample may measure a better chunk
+            (:func:`~compass_lightning.engine.batching.gradient_rows`).
         all_gather: stacks a tensor from every process (``trainer.strategy.all_gather``).
         any_rank: whether a flag is set on any process (a collective; only called under DDP).
         gather_objects: every process' list of per-sample objects, by rank (default:
@@ -127,6 +130,7 @@ class Evaluation:
         task: Task,
         *,
         batch_size: int,
+        auto_batch: bool = False,
         all_gather: Callable[[Tensor], Tensor] | None = None,
         any_rank: Callable[[bool], bool] | None = None,
         gather_objects: Callable[[list], list[list]] = all_gather_objects,
@@ -138,6 +142,7 @@ class Evaluation:
         self.probe = probe
         self.task = task
         self.batch_size = batch_size
+        self.auto_batch = auto_batch
         self.all_gather = all_gather
         self.any_rank = any_rank
         self.gather_objects = gather_objects
@@ -157,8 +162,8 @@ class Evaluation:
         scalars, images and :class:`SharedResults`."""
         if size is None or size >= len(self.probe):
             return self
-        child = Evaluation(self.model, self.probe.first(size), self.task, batch_size=self.batch_size, all_gather=self.all_gather,
-                           any_rank=self.any_rank, gather_objects=self.gather_objects, want_images=self.want_images,
+        child = Evaluation(self.model, self.probe.first(size), self.task, batch_size=self.batch_size, auto_batch=self.auto_batch,
+                           all_gather=self.all_gather, any_rank=self.any_rank, gather_objects=self.gather_objects, want_images=self.want_images,
                            epoch=self.epoch, share=self.share)
         child.scalars, child.images, child.texts, child.shared = self.scalars, self.images, self.texts, self.shared
         return child
@@ -167,7 +172,7 @@ class Evaluation:
         """A fresh evaluation of ``model`` (e.g. a pruned copy) on the same probe, without images and
         with its own :class:`SharedResults` (nothing of the other model is reused)."""
         return Evaluation(
-            model, self.probe, self.task, batch_size=self.batch_size, all_gather=self.all_gather,
+            model, self.probe, self.task, batch_size=self.batch_size, auto_batch=self.auto_batch, all_gather=self.all_gather,
             any_rank=self.any_rank, gather_objects=self.gather_objects, epoch=self.epoch,
         )
 
