@@ -226,3 +226,35 @@ def test_figures_are_drawn_at_the_first_and_every_nth_evaluation_and_at_validate
     assert len(read_events(trainer.logger.log_dir).Images("compass/mutation/examples")) == 3
     with pytest.raises(ValueError, match="images_every_n"):
         MutationMetrics(images_every_n=0)
+
+
+def test_the_end_of_fit_plan_scales_pruning_by_its_a_priori_cost(tmp_path):
+    # pruning has never run when the final evaluation is planned: its estimate (here 10 s a sample,
+    # against about 5 s of allowance) must shrink its probe to the floor; the other modules' measured
+    # costs take the same factor
+    clock = FakeClock()
+    compass = Compass(task=digits_task(), probe_size=96, budget=0.1, mutation={"mutations": ["noise"]},
+                      robustness=False, interpretability=False, neurons=False,
+                      pruning={"methods": ["magnitude"], "joint": False, "rates": [0.5], "sweep": [0.5]})
+    compass.schedule.clock = clock
+    asked = []
+    compass.modules["pruning"].estimated_cost = lambda forward: asked.append(forward) or (0.0, 10.0)
+    trainer = make_trainer(tmp_path, [compass, _FakeTime(clock)], epochs=2)
+    trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule())
+    final = compass.history[-1]["metrics"]
+    assert asked and asked[0] >= 0.0  # asked with the measured forward seconds of one sample
+    assert final[probe_size_tag("pruning")] == 16.0 and final[probe_size_tag("mutation")] == 16.0
+    assert "compass/pruning/magnitude/max_safe_rate" in final
+
+
+def test_the_pruning_estimate_counts_its_passes():
+    from compass_lightning import PruningAnalysis
+
+    monitor = PruningAnalysis(["magnitude", "taylor"], rates=[0.5], sweep=[0.25], joint_rates=[0.5], attacks=["pgd"],
+                              attribution_methods=["saliency"], attribution_steps=4, attribution_probe_size=8,
+                              calibration_size=32)
+    fixed, per_sample = monitor.estimated_cost(1.0)
+    pgd = 1 + 3 * 10  # ten steps of forward+backward and the scoring forward
+    copies = 1 + 2 * 1  # the unpruned model and each method at the joint rate
+    assert per_sample == 1 + 2 * 2 + copies * pgd  # the sweep: the reference and 2 methods x 2 rates
+    assert fixed == 3 * 32 + copies * (3 + 2 * 4) * 8  # taylor on the calibration set; the joint saliency

@@ -77,6 +77,8 @@ class BudgetSchedule:
         self.budget: Budget | None = None
         self.skipped = 0
         self.seconds: dict[str, float] = {}
+        #: Seconds of the last clean forward per probe sample (:meth:`forward_timing`).
+        self.forward_rate: float | None = None
         self._saved: Mapping[str, Any] = {}
         #: Seconds, monotonic: what the budget measures with (a fake clock in tests).
         self.clock: Callable[[], float] = time.perf_counter
@@ -103,10 +105,32 @@ class BudgetSchedule:
         self.skipped += len(plan.postponed)
         return plan
 
-    def final_plan(self, trainer: pl.Trainer, names: list[str]) -> Plan:
-        """The plan of the end-of-fit evaluation of ``names``, the same on every process."""
-        return self._agreed(trainer, self.budget.final_plan(names) if trainer.is_global_zero and self.budget is not None
-                            else Plan())
+    def final_plan(self, trainer: pl.Trainer, names: list[str],
+                   estimators: Mapping[str, Callable[[float], tuple[float, float] | None]] | None = None) -> Plan:
+        """The plan of the end-of-fit evaluation of ``names``, the same on every process;
+        ``estimators`` give the a-priori cost of modules from one sample's forward seconds."""
+        plan = Plan()
+        if trainer.is_global_zero and self.budget is not None:
+            estimates = {}
+            if self.forward_rate is not None:
+                for name, estimate in (estimators or {}).items():
+                    if name in names and (cost := estimate(self.forward_rate)) is not None:
+                        estimates[name] = cost
+            plan = self.budget.final_plan(names, estimates)
+        return self._agreed(trainer, plan)
+
+    @contextlib.contextmanager
+    def forward_timing(self, samples: int, device: torch.device) -> Iterator[None]:
+        """Time the evaluation's clean forward of ``samples`` probe samples: :attr:`forward_rate`,
+        the unit of the a-priori costs of modules not measured yet."""
+        _synchronise(device)
+        started = self.clock()
+        try:
+            yield
+        finally:
+            _synchronise(device)
+            if samples:
+                self.forward_rate = (self.clock() - started) / samples
 
     def _agreed(self, trainer: pl.Trainer, plan: Plan) -> Plan:
         """Global zero's ``plan`` on every process; the new evaluation's module times start empty."""
@@ -161,13 +185,24 @@ class BudgetedRuns:
         """Time a block as module ``name``'s part of the evaluation (nothing without a budget)."""
         return self.schedule.timing(name, device) if self.schedule is not None else contextlib.nullcontext()
 
+    def forward_timed(self, samples: int, device: torch.device) -> contextlib.AbstractContextManager:
+        """Time the clean forward of ``samples`` probe samples (nothing without a budget)."""
+        return self.schedule.forward_timing(samples, device) if self.schedule is not None else contextlib.nullcontext()
+
+    def estimated_cost(self, forward: float) -> tuple[float, float] | None:
+        """``(fixed seconds, seconds per probe sample)`` this monitor's evaluation will cost, from one
+        sample's ``forward`` seconds, for a budget that must plan it before it has run (an analysis
+        at the end of fit); ``None``: measured when it runs."""
+        return None
+
     def budget_modules(self) -> dict[str, tuple[int, set[str]]]:
         """What the budget plans: each module's full probe size and tags (here: the monitor itself)."""
         return {self.budget_name: (len(self.probe), set(self.expected_tags()))}
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.schedule is not None and self.schedule.final:  # the end-of-fit evaluation of a budget
-            self._run_planned(trainer, pl_module, self.schedule.final_plan(trainer, [self.budget_name]), final=True)
+            plan = self.schedule.final_plan(trainer, [self.budget_name], {self.budget_name: self.estimated_cost})
+            self._run_planned(trainer, pl_module, plan, final=True)
 
     def _run_planned(self, trainer: pl.Trainer, pl_module: pl.LightningModule, plan: Plan | None, *,
                      final: bool = False) -> None:

@@ -356,7 +356,8 @@ class CompassCallback(BudgetedRuns, Sampling, Callback):
         with analysis_mode(pl_module, seed=self.seed), self.isolate("the analysis"):
             # The clean forward first (kept for the analyses that need it): a model that fails on the
             # probe or returns non-finite logits is then reported once, not once per analysis.
-            evaluation.outputs(probe.inputs)
+            with self.forward_timed(len(probe), pl_module.device):
+                evaluation.outputs(probe.inputs)
             with self.timed(self.budget_name, pl_module.device), EvaluationProgress(trainer, type(self).__name__, len(self.progress_steps())) as self.progress:
                 if not self.hosted():  # a host shows each of its modules as it starts
                     self.progress.show(self.budget_name)

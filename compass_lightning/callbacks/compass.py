@@ -213,7 +213,8 @@ class Compass(EndOfFit, CompassCallback):
         plans it; ``final``: the end-of-fit evaluation."""
         plan = None
         if names and self.schedule is not None and trainer.state.fn == "fit":
-            plan = (self.schedule.final_plan(trainer, names) if final else
+            estimators = {n: self.modules[n].estimated_cost for n in names}
+            plan = (self.schedule.final_plan(trainer, names, estimators) if final else
                     self.schedule.plan(trainer, {n: self.modules[n].every_n_epochs for n in names}))
             names = list(plan.sizes)
         if not names:

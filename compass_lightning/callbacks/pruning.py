@@ -3,7 +3,6 @@ interpretability live (AI-Compass module 5, RQ3)."""
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,6 +14,8 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from compass_lightning.callbacks._end_of_fit import EndOfFit
+from compass_lightning.callbacks._pruning_cost import pruning_cost
+from compass_lightning.callbacks._pruning_report import REPORT_FILE, write_report  # noqa: F401 - REPORT_FILE: its public name
 from compass_lightning.callbacks.base import IMAGES_EVERY_N, CompassCallback, Evaluation, ProbeData, compass_module
 from compass_lightning.attacks import ATTACKS, mean_attack_success_rate
 from compass_lightning.attacks.scoring import attack_metrics, attack_probe
@@ -33,7 +34,6 @@ from compass_lightning.tasks import Task
 
 MODULE = "pruning"
 
-REPORT_FILE = "pruning_report.csv"
 DEFAULT_METHODS = ("magnitude", "taylor", "obd")
 DEFAULT_ATTACKS = ("fgsm", "pgd")  # of the joint analysis
 DEFAULT_ATTRIBUTION = ("saliency", "integrated_gradients")
@@ -337,27 +337,20 @@ class PruningAnalysis(EndOfFit, CompassCallback):
         torch.save({k: v.detach().cpu().clone() for k, v in pruned.state_dict().items()}, path)
 
     def _write_report(self, trainer: pl.Trainer, epoch: int, rows: list[dict[str, Any]]) -> None:
-        if not trainer.is_global_zero or self.reporter is None or not self.reporter.log_dir:
-            return
-        path = Path(self.reporter.log_dir) / REPORT_FILE
-        fields = ["epoch", "global_step", "stage", "method", "rate", "changes_weights", "sparsity", "sparsity_all", *self.task.metric_names,
-                  "accuracy_drop", *JOINT]
-        new = not path.exists()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", newline="", encoding="utf-8") as stream:
-            writer = csv.DictWriter(stream, fieldnames=fields, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            for row in rows:
-                values = {k: float(v) for k, v in row.items() if k not in ("method",)}
-                writer.writerow({
-                    "epoch": epoch,
-                    "global_step": trainer.global_step,
-                    "stage": trainer.state.fn.value,
-                    "method": row["method"],
-                    "changes_weights": row["method"] in IMPORTANCES and IMPORTANCES[row["method"]].changes_weights,
-                    **{k: f"{v:.6g}" for k, v in values.items()},
-                })
+        if trainer.is_global_zero and self.reporter is not None and self.reporter.log_dir:
+            write_report(self.reporter.log_dir, rows, metrics=self.task.metric_names, extra=JOINT, epoch=epoch,
+                         global_step=trainer.global_step, stage=trainer.state.fn.value)
+
+    @override
+    def estimated_cost(self, forward: float) -> tuple[float, float]:
+        """What the analysis will cost, from one sample's ``forward`` seconds (see :mod:`._pruning_cost`)."""
+        return pruning_cost(
+            forward, methods=list(self.methods), rates=len(self._grid()),
+            calibration=len(self._calibration) if self._calibration is not None else self.calibration_size,
+            attacks=self.attacks if self.joint else {}, attributions=self.attribution_methods if self.joint else {},
+            joint_copies=(1 + len(self.methods) * len(self.joint_rates)) if self.joint else 0,
+            attribution_samples=self.attribution_probe_size or 32, attribution_steps=self.attribution_steps,
+        )
 
     def _figures(self, trainer: pl.Trainer, evaluation: Evaluation, rows: list[dict[str, Any]]) -> None:
         reference = rows[0]

@@ -209,16 +209,30 @@ class Budget:
         self._planned = {n: sizes[n] for n in eligible if n in sizes}
         return Plan(dict(self._planned), tuple(n for n in eligible if n not in sizes))
 
-    def final_plan(self, names: Iterable[str]) -> Plan:
+    def final_plan(self, names: Iterable[str], estimates: Mapping[str, tuple[float, float]] | None = None) -> Plan:
         """Probe sizes of the end-of-fit evaluation of ``names``: every module at full size if its
-        estimated cost fits one more ``share`` of the fit's wall time, else every measured module
-        scaled by the same factor (not below its floor); modules never measured at full size."""
+        cost fits one more ``share`` of the fit's wall time, else every costed module's probe scaled
+        by the same factor (not below its floor). A module's cost is what it was measured at, or
+        for one never measured its ``estimates`` entry ``(fixed seconds, seconds per sample)`` (what
+        an end-of-fit analysis such as pruning says it will cost); a module with neither runs at full size.
+
+        Example:
+            >>> clock = FakeClock()
+            >>> budget = Budget(0.1, {"a": 100, "pruning": 100}, floor=10, clock=clock)
+            >>> budget.start(); clock.now = 100.0         # 100 s of training: 10 s for the final evaluation
+            >>> budget.per_sample["a"] = 0.05             # 5 s at full size
+            >>> budget.final_plan(["a", "pruning"], {"pruning": (2.0, 0.08)}).sizes  # 2 s + (5 s + 8 s) x 0.61
+            {'a': 61, 'pruning': 61}
+        """
         names = list(names)
         self._planned_at, self._final = self.clock(), True
         allowance = self.share * (self.training + self.spent)
-        known = {n: c for n in names if (c := self.cost(n, self.full[n])) is not None}
-        scale = min(1.0, allowance / sum(known.values())) if known and sum(known.values()) > 0 else 1.0
-        sizes = {n: max(self.floors[n], int(self.full[n] * scale)) if n in known else self.full[n] for n in names}
+        costs = {n: (0.0, c / self.full[n]) for n in names if (c := self.cost(n, self.full[n])) is not None}
+        costs.update({n: estimates[n] for n in names if n not in costs and estimates and n in estimates})
+        fixed = sum(f for f, _ in costs.values())
+        variable = sum(rate * self.full[n] for n, (_, rate) in costs.items())
+        scale = 1.0 if fixed + variable <= allowance or variable <= 0 else max(0.0, (allowance - fixed) / variable)
+        sizes = {n: max(self.floors[n], int(self.full[n] * scale)) if n in costs else self.full[n] for n in names}
         self._planned = dict(sizes)
         return Plan(sizes)
 
