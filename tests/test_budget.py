@@ -238,7 +238,7 @@ def test_the_end_of_fit_plan_scales_pruning_by_its_a_priori_cost(tmp_path):
                       pruning={"methods": ["magnitude"], "joint": False, "rates": [0.5], "sweep": [0.5]})
     compass.schedule.clock = clock
     asked = []
-    compass.modules["pruning"].estimated_cost = lambda forward: asked.append(forward) or (0.0, 10.0)
+    compass.modules["pruning"].estimated_cost = lambda forward: asked.append(forward) or (lambda size: 10.0 * size)
     trainer = make_trainer(tmp_path, [compass, _FakeTime(clock)], epochs=2)
     trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule())
     final = compass.history[-1]["metrics"]
@@ -253,8 +253,29 @@ def test_the_pruning_estimate_counts_its_passes():
     monitor = PruningAnalysis(["magnitude", "taylor"], rates=[0.5], sweep=[0.25], joint_rates=[0.5], attacks=["pgd"],
                               attribution_methods=["saliency"], attribution_steps=4, attribution_probe_size=8,
                               calibration_size=32)
-    fixed, per_sample = monitor.estimated_cost(1.0)
+    cost, without_joint = monitor.estimated_cost(1.0)  # in forwards of one sample
+    assert without_joint(4) == 3 * 32 + 4 * (1 + 2 * 2)
     pgd = 1 + 3 * 10  # ten steps of forward+backward and the scoring forward
     copies = 1 + 2 * 1  # the unpruned model and each method at the joint rate
-    assert per_sample == 1 + 2 * 2 + copies * pgd  # the sweep: the reference and 2 methods x 2 rates
-    assert fixed == 3 * 32 + copies * (3 + 2 * 4) * 8  # taylor on the calibration set; the joint saliency
+    fixed = 3 * 32  # taylor on the calibration set, whatever the probe
+    saliency = copies * (3 + 2 * 4)  # and its insertion/deletion, per sample of at most 8
+    assert cost(4) == fixed + 4 * (1 + 2 * 2 + copies * pgd) + 4 * saliency  # the sweep: the reference, 2 methods x 2 rates
+    assert cost(100) - cost(99) == 1 + 2 * 2 + copies * pgd  # past the attribution subset's 8 samples
+
+
+def test_a_joint_analysis_that_cannot_fit_is_left_out_with_the_reason(tmp_path):
+    clock = FakeClock()
+    compass = Compass(task=digits_task(), probe_size=48, budget=0.1, mutation={"mutations": ["noise"]},
+                      robustness=False, interpretability=False, neurons=False,
+                      pruning={"methods": ["magnitude"], "rates": [0.5], "sweep": [0.5], "joint_rates": [0.5],
+                               "attacks": ["fgsm"], "attribution_methods": ["saliency"]})
+    compass.schedule.clock = clock
+    compass.modules["pruning"].estimated_cost = lambda forward: [lambda size: 1e6, lambda size: 0.0]
+    trainer = make_trainer(tmp_path, [compass, _FakeTime(clock)], epochs=1)
+    with pytest.warns(UserWarning, match="joint analysis .* does not fit the time budget"):
+        trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule())
+    final = compass.history[-1]["metrics"]
+    asr = final["compass/pruning/magnitude/rate_0.50/asr"]
+    assert asr is None or math.isnan(asr)  # undefined (the history keeps NaN as None)
+    assert math.isfinite(final["compass/pruning/magnitude/rate_0.50/accuracy"])
+    assert compass.modules["pruning"].variant == 0  # for the next evaluation, outside the budget's plan

@@ -28,7 +28,7 @@ from typing import Any, Optional
 import lightning.pytorch as pl
 import torch
 
-from compass_lightning.engine.budget import Budget, Plan
+from compass_lightning.engine.budget import Budget, Estimate, Plan
 from compass_lightning.engine.checks import check_bool
 from compass_lightning.reporting.tags import tag
 
@@ -106,7 +106,7 @@ class BudgetSchedule:
         return plan
 
     def final_plan(self, trainer: pl.Trainer, names: list[str],
-                   estimators: Mapping[str, Callable[[float], tuple[float, float] | None]] | None = None) -> Plan:
+                   estimators: Mapping[str, Callable[[float], Estimate | None]] | None = None) -> Plan:
         """The plan of the end-of-fit evaluation of ``names``, the same on every process;
         ``estimators`` give the a-priori cost of modules from one sample's forward seconds."""
         plan = Plan()
@@ -175,6 +175,8 @@ class BudgetedRuns:
     budget (``self.schedule``), and the end-of-fit evaluation the budget adds."""
 
     schedule: BudgetSchedule | None
+    #: The cost variant of :meth:`estimated_cost` the budget chose for the running evaluation (0: the first).
+    variant: int = 0
 
     @property
     def budget_name(self) -> str:
@@ -189,10 +191,11 @@ class BudgetedRuns:
         """Time the clean forward of ``samples`` probe samples (nothing without a budget)."""
         return self.schedule.forward_timing(samples, device) if self.schedule is not None else contextlib.nullcontext()
 
-    def estimated_cost(self, forward: float) -> tuple[float, float] | None:
-        """``(fixed seconds, seconds per probe sample)`` this monitor's evaluation will cost, from one
+    def estimated_cost(self, forward: float) -> Estimate | None:
+        """The seconds this monitor's evaluation will cost as a function of its probe size, from one
         sample's ``forward`` seconds, for a budget that must plan it before it has run (an analysis
-        at the end of fit); ``None``: measured when it runs."""
+        at the end of fit) — or several such functions, richest first, where it can leave a part out
+        (the budget sets :attr:`variant` to the one it chose); ``None``: measured when it runs."""
         return None
 
     def budget_modules(self) -> dict[str, tuple[int, set[str]]]:
@@ -202,7 +205,11 @@ class BudgetedRuns:
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.schedule is not None and self.schedule.final:  # the end-of-fit evaluation of a budget
             plan = self.schedule.final_plan(trainer, [self.budget_name], {self.budget_name: self.estimated_cost})
-            self._run_planned(trainer, pl_module, plan, final=True)
+            self.variant = plan.variants.get(self.budget_name, 0)
+            try:
+                self._run_planned(trainer, pl_module, plan, final=True)
+            finally:
+                self.variant = 0
 
     def _run_planned(self, trainer: pl.Trainer, pl_module: pl.LightningModule, plan: Plan | None, *,
                      final: bool = False) -> None:

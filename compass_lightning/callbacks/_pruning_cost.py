@@ -4,21 +4,20 @@ plans the end-of-fit evaluation with (:meth:`~compass_lightning.engine.budget.Bu
 Pruning runs once, when training ends, so the budget has never measured it when it must decide
 how much of the probe the end-of-fit evaluation can afford. The estimate counts the analysis'
 passes in units of one measured forward of one sample (the evaluation's clean forward), a
-backward as two forwards (its usual cost), and splits them into what grows with the probe (the
-sweep's forwards of every pruned copy, the joint attacks) and what does not (the importances on
-the calibration set, the joint attributions on their own fixed subset).
+backward as two forwards (its usual cost): the importances on the calibration set (whatever the
+probe), the sweep's forwards of every pruned copy and the joint attacks (per probe sample), the
+joint attributions (per sample of their subset, at most ``attribution_samples``).
 
 Example:
-    >>> fixed, per_sample = pruning_cost(0.001, methods=["magnitude", "taylor"], rates=22, calibration=256,
-    ...                                  attacks={}, attributions={}, joint_copies=0, attribution_samples=0,
-    ...                                  attribution_steps=16)
-    >>> round(fixed, 3), round(per_sample, 3)   # taylor: 256 forward+backwards; 1 + 2 x 22 forwards a sample
-    (0.768, 0.045)
+    >>> cost = pruning_cost(0.001, methods=["magnitude", "taylor"], rates=22, calibration=256, attacks={},
+    ...                     attributions={}, joint_copies=0, attribution_samples=0, attribution_steps=16)
+    >>> round(cost(0), 3), round(cost(100) - cost(0), 3)   # taylor: 256 forward+backwards; 1 + 2 x 22 forwards a sample
+    (0.768, 4.5)
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 #: A forward+backward in forwards.
@@ -35,12 +34,12 @@ def _steps(params: Mapping[str, Any]) -> int:
 def pruning_cost(
     forward: float, *, methods: Sequence[str], rates: int, calibration: int, attacks: Mapping[str, Mapping[str, Any]],
     attributions: Mapping[str, Mapping[str, Any]], joint_copies: int, attribution_samples: int, attribution_steps: int,
-) -> tuple[float, float]:
-    """``(fixed seconds, seconds per probe sample)`` of one pruning analysis, ``forward`` being the
+) -> Callable[[int], float]:
+    """The seconds of one pruning analysis as a function of its probe size, ``forward`` being the
     seconds of one sample's forward (see the module docstring)."""
     sweep = 1 + len(methods) * rates  # the unpruned reference and every pruned copy, once per sample
     attack = sum(1 + BACKWARD * _steps(params) for params in attacks.values())  # each step and the scoring forward
     attribution = sum(BACKWARD * _steps(params) + 2 * attribution_steps for params in attributions.values())
     importances = sum(IMPORTANCE_PASSES.get(m, 1.0) * BACKWARD for m in methods) * calibration
-    fixed = importances + joint_copies * attribution * attribution_samples
-    return forward * fixed, forward * (sweep + joint_copies * attack)
+    per_sample = sweep + joint_copies * attack
+    return lambda size: forward * (importances + per_sample * size + joint_copies * attribution * min(size, attribution_samples))

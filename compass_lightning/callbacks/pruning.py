@@ -4,11 +4,12 @@ interpretability live (AI-Compass module 5, RQ3)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 import torch
 from torch import Tensor, nn
 from typing_extensions import override
@@ -168,6 +169,7 @@ class PruningAnalysis(EndOfFit, CompassCallback):
         self.calibration_size = check_int("calibration_size", calibration_size, minimum=1)
         self.calibration_data = self._check_probe_data(calibration_data) if calibration_data is not None else None
         self.joint = check_bool("joint", joint)
+        self._joint_now = self.joint  # this evaluation's: the budget may leave the joint analysis out
         self.joint_rates = tuple(sorted(set(check_reals("joint_rates", list(joint_rates), **in_range)))) if joint else ()
         self.save_pruned = check_bool("save_pruned", save_pruned)
         self.attribution_probe_size = optional(at_least_one)("attribution_probe_size", attribution_probe_size)
@@ -253,14 +255,19 @@ class PruningAnalysis(EndOfFit, CompassCallback):
         task = evaluation.task
         reference = task.metrics(evaluation.outputs(probe.inputs), probe.targets)
         grid = self._grid()
+        self._joint_now = self.joint and not self.variant  # variant 1: the budget left the joint analysis out
+        if self.joint and self.variant:
+            rank_zero_warn("PruningAnalysis: the joint analysis (attacks and attributions of the pruned copies) is left out "
+                           "of the end-of-fit evaluation: it does not fit the time budget even on the smallest probe; "
+                           "its tags are NaN. Compass(budget=None) (or budget= on the callback) runs it.")
         progress = tqdm(
-            total=len(self.methods) * (1 + len(grid)) + bool(self.joint) * (1 + len(self.methods) * len(self.joint_rates)),
+            total=len(self.methods) * (1 + len(grid)) + self._joint_now * (1 + len(self.methods) * len(self.joint_rates)),
             desc="PruningAnalysis",
             leave=False,
             disable=not (trainer.is_global_zero and trainer.progress_bar_callback is not None),
         )
         with progress:
-            if self.joint:
+            if self._joint_now:
                 reference.update(self._joint(trainer, evaluation, model))
                 progress.update()
             evaluation.scalars.update({tag(MODULE, UNPRUNED, m): v for m, v in reference.items()})
@@ -283,7 +290,7 @@ class PruningAnalysis(EndOfFit, CompassCallback):
                         metrics["sparsity_all"] = torch.tensor(sparsity(pruned, of="all"))
                         metrics["accuracy_drop"] = reference["accuracy"] - metrics["accuracy"]
                         drops[rate] = float(metrics["accuracy_drop"])
-                        if rate in self.joint_rates:
+                        if rate in self.joint_rates and self._joint_now:
                             metrics.update(self._joint(trainer, evaluation, pruned))
                             progress.update()
                         if rate in self._logged_rates():
@@ -342,15 +349,18 @@ class PruningAnalysis(EndOfFit, CompassCallback):
                          global_step=trainer.global_step, stage=trainer.state.fn.value)
 
     @override
-    def estimated_cost(self, forward: float) -> tuple[float, float]:
-        """What the analysis will cost, from one sample's ``forward`` seconds (see :mod:`._pruning_cost`)."""
-        return pruning_cost(
-            forward, methods=list(self.methods), rates=len(self._grid()),
-            calibration=len(self._calibration) if self._calibration is not None else self.calibration_size,
-            attacks=self.attacks if self.joint else {}, attributions=self.attribution_methods if self.joint else {},
-            joint_copies=(1 + len(self.methods) * len(self.joint_rates)) if self.joint else 0,
-            attribution_samples=self.attribution_probe_size or 32, attribution_steps=self.attribution_steps,
-        )
+    def estimated_cost(self, forward: float) -> list[Callable[[int], float]]:
+        """What the analysis will cost, from one sample's ``forward`` seconds (see :mod:`._pruning_cost`):
+        with its joint analysis, and without it (the variant a budget may choose)."""
+        def cost(joint: bool) -> Callable[[int], float]:
+            return pruning_cost(
+                forward, methods=list(self.methods), rates=len(self._grid()),
+                calibration=len(self._calibration) if self._calibration is not None else self.calibration_size,
+                attacks=self.attacks if joint else {}, attributions=self.attribution_methods if joint else {},
+                joint_copies=(1 + len(self.methods) * len(self.joint_rates)) if joint else 0,
+                attribution_samples=self.attribution_probe_size or 32, attribution_steps=self.attribution_steps,
+            )
+        return [cost(True), cost(False)] if self.joint else [cost(False)]
 
     def _figures(self, trainer: pl.Trainer, evaluation: Evaluation, rows: list[dict[str, Any]]) -> None:
         reference = rows[0]
@@ -367,7 +377,7 @@ class PruningAnalysis(EndOfFit, CompassCallback):
             grid, accuracy, xlabel="pruning rate (fraction of weights set to zero)", ylabel="probe accuracy",
             title=f"accuracy after pruning without fine-tuning, epoch {epoch}", chance=UNPRUNED,
         )
-        if not self.joint:
+        if not self._joint_now:
             return
         joint = [0.0, *self.joint_rates]
         at = {m: [reference] + [r for r in rs if r["rate"] in self.joint_rates] for m, rs in by_method.items()}

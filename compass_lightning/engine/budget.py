@@ -53,10 +53,12 @@ Example:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Set
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
+#: An a-priori cost: seconds as a function of the probe size, or such functions richest first.
+Estimate = Union[Callable[[int], float], Sequence[Callable[[int], float]]]
 #: Weight of the newest measurement in a module's cost per sample.
 SMOOTHING = 0.5
 
@@ -64,10 +66,12 @@ SMOOTHING = 0.5
 @dataclass(frozen=True)
 class Plan:
     """One evaluation's decision: the probe size of each module that runs (in the order they were
-    asked for), and the eligible modules postponed."""
+    asked for), the eligible modules postponed, and for a module planned with several cost variants
+    (:meth:`Budget.final_plan`) the one chosen where it is not the first."""
 
     sizes: dict[str, int] = field(default_factory=dict)
     postponed: tuple[str, ...] = ()
+    variants: dict[str, int] = field(default_factory=dict)
 
 
 class FakeClock:
@@ -209,32 +213,59 @@ class Budget:
         self._planned = {n: sizes[n] for n in eligible if n in sizes}
         return Plan(dict(self._planned), tuple(n for n in eligible if n not in sizes))
 
-    def final_plan(self, names: Iterable[str], estimates: Mapping[str, tuple[float, float]] | None = None) -> Plan:
+    def final_plan(self, names: Iterable[str], estimates: Mapping[str, Estimate] | None = None) -> Plan:
         """Probe sizes of the end-of-fit evaluation of ``names``: every module at full size if its
         cost fits one more ``share`` of the fit's wall time, else every costed module's probe scaled
-        by the same factor (not below its floor). A module's cost is what it was measured at, or
-        for one never measured its ``estimates`` entry ``(fixed seconds, seconds per sample)`` (what
-        an end-of-fit analysis such as pruning says it will cost); a module with neither runs at full size.
+        by the largest common factor that fits (not below its floor). A module's cost is what it was
+        measured at, or for one never measured its ``estimates`` entry: seconds as a function of the
+        probe size (what an end-of-fit analysis such as pruning says it will cost; it may have parts
+        that do not grow with the probe), or a sequence of them, richest first, for an analysis that
+        can leave out a part: the first whose floor fits is chosen (``Plan.variants``; the last if
+        none does). A module with neither runs at full size.
 
         Example:
             >>> clock = FakeClock()
             >>> budget = Budget(0.1, {"a": 100, "pruning": 100}, floor=10, clock=clock)
             >>> budget.start(); clock.now = 100.0         # 100 s of training: 10 s for the final evaluation
             >>> budget.per_sample["a"] = 0.05             # 5 s at full size
-            >>> budget.final_plan(["a", "pruning"], {"pruning": (2.0, 0.08)}).sizes  # 2 s + (5 s + 8 s) x 0.61
+            >>> budget.final_plan(["a", "pruning"], {"pruning": lambda size: 2.0 + 0.08 * size}).sizes
             {'a': 61, 'pruning': 61}
+            >>> with_part, without = (lambda size: 20.0 + 0.08 * size), (lambda size: 0.08 * size)
+            >>> budget.final_plan(["a", "pruning"], {"pruning": [with_part, without]})  # the part cannot fit
+            Plan(sizes={'a': 76, 'pruning': 76}, postponed=(), variants={'pruning': 1})
         """
         names = list(names)
         self._planned_at, self._final = self.clock(), True
         allowance = self.share * (self.training + self.spent)
-        costs = {n: (0.0, c / self.full[n]) for n in names if (c := self.cost(n, self.full[n])) is not None}
-        costs.update({n: estimates[n] for n in names if n not in costs and estimates and n in estimates})
-        fixed = sum(f for f, _ in costs.values())
-        variable = sum(rate * self.full[n] for n, (_, rate) in costs.items())
-        scale = 1.0 if fixed + variable <= allowance or variable <= 0 else max(0.0, (allowance - fixed) / variable)
-        sizes = {n: max(self.floors[n], int(self.full[n] * scale)) if n in costs else self.full[n] for n in names}
+        options: dict[str, list[Callable[[int], float]]] = {
+            n: [lambda size, rate=self.per_sample[n]: rate * size] for n in names if self.per_sample.get(n) is not None
+        }
+        for n in names:
+            if n not in options and estimates and n in estimates:
+                given = estimates[n]
+                options[n] = [given] if callable(given) else list(given)
+        chosen = dict.fromkeys(options, 0)
+
+        def sizes_at(scale: float) -> dict[str, int]:
+            return {n: max(self.floors[n], int(self.full[n] * scale)) if n in options else self.full[n] for n in names}
+
+        def fits(scale: float) -> bool:
+            sizes = sizes_at(scale)
+            return sum(options[n][chosen[n]](sizes[n]) for n in options) <= allowance
+
+        for n in options:  # leave parts out, one module at a time, until the floors fit
+            while not fits(0.0) and chosen[n] + 1 < len(options[n]):
+                chosen[n] += 1
+        low, high = 0.0, 1.0  # the largest common scale that fits: costs grow with the probe
+        if fits(high):
+            low = high
+        else:
+            for _ in range(30):
+                middle = (low + high) / 2
+                low, high = (middle, high) if fits(middle) else (low, middle)
+        sizes = sizes_at(low)
         self._planned = dict(sizes)
-        return Plan(sizes)
+        return Plan(sizes, variants={n: v for n, v in chosen.items() if v})
 
     def charge(self, seconds: Mapping[str, float]) -> float:
         """Book the evaluation planned last: ``seconds`` each planned module took. The time since the
