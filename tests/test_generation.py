@@ -121,3 +121,10 @@ def test_bad_arguments_name_themselves(seeds, argument, value):
 def test_nbc_fitness_without_ranges_is_refused(seeds):
     with pytest.raises(ValueError, match="ranges"):
         generate_tests(sensitive_model(), seeds, fitness="nbc")
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_a_progress_bar_over_the_generations_only_when_asked(seeds, capsys, progress):
+    generate_tests(sensitive_model(), seeds[:2], particles=2, generations=3, progress=progress)
+    shown = capsys.readouterr().err
+    assert ("test generation" in shown) if progress else shown == ""

@@ -83,7 +83,8 @@ def run_generation(evaluation: Evaluation, config: Mapping[str, Any], layers: Op
     x = task.to_space(inputs, model)
     found = generate_tests(task.space_model(model, inputs), x, targets, particles=config["particles"],
                            generations=config["generations"], bound=config["bound"], norm=config["norm"],
-                           layers=layers, input_range=task.input_range, batch_size=evaluation.batch_size, seed=seed)
+                           layers=layers, input_range=task.input_range, batch_size=evaluation.batch_size, seed=seed,
+                           progress=False)  # the trainer's bar shows the module running
     values = {"error_rate": found.error_rate, "errors_found": found.errors_found.float().mean(),
               "categories": found.categories.float().mean(), "mean_fitness": found.fitness[:, -1].mean()}
     evaluation.scalars.update({f"{PREFIX}/{name}": float(value) for name, value in values.items()})

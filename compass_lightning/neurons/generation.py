@@ -51,6 +51,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from compass_lightning.engine.checks import check_choice, check_int, check_interval, check_real
 from compass_lightning.engine.guard import analysis_mode
@@ -167,6 +168,7 @@ def generate_tests(
     input_range: tuple[float, float] = (0.0, 1.0),
     batch_size: int | None = None,
     seed: int = 0,
+    progress: bool | None = None,
 ) -> GeneratedTests:
     """DeepSensor's particle-swarm test generation around ``seeds`` (see the module docstring).
 
@@ -186,6 +188,7 @@ def generate_tests(
         input_range: the pixel range the tests stay in.
         batch_size: at most this many particles per forward (default: all ``S × particles``).
         seed: seed of the swarm's random numbers (the same seed gives the same tests).
+        progress: a tqdm bar over the generations; ``None`` (the default): only on a terminal.
     """
     check_choice("fitness", fitness, FITNESS)
     check_choice("norm", norm, NORMS)
@@ -236,7 +239,9 @@ def generate_tests(
         history, mean_history = [global_score], [score.mean(1)]
         tests, predictions = [], []
         first, last = inertia
-        for g in range(generations):
+        bar = tqdm(range(generations), desc="test generation", unit="generation", leave=False,
+                   disable=None if progress is None else not progress)
+        for g in bar:
             omega = (first - last) * (generations - g) / generations + last
             velocity = (omega * velocity + c1 * uniform(velocity.shape) * (best_position - position)
                         + c2 * uniform(velocity.shape) * (global_position.unsqueeze(1) - position))
