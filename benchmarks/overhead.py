@@ -137,8 +137,9 @@ def budget_rows(example: str, device: torch.device, repeats: int, *, epochs: int
     cases = {"plain": fit(example, epochs, list, device), "budget": fit(example, epochs, budgeted, device)}
     if example == "digits":  # on the ResNet-18 example "before" takes ten times a fit (measured once: 10.6x)
         cases["before"] = fit(example, epochs, lambda: [cl.Compass(task=task(), budget=None, images_every_n=1)], device)
-    for side in (list, budgeted):  # warm-up: first-use costs (imports, matplotlib) on both sides
-        fit(example, 1, side, device)()
+    if example == "digits":  # warm-up: first-use costs (imports, matplotlib), ~2 s, on both sides;
+        for side in (list, budgeted):  # on the ResNet-18 example they are ~1 % of a fit, not worth two more
+            fit(example, 1, side, device)()
     compasses.clear()
     times = seconds_of(cases, repeats, device, warmup=0)
     for compass in compasses:

@@ -279,3 +279,18 @@ def test_a_joint_analysis_that_cannot_fit_is_left_out_with_the_reason(tmp_path):
     assert asr is None or math.isnan(asr)  # undefined (the history keeps NaN as None)
     assert math.isfinite(final["compass/pruning/magnitude/rate_0.50/accuracy"])
     assert compass.modules["pruning"].variant == 0  # for the next evaluation, outside the budget's plan
+
+
+def test_a_module_whose_schedule_the_fit_never_reaches_runs_on_the_last_epoch(tmp_path):
+    # interpretability every 5 epochs in a 2-epoch fit: the budget's at-least-once rule still runs it
+    # during training, on its floor, at the last epoch
+    clock = FakeClock()
+    compass = Compass(task=digits_task(), probe_size=48, budget=0.1, mutation={"mutations": ["noise"]},
+                      robustness=False, interpretability={"methods": ["saliency"], "every_n_epochs": 5},
+                      neurons=False, pruning=False)
+    compass.schedule.clock = clock
+    trainer = make_trainer(tmp_path, [compass, _FakeTime(clock)], epochs=2)
+    trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule())
+    training = [r for r in compass.history if FINAL_SECONDS not in r["metrics"]]
+    assert [r["epoch"] for r in training if probe_size_tag("interpretability") in r["metrics"]] == [1]
+    assert training[-1]["metrics"][probe_size_tag("interpretability")] == 16.0

@@ -105,6 +105,16 @@ class BudgetSchedule:
         self.skipped += len(plan.postponed)
         return plan
 
+    def last_chances(self, trainer: pl.Trainer, names: list[str]) -> list[str]:
+        """Of ``names``, the modules that have not run in this fit while this is its last training
+        epoch: they run now off their ``every_n_epochs`` (the budget then sizes them to its floor),
+        so that every module reports during training. The same on every process."""
+        last = trainer.max_epochs
+        if self.budget is None or not (trainer.should_stop or (last is not None and 0 < last <= trainer.current_epoch + 1)):
+            return []
+        never = [n for n in names if not self.budget.runs.get(n)]  # global zero books the runs
+        return trainer.strategy.broadcast(never, src=0) if trainer.world_size > 1 else never
+
     def final_plan(self, trainer: pl.Trainer, names: list[str],
                    estimators: Mapping[str, Callable[[float], Estimate | None]] | None = None) -> Plan:
         """The plan of the end-of-fit evaluation of ``names``, the same on every process;

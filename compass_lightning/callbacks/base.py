@@ -297,7 +297,8 @@ class CompassCallback(BudgetedRuns, Sampling, Callback):
             return
         if trainer.state.fn == "fit" and (
             self.every_n_epochs is None or (trainer.current_epoch + 1) % self.every_n_epochs
-        ):
+        ) and not (self.schedule is not None and self.every_n_epochs is not None
+                   and self.schedule.last_chances(trainer, [self.budget_name])):
             return
         plan = None
         if self.schedule is not None and trainer.state.fn == "fit":

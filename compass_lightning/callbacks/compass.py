@@ -185,7 +185,10 @@ class Compass(EndOfFit, CompassCallback):
             pruning = self.modules.get("pruning")
             return ["pruning"] if pruning is not None and pruning.every_n_epochs is None else []
         epoch = trainer.current_epoch + 1
-        return [n for n, m in self.modules.items() if m.every_n_epochs is not None and epoch % m.every_n_epochs == 0]
+        due = {n for n, m in self.modules.items() if m.every_n_epochs is not None and epoch % m.every_n_epochs == 0}
+        if self.schedule is not None:
+            due |= set(self.schedule.last_chances(trainer, [n for n, m in self.modules.items() if m.every_n_epochs is not None]))
+        return [n for n in self.modules if n in due]
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
