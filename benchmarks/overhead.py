@@ -5,7 +5,7 @@ shared Compass saves over the same modules as separate callbacks.
     python benchmarks/overhead.py --example cifar_like     # the ResNet-18 example (slow without a GPU)
     python benchmarks/overhead.py --repeats 9 --epochs 20
     python benchmarks/overhead.py --budget                 # the time budget: before/after, training and end of fit
-    python benchmarks/overhead.py --budget --example cifar_like --epochs 3 --repeats 1
+    python benchmarks/overhead.py --budget --example cifar_like --epochs 3 --repeats 1 [--full-size]
 
 Runs alternate (plain, callback A, plain, callback B, ...) after a warm-up, so drifts in machine
 load hit every side alike; the printed figure is the median of the per-round ratios with its range.
@@ -45,13 +45,15 @@ EXAMPLES = {
     "digits": (digits.DigitsClassifier, digits.DigitsDataModule, digits.digits_task),
     "cifar_like": (
         lambda: cifar_like.ResNetClassifier(),
-        lambda: cifar_like.SyntheticCifarDataModule(train_size=2048, val_size=512),
+        lambda: cifar_like.SyntheticCifarDataModule(**CIFAR_SIZE),
         lambda: cl.Classification(mean=cifar_like.MEAN, std=cifar_like.STD),
     ),
 }
 
 
 TARGETS = {"digits": 1.15, "cifar_like": 1.10}
+#: The ResNet-18 example's data in these benchmarks (``--full-size``: the example's own 10,000/2,000).
+CIFAR_SIZE = {"train_size": 2048, "val_size": 512}
 CALLBACKS = ("MutationMetrics", "AttackSuccessRate", "AttributionScores", "NeuronAnalysis", "PruningAnalysis", "Compass")
 
 
@@ -150,6 +152,10 @@ def budget_rows(example: str, device: torch.device, repeats: int, *, epochs: int
         if missing:
             raise SystemExit(f"modules that did not report during training: {sorted(missing)}")
     plain = times["plain"]
+    budget, final = compasses[-1].schedule.budget, compasses[-1].history[-1]["metrics"]
+    print("last budgeted fit: module runs", budget.runs, "| seconds per probe sample",
+          {n: round(r, 4) for n, r in budget.per_sample.items()}, "| end-of-fit probe sizes",
+          {k.rsplit("/", 1)[1]: int(v) for k, v in final.items() if "/probe_size/" in k}, "\n")
     training = [(b - f) / p for b, f, p in zip(times["budget"], finals, plain)]
     area = f"budget ({example}, {epochs} epochs)"
     before = [Row(area, "Compass(budget=None, images_every_n=1) / plain fit (before)", ratios_of(times, "before", "plain"))
@@ -170,7 +176,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="*", choices=CALLBACKS, default=list(CALLBACKS), help="callbacks to time")
     parser.add_argument("--no-passes", action="store_true", help="skip the pass-count comparison")
     parser.add_argument("--budget", action="store_true", help="the time budget's rows instead")
+    parser.add_argument("--full-size", action="store_true", help="the ResNet-18 example at its default data size")
     args = parser.parse_args(argv)
+    if args.full_size:
+        CIFAR_SIZE.clear()
     device = torch.device(args.device)
     print(f"{machine(device)}; {args.example} example, {args.epochs} epochs, {args.repeats} interleaved repeats\n")
     if args.budget:

@@ -105,16 +105,18 @@ def test_a_watched_module_runs_at_full_size_whenever_it_is_eligible():
 
 def test_the_final_plan_fits_one_more_share_of_the_fit():
     rates = {"a": 0.01, "b": 0.03}  # 1 s and 3 s at full size
-    budget, clock = _measured(0.1, rates)
+    budget, clock = _measured(0.1, rates, final_floor=0.0)
     budget.full["new"], budget.floors["new"] = 100, 16  # never measured: at full size
     clock.now = 100.0  # the allowance of the final evaluation is 10 s: both at full size
     assert budget.final_plan(["a", "b", "new"]).sizes == {"a": 100, "b": 100, "new": 100}
     clock.now += 5.0
     assert budget.charge({"a": 1.0, "b": 3.0}) == 5.0
     assert (budget.final_spent, budget.spent, budget.training) == (5.0, 0.0, 100.0)  # reported apart
-    budget, clock = _measured(0.1, rates)
+    budget, clock = _measured(0.1, rates, final_floor=0.0)
     clock.now = 20.0  # 2 s of allowance: both scaled by the same factor, not below the floor
     assert budget.final_plan(["a", "b"]).sizes == {"a": 50, "b": 50}
+    budget, clock = _measured(0.1, rates)  # however short the fit, 30 s are allowed: both at full size
+    assert budget.final_plan(["a", "b"]).sizes == {"a": 100, "b": 100}
 
 
 def test_bad_budgets_are_refused_naming_the_argument():

@@ -61,6 +61,10 @@ from typing import Any, Union
 Estimate = Union[Callable[[int], float], Sequence[Callable[[int], float]]]
 #: Weight of the newest measurement in a module's cost per sample.
 SMOOTHING = 0.5
+#: Seconds the end-of-fit evaluation may always take, however short the fit: a share of a toy fit
+#: (0.3 s of a 3-s digits fit) would shrink every module to its floor and drop pruning's joint
+#: analysis, to save seconds nobody waits for; the share decides from a 5-minute fit on.
+FINAL_FLOOR = 30.0
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ class Budget:
         floor: the smallest probe a module is scaled down to before it is postponed (capped at its
             full size).
         watched: modules that run at full size whenever eligible (rule 3).
+        final_floor: seconds the end-of-fit evaluation may take even where one share of the fit is less.
         clock: seconds, monotonic (``time.perf_counter``; a :class:`FakeClock` in tests).
 
     Call :meth:`start` when the fit starts, :meth:`plan` at each validation epoch, then
@@ -101,13 +106,14 @@ class Budget:
     """
 
     def __init__(self, share: float, modules: Mapping[str, int], *, floor: int = 16, watched: Set[str] = frozenset(),
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 final_floor: float = FINAL_FLOOR, clock: Callable[[], float] = time.perf_counter) -> None:
         if not 0 < share < 1:
             raise ValueError(f"budget must be a fraction of the fit's wall time in (0, 1), got {share!r}")
         self.share = share
         self.full = {name: int(size) for name, size in modules.items()}
         self.floors = {name: min(floor, size) for name, size in self.full.items()}
         self.watched = frozenset(watched)
+        self.final_floor = final_floor
         self.clock = clock
         self.per_sample: dict[str, float] = {}
         self.credit = dict.fromkeys(self.full, 0.0)
@@ -215,7 +221,7 @@ class Budget:
 
     def final_plan(self, names: Iterable[str], estimates: Mapping[str, Estimate] | None = None) -> Plan:
         """Probe sizes of the end-of-fit evaluation of ``names``: every module at full size if its
-        cost fits one more ``share`` of the fit's wall time, else every costed module's probe scaled
+        cost fits one more ``share`` of the fit's wall time (or ``final_floor`` seconds, if more), else every costed module's probe scaled
         by the largest common factor that fits (not below its floor). A module's cost is what it was
         measured at, or for one never measured its ``estimates`` entry: seconds as a function of the
         probe size (what an end-of-fit analysis such as pruning says it will cost; it may have parts
@@ -225,7 +231,7 @@ class Budget:
 
         Example:
             >>> clock = FakeClock()
-            >>> budget = Budget(0.1, {"a": 100, "pruning": 100}, floor=10, clock=clock)
+            >>> budget = Budget(0.1, {"a": 100, "pruning": 100}, floor=10, final_floor=0.0, clock=clock)
             >>> budget.start(); clock.now = 100.0         # 100 s of training: 10 s for the final evaluation
             >>> budget.per_sample["a"] = 0.05             # 5 s at full size
             >>> budget.final_plan(["a", "pruning"], {"pruning": lambda size: 2.0 + 0.08 * size}).sizes
@@ -236,7 +242,7 @@ class Budget:
         """
         names = list(names)
         self._planned_at, self._final = self.clock(), True
-        allowance = self.share * (self.training + self.spent)
+        allowance = max(self.share * (self.training + self.spent), self.final_floor)
         options: dict[str, list[Callable[[int], float]]] = {
             n: [lambda size, rate=self.per_sample[n]: rate * size] for n in names if self.per_sample.get(n) is not None
         }

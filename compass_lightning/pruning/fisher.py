@@ -55,7 +55,10 @@ def supported(module: nn.Module) -> bool:
 
 def _per_sample_losses(loss_fn: LossFn, outputs: Tensor, targets: Tensor) -> Tensor:
     """``loss_fn`` of each sample alone, as the ``vmap`` reference takes it (a batch of one)."""
-    return torch.func.vmap(lambda o, t: loss_fn(o.unsqueeze(0), t.unsqueeze(0)))(outputs, targets)
+    try:
+        return torch.func.vmap(lambda o, t: loss_fn(o.unsqueeze(0), t.unsqueeze(0)))(outputs, targets)
+    except RuntimeError:  # a loss vmap cannot trace (data-dependent control flow): one call per sample
+        return torch.stack([loss_fn(o.unsqueeze(0), t.unsqueeze(0)) for o, t in zip(outputs, targets)])
 
 
 def _linear(a: Tensor, delta: Tensor) -> Tensor:
