@@ -121,5 +121,8 @@ def _rows(evaluation: Evaluation, name: str, params: Mapping[str, Any], explaine
     task, inputs = evaluation.task, to(take(evaluation.probe.inputs, slice(0, size)), evaluation.device)
     model, x = task.space_model(evaluation.model, inputs), task.to_space(inputs, evaluation.model)
     gather = evaluation.all_gather
-    agree = None if gather is None else (lambda times: gather(times.to(evaluation.device)).reshape(-1, len(times)).sum(0).cpu())
-    return gradient_rows(model, x, explained[:size].to(evaluation.device), size, agree=agree)
+
+    def agree(times: Tensor) -> Tensor:  # every process' times, summed: one decision for all
+        return gather(times.to(evaluation.device)).reshape(-1, len(times)).sum(0).cpu()
+
+    return gradient_rows(model, x, explained[:size].to(evaluation.device), size, agree=None if gather is None else agree)

@@ -42,4 +42,5 @@ def pruning_cost(
     attribution = sum(BACKWARD * _steps(params) + 2 * attribution_steps for params in attributions.values())
     importances = sum(IMPORTANCE_PASSES.get(m, 1.0) * BACKWARD for m in methods) * calibration
     per_sample = sweep + joint_copies * attack
-    return lambda size: forward * (importances + per_sample * size + joint_copies * attribution * min(size, attribution_samples))
+    joint = joint_copies * attribution
+    return lambda size: forward * (importances + per_sample * size + joint * min(size, attribution_samples))

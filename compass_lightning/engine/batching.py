@@ -85,7 +85,8 @@ def auto_batch_size(model: nn.Module, forward: Callable[[Samples], Tensor], exam
     return 1 << (size.bit_length() - 1)
 
 
-#: The sizes :func:`gradient_rows` chose: ``{(architecture, device, row shape, rule's size): rows}``.
+#: The sizes :func:`gradient_rows` chose, by (model class, parameter count, device, row shape,
+#: dtype, the rule's size): copies of one model (pruned ones, say) share the measurement.
 _CALIBRATED: dict[tuple, int] = {}
 
 
@@ -107,8 +108,9 @@ def fastest(
     clock: Callable[[], float] = time.perf_counter,
 ) -> int:
     """The size of ``sizes`` whose ``step(size)`` (work on ``size`` rows, synchronised) took the
-    least time per row, after one warm-up call at the smallest; ``agree`` maps the per-row times to the times every
-    process decides on (under DDP their sum over the processes, so every rank picks the same size).
+    least time per row, after one warm-up call at the smallest; ``agree`` maps the per-row times to
+    the times every process decides on (under DDP their sum over the processes, so every rank picks
+    the same size).
 
     Example:
         >>> ticks = iter([0.0, 4.0, 4.0, 5.0, 5.0, 8.0])  # 4 s for 128 rows, 1 s for 64, 3 s for 32

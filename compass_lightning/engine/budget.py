@@ -221,8 +221,9 @@ class Budget:
 
     def final_plan(self, names: Iterable[str], estimates: Mapping[str, Estimate] | None = None) -> Plan:
         """Probe sizes of the end-of-fit evaluation of ``names``: every module at full size if its
-        cost fits one more ``share`` of the fit's wall time (or ``final_floor`` seconds, if more), else every costed module's probe scaled
-        by the largest common factor that fits (not below its floor). A module's cost is what it was
+        cost fits one more ``share`` of the fit's wall time (or ``final_floor`` seconds, if more),
+        else every costed module's probe scaled by the largest common factor that fits (not below
+        its floor). A module's cost is what it was
         measured at, or for one never measured its ``estimates`` entry: seconds as a function of the
         probe size (what an end-of-fit analysis such as pruning says it will cost; it may have parts
         that do not grow with the probe), or a sequence of them, richest first, for an analysis that
