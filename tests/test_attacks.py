@@ -317,3 +317,18 @@ def test_attack_success_rate_counts_only_samples_correct_before_the_attack():
     rates = [torch.tensor(0.1), torch.tensor(float("nan")), torch.tensor(0.5)]
     assert mean_attack_success_rate(rates).item() == pytest.approx(0.3)  # the undefined one left out
     assert math.isnan(mean_attack_success_rate([]).item())
+
+
+def test_ti_ata_is_ata_with_the_ti_kernel_smoothing_its_gradient(trained_digits):
+    # thesis Eq. 4.9: W * dJ/dx before the sign. A kernel of length 1 is the identity, so TI-ATA is ATA;
+    # a wider kernel moves the examples (and stays an L-inf attack of the same budget)
+    model, pixels, y, task = trained_digits
+    net, x, y = task.pixel_model(model), pixels[:32], y[:32]
+    with analysis_mode(model, seed=0):
+        plain = run_attack("ata", net, x, y, eps=16 / 255)
+        identity = run_attack("ti_ata", net, x, y, eps=16 / 255, len_kernel=1)
+        smoothed = run_attack("ti_ata", net, x, y, eps=16 / 255, len_kernel=3)
+    assert torch.equal(plain, identity)
+    assert not torch.equal(plain, smoothed) and (smoothed - x).abs().max() <= 16 / 255 + 1e-6
+    with pytest.raises(ValueError, match="len_kernel must be an odd integer"):
+        run_attack("ti_ata", net, x, y, eps=16 / 255, len_kernel=2)

@@ -127,7 +127,8 @@ def test_normalised_data_is_attacked_in_pixel_space(tmp_path):
 @pytest.mark.parametrize("stage", ["fit", "validate"])
 def test_the_model_is_left_as_found(tmp_path, stage):
     bracket = StateBracket()
-    monitor = AttackSuccessRate(attacks=["pgd", "deepfool", "naa", "ata"], transfer_from=["snapshot"], task=digits_task(), probe_size=32)
+    monitor = AttackSuccessRate(attacks=["pgd", "deepfool", "naa", "ata", "ti_ata"], transfer_from=["snapshot"], task=digits_task(),
+                                probe_size=32)
     trainer = make_trainer(tmp_path, bracket.around(monitor), epochs=2)
     if stage == "fit":
         trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule())

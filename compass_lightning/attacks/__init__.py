@@ -22,6 +22,7 @@ deepfool   L2    DeepFool, budgeted by eps
 ssa        L∞    spectrum simulation attack (transfer)
 naa        L∞    neuron attribution-based attack (transfer)
 ata        L∞    attention-guided transfer attack (transfer)
+ti_ata     L∞    ATA with TI's smoothed gradient, thesis Eq. 4.9 (transfer)
 apgd_ce    L∞    APGD, cross-entropy (AutoAttack); ``apgd_ce_l2`` in L2
 apgd_dlr   L∞    APGD, difference of logits ratio; ``apgd_dlr_l2`` in L2
 apgd_t     L∞    APGD, targeted DLR over the most likely wrong classes; ``apgd_t_l2`` in L2
@@ -51,7 +52,7 @@ from compass_lightning.attacks.gradient import difgsm, fgsm, ifgsm, mifgsm, pgd,
 from compass_lightning.attacks.hotflip import hotflip
 from compass_lightning.attacks.minimal import cw, deepfool
 from compass_lightning.attacks.success import attack_success_rate, mean_attack_success_rate, robust_accuracy
-from compass_lightning.attacks.transfer import ata, naa, ssa
+from compass_lightning.attacks.transfer import ata, naa, ssa, ti_ata
 
 # registered after the classic attacks, which the lists of choices name first
 from compass_lightning.attacks.apgd import apgd_ce, apgd_ce_l2, apgd_dlr, apgd_dlr_l2, apgd_t, apgd_t_l2  # noqa: E402, I001
@@ -103,6 +104,7 @@ __all__ = [
     "robust_accuracy",
     "run_attack",
     "sinifgsm",
+    "ti_ata",
     "square",
     "square_l2",
     "ssa",

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from compass_lightning.engine.checks import check_interval, check_real
+from compass_lightning.engine.checks import check_int, check_interval, check_real
 from compass_lightning.engine.registry import Check, Operation, Registry
 from compass_lightning.engine.rng import draw, randint
 
@@ -195,6 +195,28 @@ def gaussian_blur_matrices(length: int, nsig: float, height: int, width: int, li
         return torch.where(inside, profile[offset.clamp(0, length - 1)], torch.zeros((), dtype=torch.float64))
 
     return band(height).to(like), band(width).T.contiguous().to(like)
+
+
+def check_kernel_length(name: str, value: int | None) -> int | None:
+    """A TI kernel length: ``None`` (:func:`ti_kernel_length` chooses) or an odd integer >= 1."""
+    if value is not None and (check_int(name, value, minimum=1) % 2 == 0):
+        raise ValueError(f"{name} must be an odd integer >= 1, got {value}")
+    return value
+
+
+def ti_kernel_length(x: Tensor, length: int | None) -> int:
+    """TI's kernel length: ``length``, or for ``None`` 15 (the paper's and torchattacks' choice for
+    224-pixel images) capped at the largest odd length at most half the image side, so small
+    images are not blurred flat.
+
+    Example:
+        >>> ti_kernel_length(torch.zeros(1, 3, 224, 224), None), ti_kernel_length(torch.zeros(1, 1, 8, 8), None)
+        (15, 3)
+    """
+    if length is not None:
+        return length
+    half = min(x.shape[-2:]) // 2
+    return max(1, min(15, half if half % 2 else half - 1))
 
 
 def dct_matrix(n: int, like: Tensor) -> Tensor:

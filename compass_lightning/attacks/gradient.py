@@ -17,6 +17,7 @@ from torch import Tensor
 from compass_lightning.attacks._core import (
     Model,
     check_budget,
+    check_kernel_length,
     default_step,
     diverse_input,
     gaussian_blur_matrices,
@@ -25,8 +26,9 @@ from compass_lightning.attacks._core import (
     random_linf_start,
     register,
     sign_gradient_attack,
+    ti_kernel_length,
 )
-from compass_lightning.engine.checks import at_least_one, check_bool, check_int, non_negative, optional, positive, probability
+from compass_lightning.engine.checks import at_least_one, check_bool, non_negative, optional, positive, probability
 from compass_lightning.engine.rng import draw
 
 Bounds = tuple[float, float]
@@ -130,32 +132,20 @@ def difgsm(
     )
 
 
-def _kernel_length(name: str, value: int | None) -> int | None:
-    if value is not None and (check_int(name, value, minimum=1) % 2 == 0):
-        raise ValueError(f"{name} must be an odd integer >= 1, got {value}")
-    return value
-
-
 @register(
     "tifgsm", steps=at_least_one, alpha=optional(positive), decay=non_negative, random_start=check_bool,
-    len_kernel=_kernel_length, nsig=positive, **_diversity,
+    len_kernel=check_kernel_length, nsig=positive, **_diversity,
 )
 def tifgsm(
     model: Model, x: Tensor, y: Tensor, *, eps: float, bounds: Bounds = (0.0, 1.0), generator=None,  # noqa: ANN001
     steps: int = 10, alpha: float | None = None, decay: float = 0.0, random_start: bool = False,
     len_kernel: int | None = None, nsig: float = 3.0, resize_rate: float = 0.9, diversity_prob: float = 0.5,
 ) -> Tensor:
-    """TI-FGSM (Dong et al. 2019): DI-FGSM with the gradient smoothed by a Gaussian kernel.
-
-    ``len_kernel=None`` uses 15 (the paper's and torchattacks' choice for 224-pixel images) capped at
-    the largest odd length that is at most half the image side, so small images are not blurred flat.
-    """
+    """TI-FGSM (Dong et al. 2019): DI-FGSM with the gradient smoothed by a Gaussian kernel
+    (``len_kernel=None``: see :func:`~compass_lightning.attacks._core.ti_kernel_length`)."""
     eps, bounds = check_budget(eps, bounds)
     alpha = default_step(eps, steps, alpha)
-    if len_kernel is None:
-        half = min(x.shape[-2:]) // 2
-        len_kernel = max(1, min(15, half if half % 2 else half - 1))
-    rows, columns = gaussian_blur_matrices(len_kernel, nsig, x.shape[-2], x.shape[-1], x)
+    rows, columns = gaussian_blur_matrices(ti_kernel_length(x, len_kernel), nsig, x.shape[-2], x.shape[-1], x)
     start = random_linf_start(x, eps, bounds, generator) if random_start else None
 
     def gradient(x_adv: Tensor, momentum: Tensor) -> Tensor:

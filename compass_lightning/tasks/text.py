@@ -71,7 +71,7 @@ def point_ids(z: Tensor) -> tuple[Tensor, Tensor]:
 REFUSED: dict[str, dict[str, str]] = {
     "attack": {
         **{name: "it transforms images (resizing, translation, the image spectrum)" for name in ("difgsm", "tifgsm", "ssa")},
-        **{name: "it guides the attack by an image feature layer" for name in ("naa", "ata")},
+        **{name: "it guides the attack by an image feature layer" for name in ("naa", "ata", "ti_ata")},
         **{name: "it perturbs square windows of an image" for name in ("square", "square_l2")},
         **{name: "not yet checked on token models (its random start and the cascade's Square perturb image inputs)"
            for name in ("apgd_ce", "apgd_dlr", "apgd_t", "apgd_ce_l2", "apgd_dlr_l2", "apgd_t_l2", "autoattack",
