@@ -129,34 +129,38 @@ class BudgetSchedule:
             plan = self.budget.final_plan(names, estimates)
         return self._agreed(trainer, plan)
 
-    @contextlib.contextmanager
-    def forward_timing(self, samples: int, device: torch.device) -> Iterator[None]:
+    def forward_timing(self, samples: int, device: torch.device) -> contextlib.AbstractContextManager:
         """Time the evaluation's clean forward of ``samples`` probe samples: :attr:`forward_rate`,
         the unit of the a-priori costs of modules not measured yet."""
-        _synchronise(device)
-        started = self.clock()
-        try:
-            yield
-        finally:
-            _synchronise(device)
+        def rate(seconds: float) -> None:
             if samples:
-                self.forward_rate = (self.clock() - started) / samples
+                self.forward_rate = seconds / samples
+
+        return self._stopwatch(device, rate)
 
     def _agreed(self, trainer: pl.Trainer, plan: Plan) -> Plan:
         """Global zero's ``plan`` on every process; the new evaluation's module times start empty."""
         self.seconds = {}
         return trainer.strategy.broadcast(plan, src=0) if trainer.world_size > 1 else plan
 
-    @contextlib.contextmanager
-    def timing(self, name: str, device: torch.device) -> Iterator[None]:
+    def timing(self, name: str, device: torch.device) -> contextlib.AbstractContextManager:
         """Time the block as module ``name``'s part of the evaluation."""
+        def add(seconds: float) -> None:
+            self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+        return self._stopwatch(device, add)
+
+    @contextlib.contextmanager
+    def _stopwatch(self, device: torch.device, record: Callable[[float], None]) -> Iterator[None]:
+        """Hand the block's seconds on :attr:`clock`, synchronised with ``device`` at both ends, to
+        ``record`` (a block that raises is timed too)."""
         _synchronise(device)
         started = self.clock()
         try:
             yield
         finally:
             _synchronise(device)
-            self.seconds[name] = self.seconds.get(name, 0.0) + self.clock() - started
+            record(self.clock() - started)
 
     def scalars(self, plan: Plan) -> dict[str, float]:
         """The tags of an evaluation that runs ``plan``."""
@@ -208,6 +212,10 @@ class BudgetedRuns:
         (the budget sets :attr:`variant` to the one it chose); ``None``: measured when it runs."""
         return None
 
+    def budget_member(self, name: str) -> BudgetedRuns:
+        """The callback that runs as the budget's module ``name`` (here: this monitor itself)."""
+        return self
+
     def budget_modules(self) -> dict[str, tuple[int, set[str]]]:
         """What the budget plans: each module's full probe size and tags (here: the monitor itself)."""
         return {self.budget_name: (len(self.probe), set(self.expected_tags()))}
@@ -215,18 +223,21 @@ class BudgetedRuns:
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.schedule is not None and self.schedule.final:  # the end-of-fit evaluation of a budget
             plan = self.schedule.final_plan(trainer, [self.budget_name], {self.budget_name: self.estimated_cost})
-            self.variant = plan.variants.get(self.budget_name, 0)
-            try:
-                self._run_planned(trainer, pl_module, plan, final=True)
-            finally:
-                self.variant = 0
+            self._run_planned(trainer, pl_module, plan, final=True)
 
     def _run_planned(self, trainer: pl.Trainer, pl_module: pl.LightningModule, plan: Plan | None, *,
                      final: bool = False) -> None:
         """Run one evaluation of what ``plan`` says (``None``: everything, no budget), then book its time."""
         if plan is not None and not plan.sizes:
             return  # the budget postponed every module: nothing runs, nothing is logged
-        self._run(trainer, pl_module, in_epoch_end=not final, plan=plan)
+        chosen = {self.budget_member(n): v for n, v in plan.variants.items()} if plan is not None else {}
+        for member, variant in chosen.items():
+            member.variant = variant
+        try:
+            self._run(trainer, pl_module, in_epoch_end=not final, plan=plan)
+        finally:
+            for member in chosen:
+                member.variant = 0  # for evaluations outside the budget's plan
         if plan is None:
             return
         seconds = self.schedule.charge()

@@ -224,14 +224,14 @@ class Compass(EndOfFit, CompassCallback):
             return
         self._running = names
         self._sizes = dict(plan.sizes) if plan is not None else {}
-        for name, variant in (plan.variants if plan is not None else {}).items():
-            self.modules[name].variant = variant
         try:
             self._run_planned(trainer, pl_module, plan, final=final)
         finally:
             self._running, self._sizes = [], {}  # outside a scheduled hook, evaluate() covers every module
-            for module in self.modules.values():
-                module.variant = 0
+
+    @override
+    def budget_member(self, name: str) -> CompassCallback:
+        return self.modules[name]
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -169,7 +169,6 @@ class PruningAnalysis(EndOfFit, CompassCallback):
         self.calibration_size = check_int("calibration_size", calibration_size, minimum=1)
         self.calibration_data = self._check_probe_data(calibration_data) if calibration_data is not None else None
         self.joint = check_bool("joint", joint)
-        self._joint_now = self.joint  # this evaluation's: the budget may leave the joint analysis out
         self.joint_rates = tuple(sorted(set(check_reals("joint_rates", list(joint_rates), **in_range)))) if joint else ()
         self.save_pruned = check_bool("save_pruned", save_pruned)
         self.attribution_probe_size = optional(at_least_one)("attribution_probe_size", attribution_probe_size)
@@ -194,6 +193,11 @@ class PruningAnalysis(EndOfFit, CompassCallback):
     @override
     def _state_key_fields(self) -> dict[str, Any]:
         return {**super()._state_key_fields(), "methods": sorted(self.methods), "rates": list(self.rates)}
+
+    @property
+    def _joint_now(self) -> bool:
+        """Whether this evaluation runs the joint analysis: variant 1 is the budget leaving it out."""
+        return self.joint and not self.variant
 
     def _logged_rates(self) -> tuple[float, ...]:
         return tuple(sorted({*self.rates, *self.joint_rates}))
@@ -255,7 +259,6 @@ class PruningAnalysis(EndOfFit, CompassCallback):
         task = evaluation.task
         reference = task.metrics(evaluation.outputs(probe.inputs), probe.targets)
         grid = self._grid()
-        self._joint_now = self.joint and not self.variant  # variant 1: the budget left the joint analysis out
         if self.joint and self.variant:
             rank_zero_warn("PruningAnalysis: the joint analysis (attacks and attributions of the pruned copies) is left out "
                            "of the end-of-fit evaluation: it does not fit the time budget even on the smallest probe; "
